@@ -1,0 +1,302 @@
+"""GhostLM: a small decoder-only transformer, checkpoint-compatible with upstream joemunene-by/GhostLM.
+
+One class covers every upstream variant, selected by config flags:
+
+* legacy  - learned position embeddings, GELU MLP, LayerNorm (eps 1e-5), biases (GPT-2 style)
+* modern  - RoPE (rotate-half), SwiGLU, RMSNorm (computed in float32)
+* GQA     - ``n_kv_heads < n_heads``; query head ``i`` reads KV head ``i // n_rep`` (repeat_interleave)
+* QK-norm - RMSNorm(head_dim, eps 1e-6) on q and k per head, BEFORE RoPE
+
+Parameter names are exactly upstream's (``token_embedding``, ``pos_embedding``, ``blocks.N.ln_1``,
+``attn.c_qkv``, ``attn.proj``, ``attn.q_norm``/``k_norm``, ``ffn.fc1/fc2/fc3``, ``ln_f``, ``lm_head``) so an
+upstream ``state_dict`` loads with ``strict=True``. Buffers (RoPE tables) are non-persistent, like upstream.
+
+The KV cache comes in two forms, both accepted by ``forward(past_kv=...)``:
+
+* upstream's list of ``(k, v)`` per layer, grown by ``torch.cat`` (kept for compatibility and tests);
+* :class:`KVCache`, preallocated once per request and written in place. This is what the engine uses:
+  no re-allocation per token, so per-step cost stays flat as the sequence grows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import GhostLMConfig
+
+LayerKV = tuple[torch.Tensor, torch.Tensor]
+
+
+class KVCache:
+    """Preallocated per-request key/value cache: ``k[layer]`` has shape (B, n_kv_heads, max_len, head_dim).
+
+    K is stored after QK-norm and RoPE (like upstream), so cached keys never need re-rotation.
+    ``length`` is the number of positions filled; it is advanced by the model after all layers ran.
+    """
+
+    def __init__(self, config: GhostLMConfig, batch_size: int = 1, max_len: int | None = None,
+                 *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.max_len = max_len or config.context_length
+        shape = (config.n_layers, batch_size, config.kv_heads, self.max_len, config.head_dim)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> LayerKV:
+        """Write this step's k/v at ``length`` and return views over everything cached so far."""
+        start, end = self.length, self.length + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} > max_len {self.max_len}")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def layer(self, i: int) -> LayerKV:
+        return self.k[i, :, :, : self.length], self.v[i, :, :, : self.length]
+
+
+PastKV = Union[Sequence[LayerKV], KVCache, None]
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm. Computed in float32 so fp16/bf16 activations don't lose the mean-square."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotate-half RoPE tables (cos/sin for every absolute position up to context_length)."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        t = torch.arange(max_len, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (max_len, head_dim): non-interleaved layout
+        # persistent=False: derived from config, never in the state_dict (upstream does the same)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+        """x: (B, H, T, hd), rotated as if its first position were ``offset``."""
+        T = x.size(-2)
+        cos = self.cos[offset: offset + T].to(x.dtype)
+        sin = self.sin[offset: offset + T].to(x.dtype)
+        half = x.size(-1) // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GhostLMConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.n_kv_heads = config.kv_heads
+        self.head_dim = config.head_dim
+        self.dropout = config.dropout
+        # One fused projection; output rows are [Q (n_heads*hd) | K (n_kv*hd) | V (n_kv*hd)].
+        qkv_out = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+        self.c_qkv = nn.Linear(config.d_model, qkv_out, bias=config.bias)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        if config.use_qk_norm:
+            self.q_norm: RMSNorm | None = RMSNorm(self.head_dim, eps=1e-6)
+            self.k_norm: RMSNorm | None = RMSNorm(self.head_dim, eps=1e-6)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None, past_len: int,
+                layer_past: LayerKV | None, cache: KVCache | None, layer_idx: int) -> tuple[torch.Tensor, LayerKV]:
+        B, T, C = x.shape
+        hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv_heads
+        q, k, v = self.c_qkv(x).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+        q = q.view(B, T, nh, hd).transpose(1, 2)
+        k = k.view(B, T, nkv, hd).transpose(1, 2)
+        v = v.view(B, T, nkv, hd).transpose(1, 2)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # before RoPE, as upstream
+        if rope is not None:
+            q, k = rope(q, past_len), rope(k, past_len)
+
+        if cache is not None:
+            k, v = cache.update(layer_idx, k, v)
+        elif layer_past is not None:
+            k = torch.cat((layer_past[0], k), dim=2)
+            v = torch.cat((layer_past[1], v), dim=2)
+        present = (k, v)  # compact n_kv_heads, like upstream's cache
+
+        # Mask: with no past, plain causal. One new query attends to everything cached: no mask.
+        # Several new queries after a past (chunked prefill / speculative) need the causal mask shifted
+        # by past_len: query i (absolute past_len+i) sees keys 0..past_len+i.
+        S = k.size(2)
+        attn_mask = None
+        is_causal = False
+        if T > 1:
+            if S == T:
+                is_causal = True
+            else:
+                attn_mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+        # enable_gqa expands K/V heads exactly like repeat_interleave(n_rep, dim=1), without copying.
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=nkv != nh,
+        )
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.proj(y)), present
+
+
+class MLP(nn.Module):
+    """Legacy GPT-2 FFN: fc2(gelu(fc1(x))), exact erf GELU."""
+
+    def __init__(self, config: GhostLMConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
+        self.fc2 = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(F.gelu(self.fc1(x))))
+
+
+class SwiGLU(nn.Module):
+    """fc3(silu(fc1(x)) * fc2(x)). Never biased (upstream ignores config.bias here)."""
+
+    def __init__(self, config: GhostLMConfig) -> None:
+        super().__init__()
+        hidden = config.swiglu_hidden
+        self.fc1 = nn.Linear(config.d_model, hidden, bias=False)  # gate
+        self.fc2 = nn.Linear(config.d_model, hidden, bias=False)  # up
+        self.fc3 = nn.Linear(hidden, config.d_model, bias=False)  # down
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc3(F.silu(self.fc1(x)) * self.fc2(x)))
+
+
+def make_norm(config: GhostLMConfig) -> nn.Module:
+    return RMSNorm(config.d_model, eps=1e-6) if config.use_rmsnorm else nn.LayerNorm(config.d_model, eps=1e-5)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(ln_1(x)), then x + ffn(ln_2(x))."""
+
+    def __init__(self, config: GhostLMConfig) -> None:
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = make_norm(config)
+        self.ffn: nn.Module = SwiGLU(config) if config.use_swiglu else MLP(config)
+
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None, past_len: int,
+                layer_past: LayerKV | None, cache: KVCache | None, layer_idx: int) -> tuple[torch.Tensor, LayerKV]:
+        a, present = self.attn(self.ln_1(x), rope, past_len, layer_past, cache, layer_idx)
+        x = x + a
+        x = x + self.ffn(self.ln_2(x))
+        return x, present
+
+
+_UNSUPPORTED = ("attn_gate", "value_residual", "use_moe")
+
+
+class GhostLM(nn.Module):
+    def __init__(self, config: GhostLMConfig) -> None:
+        super().__init__()
+        on = [name for name in _UNSUPPORTED if getattr(config, name)]
+        if on:
+            raise NotImplementedError(f"GhostLM options not supported by this implementation: {', '.join(on)}")
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        # Learned positions only for legacy models; RoPE models have no pos_embedding key at all.
+        self.pos_embedding = None if config.use_rope else nn.Embedding(config.context_length, config.d_model)
+        self.rope = RotaryEmbedding(config.head_dim, config.context_length, config.rope_base) if config.use_rope else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.ln_f = make_norm(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        # Scaled init for residual projections (GPT-2): keeps the residual stream's variance flat with depth.
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.proj.weight", "ffn.fc3.weight")) or (
+                    name.endswith("ffn.fc2.weight") and not config.use_swiglu):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+        # Tie AFTER init: one tensor, stored under both names in the state_dict (upstream layout).
+        self.lm_head.weight = self.token_embedding.weight
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """Unique parameters (the tied embedding counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+        p = self.token_embedding.weight
+        return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, past_kv: PastKV = None,
+                use_cache: bool = False, *, last_only: bool = False):
+        """Upstream-compatible forward.
+
+        Returns ``(logits, loss)``, or ``(logits, loss, presents)`` when ``use_cache``. ``presents`` is a list of
+        ``(k, v)`` per layer of shape (B, n_kv_heads, T_total, hd) - or the same :class:`KVCache` object if one
+        was passed in. ``last_only`` (ours) computes logits for the final position only: the 50k-wide head is
+        the most expensive matmul at prefill and generation needs just the last row.
+        """
+        B, T = idx.shape
+        cache = past_kv if isinstance(past_kv, KVCache) else None
+        layer_pasts = None if (cache is not None or past_kv is None) else list(past_kv)
+        if cache is not None:
+            past_len = cache.length
+        elif layer_pasts:
+            past_len = layer_pasts[0][0].size(2)
+        else:
+            past_len = 0
+        if past_len + T > self.config.context_length:
+            raise ValueError(f"sequence length {past_len + T} exceeds context_length {self.config.context_length}")
+
+        x = self.token_embedding(idx)
+        if self.pos_embedding is not None:
+            pos = torch.arange(past_len, past_len + T, device=idx.device)
+            x = x + self.pos_embedding(pos)
+        x = self.drop(x)
+
+        presents: list[LayerKV] = []
+        for i, block in enumerate(self.blocks):
+            x, present = block(x, self.rope, past_len, layer_pasts[i] if layer_pasts else None, cache, i)
+            if use_cache and cache is None:
+                presents.append(present)
+        if cache is not None:
+            cache.length += T
+        x = self.ln_f(x)
+        if last_only:
+            x = x[:, -1:, :]
+        logits = self.lm_head(x)
+
+        loss = None
+        if targets is not None:
+            # -1 marks positions without a target (upstream convention, e.g. the last position).
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        if use_cache:
+            return logits, loss, (cache if cache is not None else presents)
+        return logits, loss
