@@ -1,0 +1,29 @@
+"""GhostLM: a small transformer language model, checkpoint-compatible with upstream joemunene-by/GhostLM.
+
+A standalone library: imports nothing from the rest of the bot. See model.py for the architecture.
+"""
+
+from .checkpoint import CheckpointError, load_model, save_safetensors
+from .config import PRESETS, GhostLMConfig
+from .engine import Engine, GenerationStream, TrimInfo, full_recompute_generate
+from .model import GhostLM, KVCache
+from .sampling import GREEDY, SamplingParams
+from .tokenizer import (
+    END_ID,
+    GPT2_SPECIAL,
+    GPT2Tokenizer,
+    HFTokenizer,
+    SpecialIds,
+    StreamDecoder,
+    Tokenizer,
+    TokenizerUnavailableError,
+    load_tokenizer,
+    train_tokenizer,
+)
+
+__all__ = [
+    "CheckpointError", "load_model", "save_safetensors", "PRESETS", "GhostLMConfig", "Engine", "GenerationStream",
+    "TrimInfo", "full_recompute_generate", "GhostLM", "KVCache", "GREEDY", "SamplingParams", "END_ID",
+    "GPT2_SPECIAL", "GPT2Tokenizer", "HFTokenizer", "SpecialIds", "StreamDecoder", "Tokenizer",
+    "TokenizerUnavailableError", "load_tokenizer", "train_tokenizer",
+]
