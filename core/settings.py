@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None  # e.g. http://127.0.0.1:11434/v1
     openai_api_key: SecretStr | None = None
     openai_model: str = "ghostlm"
+    openai_context_length: int = 4096  # the remote model's context window (prompt + reply tokens)
     max_new_tokens: int = 256
     context_reserve_tokens: int = 8
     passage_budget_fraction: float = 0.5  # passages may take at most this share of the budget
@@ -53,6 +54,7 @@ class Settings(BaseSettings):
     repetition_penalty: float = 1.1
     queue_size: int = 32
     request_timeout_seconds: float = 120.0
+    shutdown_grace_seconds: float = 20.0  # on SIGTERM, queued answers get this long to finish
     torch_threads: int | None = None
 
     # --- retrieval -------------------------------------------------------------------

@@ -1,0 +1,75 @@
+"""The composition root: builds the one object graph every entry point (bots, HTTP, CLI) uses."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from core.assistant import Assistant
+from core.generators import build_generator
+from core.generators.base import Generator
+from core.manager import ConversationManager
+from core.retrieval import Indexer, Retriever
+from core.settings import Settings
+from core.worker import GenerationWorker
+from storage import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class App:
+    settings: Settings
+    db: Database
+    indexer: Indexer
+    retriever: Retriever
+    generator: Generator
+    worker: GenerationWorker
+    manager: ConversationManager
+    assistant: Assistant
+
+
+async def ensure_packs(indexer: Indexer, packs: list[str]) -> None:
+    """Build the configured knowledge packs; unchanged packs are skipped by content hash."""
+    for pack in packs:
+        report = await indexer.index_pack(pack)
+        log.info("knowledge pack %s: %s", pack, report)
+
+
+@asynccontextmanager
+async def open_app(
+    settings: Settings,
+    *,
+    generator: Generator | None = None,
+    build_packs: bool = True,
+) -> AsyncIterator[App]:
+    """Open storage, retrieval, the generator and its worker; close them all on exit.
+
+    `generator` overrides the configured one (tests pass a scripted generator).
+    """
+    db = await Database.open(settings.database_url)
+    worker: GenerationWorker | None = None
+    owned_generator = generator is None
+    try:
+        indexer = Indexer(db, settings)
+        retriever = Retriever(db, settings)
+        if build_packs and settings.packs:
+            await ensure_packs(indexer, list(settings.packs))
+        if generator is None:
+            generator = build_generator(settings)
+        log.info("generator: %s (context %d tokens)", generator.name, generator.context_length)
+        worker = GenerationWorker(
+            generator, queue_size=settings.queue_size, timeout_s=settings.request_timeout_seconds
+        )
+        await worker.start()
+        manager = ConversationManager(db, retriever, worker, generator, settings)
+        assistant = Assistant(retriever, generator, settings)
+        yield App(settings, db, indexer, retriever, generator, worker, manager, assistant)
+    finally:
+        if worker is not None:
+            await worker.shutdown(drain=True, timeout=settings.request_timeout_seconds)
+        if owned_generator and generator is not None:
+            generator.close()
+        await db.close()
