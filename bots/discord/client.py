@@ -1,0 +1,223 @@
+"""The discord.py client: slash commands, channel Q&A, feedback buttons."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable, Protocol
+
+import discord
+import yarl
+from discord import app_commands
+
+from bots.discord import convert
+from bots.discord.sinks import DiscordSink, InteractionTarget, MessageTarget
+from core.settings import Settings
+from core.types import Incoming, ReplySink
+
+log = logging.getLogger(__name__)
+
+DISCORD_GATEWAY = "wss://gateway.discord.gg/"
+FAILURE = "Sorry, something went wrong while answering. Please try again in a moment."
+
+
+class Manager(Protocol):
+    """What the adapter needs from `core.manager.ConversationManager`."""
+
+    async def handle(self, incoming: Incoming, sink: ReplySink) -> None: ...
+
+    async def record_feedback(
+        self, *, platform: str, chat_id: str, user_id: str, platform_message_id: str, rating: int
+    ) -> bool: ...
+
+
+class FeedbackView(discord.ui.View):
+    """👍/👎 under an answer. Persistent (fixed custom ids, no timeout) so clicks work after a restart."""
+
+    def __init__(self, on_click: Callable[[discord.Interaction, int], Awaitable[None]] | None = None) -> None:
+        super().__init__(timeout=None)
+        self._on_click = on_click
+
+    @discord.ui.button(emoji="👍", style=discord.ButtonStyle.secondary, custom_id="fb:+1")
+    async def helpful(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        if self._on_click is not None:
+            await self._on_click(interaction, 1)
+
+    @discord.ui.button(emoji="👎", style=discord.ButtonStyle.secondary, custom_id="fb:-1")
+    async def unhelpful(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        if self._on_click is not None:
+            await self._on_click(interaction, -1)
+
+    @classmethod
+    def template(cls) -> FeedbackView:
+        """Buttons to attach to a message. Stopped on purpose: discord.py would otherwise keep one
+        view per answered message in memory forever; the one listener added in setup_hook
+        handles every click by custom id."""
+        view = cls()
+        view.stop()
+        return view
+
+
+def _describe(name: str, fallback: str) -> str:
+    """Slash-command descriptions come from the core's command table when it has them."""
+    try:
+        from core.commands import COMMANDS
+    except ImportError:
+        return fallback
+    description = COMMANDS.get(name) or COMMANDS.get(f"/{name}")
+    text = description if isinstance(description, str) else fallback
+    return text[:100]  # Discord's limit for command descriptions
+
+
+class GhostClient(discord.Client):
+    def __init__(self, settings: Settings, manager: Manager, *, guild_ready_timeout: float = 2.0) -> None:
+        intents = discord.Intents.default()
+        # Privileged: needed to read the text of channel messages that mention or reply to the
+        # bot (channel Q&A). Slash commands and DMs would work without it.
+        intents.message_content = True
+        super().__init__(
+            intents=intents,
+            allowed_mentions=discord.AllowedMentions.none(),  # model output never pings anyone
+            guild_ready_timeout=guild_ready_timeout,
+        )
+        self.settings = settings
+        self.manager = manager
+        self.tree = app_commands.CommandTree(self)
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._accepting = True
+        self._register_commands()
+
+    # --- lifecycle -------------------------------------------------------------------
+    async def setup_hook(self) -> None:
+        self.add_view(FeedbackView(self._on_feedback))
+        if self.settings.discord_guild_ids:
+            for guild_id in sorted(self.settings.discord_guild_ids):
+                guild = discord.Object(id=int(guild_id))
+                self.tree.copy_global_to(guild=guild)
+                await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+
+    async def on_connect(self) -> None:
+        # READY names a resume URL; behind a proxy (a non-default DISCORD_GATEWAY_URL) resumes
+        # must go through the configured gateway too, or they would bypass the proxy.
+        configured = self.settings.discord_gateway_url
+        if configured.rstrip("/") != DISCORD_GATEWAY.rstrip("/") and self.ws is not None:
+            self.ws.gateway = yarl.URL(configured)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop taking new events and give replies in flight up to `timeout` seconds."""
+        self._accepting = False
+        pending = [task for task in self._tasks if not task.done()]
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=5)
+
+    # --- channel Q&A -----------------------------------------------------------------
+    async def on_message(self, message: discord.Message) -> None:
+        if self.user is None or message.author.bot or message.webhook_id is not None:
+            return
+        if message.type not in (discord.MessageType.default, discord.MessageType.reply):
+            return
+        if not convert.is_addressed(message, self.user):
+            return  # an unaddressed guild message: no API call, nothing stored
+        if not self._accepting:
+            return
+        incoming = convert.from_message(message, self.user)
+        target = MessageTarget(message)
+        await self._handle(incoming, target, feedback=True)
+
+    # --- slash commands --------------------------------------------------------------
+    def _register_commands(self) -> None:
+        tree = self.tree
+
+        @tree.command(name="ask", description=_describe("ask", "Ask the cybersecurity assistant a question"))
+        @app_commands.describe(question="Your question")
+        async def ask(interaction: discord.Interaction, question: str) -> None:
+            await self._slash(interaction, question, public=True)
+
+        @tree.command(name="reset", description=_describe("reset", "Start a new conversation"))
+        async def reset(interaction: discord.Interaction) -> None:
+            await self._slash(interaction, "/reset")
+
+        @tree.command(name="sources", description=_describe("sources", "Show the sources of the last answer"))
+        async def sources(interaction: discord.Interaction) -> None:
+            await self._slash(interaction, "/sources")
+
+        @tree.command(name="forget", description=_describe("forget", "Delete everything stored about you"))
+        async def forget(interaction: discord.Interaction) -> None:
+            await self._slash(interaction, "/forget")
+
+        @tree.command(name="settings", description=_describe("settings", "Show or change your settings"))
+        @app_commands.describe(key="Setting to change (leave empty to list them)", value="New value")
+        async def settings(interaction: discord.Interaction, key: str | None = None, value: str | None = None) -> None:
+            text = " ".join(part.strip() for part in ("/settings", key or "", value or "") if part.strip())
+            await self._slash(interaction, text)
+
+        @tree.command(name="stats", description=_describe("stats", "Usage statistics"))
+        async def stats(interaction: discord.Interaction) -> None:
+            await self._slash(interaction, "/stats")
+
+        @tree.command(name="help", description=_describe("help", "What this bot can do"))
+        async def help_(interaction: discord.Interaction) -> None:
+            await self._slash(interaction, "/help")
+
+        tree.on_error = self._on_tree_error
+
+    async def _slash(self, interaction: discord.Interaction, text: str, *, public: bool = False) -> None:
+        if not self._accepting:
+            await interaction.response.send_message("I'm restarting, please try again in a minute.", ephemeral=True)
+            return
+        # Acknowledge first, before any storage or queue work: Discord drops interactions that
+        # are not answered within 3 seconds, however long the generation queue is.
+        await interaction.response.defer(thinking=True, ephemeral=not public)
+        incoming = convert.from_interaction(interaction, text)
+        await self._handle(incoming, InteractionTarget(interaction, public=public), feedback=public)
+
+    async def _on_tree_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        log.error("slash command /%s failed", getattr(interaction.command, "name", "?"), exc_info=error)
+
+    # --- shared ------------------------------------------------------------------------
+    async def _handle(self, incoming: Incoming, target: InteractionTarget | MessageTarget, *, feedback: bool) -> None:
+        sink = DiscordSink(target, feedback_view=FeedbackView.template() if feedback else None)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await self.manager.handle(incoming, sink)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handling Discord event %s failed", incoming.event_id)
+            try:
+                await sink.notice(FAILURE, ephemeral=True)
+            except discord.HTTPException:
+                log.warning("could not tell the user about the failure")
+        finally:
+            try:
+                await target.finish()
+            finally:
+                if task is not None:
+                    self._tasks.discard(task)
+
+    async def _on_feedback(self, interaction: discord.Interaction, rating: int) -> None:
+        message = interaction.message
+        if message is None:
+            await interaction.response.send_message("That answer is gone.", ephemeral=True)
+            return
+        chat_id, _, _ = convert.location(interaction.channel, interaction.guild_id)
+        if interaction.channel is None and interaction.channel_id is not None:
+            chat_id = str(interaction.channel_id)
+        saved = await self.manager.record_feedback(
+            platform=convert.PLATFORM,
+            chat_id=chat_id,
+            user_id=str(interaction.user.id),
+            platform_message_id=str(message.id),
+            rating=rating,
+        )
+        reply = "Thanks for the feedback!" if saved else "I couldn't find that answer any more, so nothing was saved."
+        await interaction.response.send_message(reply, ephemeral=True)
