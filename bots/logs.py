@@ -9,7 +9,7 @@ from typing import Iterable
 from core.settings import Settings
 
 # Telegram tokens look like 123456789:AA…; they also appear inside Bot API URLs.
-_TELEGRAM_TOKEN = re.compile(r"\b\d{6,12}:[A-Za-z0-9_-]{30,}\b")
+_TELEGRAM_TOKEN = re.compile(r"(?<![0-9])\d{6,12}:[A-Za-z0-9_-]{30,}")
 
 
 class SecretRedactor(logging.Filter):
