@@ -7,26 +7,56 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import StaticPool
 
 log = logging.getLogger(__name__)
 
+# Execution option a write transaction sets so that SQLite starts it with BEGIN IMMEDIATE: the write lock is
+# taken up front (waiting on busy_timeout) instead of failing with SQLITE_BUSY when a read snapshot is upgraded.
+IMMEDIATE = "ghostbot_sqlite_immediate"
 
-def is_sqlite(url: str) -> bool:
+_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Accept plain `sqlite:///…` / `postgresql://…` / `postgres://…` and pick the async driver."""
+    parsed = make_url(url)
+    if parsed.drivername in _DRIVERS:
+        parsed = parsed.set(drivername=_DRIVERS[parsed.drivername])
+    return parsed
+
+
+def is_sqlite(url: str | URL) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """Create the async engine; for a file SQLite database, create its folder first."""
+def is_memory(url: str | URL) -> bool:
     parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True)
-    database = parsed.database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
 
+
+def create_engine(url: str | URL) -> AsyncEngine:
+    """Create the async engine; for a file SQLite database, create its folder first."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_async_engine(parsed, pool_pre_ping=True)
+    if is_memory(parsed):
+        # One shared connection: every session sees the same in-memory database (tests, one task at a time).
+        engine = create_async_engine(parsed, poolclass=StaticPool, connect_args={"timeout": 30})
+        _install_pragmas(engine)
+        return engine
+    database = parsed.database or ""
+    if not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(parsed, connect_args={"timeout": 30})
+    _install_pragmas(engine)
+    _install_explicit_begin(engine)
+    return engine
+
+
+def _install_pragmas(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
@@ -36,7 +66,23 @@ def create_engine(url: str) -> AsyncEngine:
         cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL, much faster commits
         cursor.close()
 
-    return engine
+
+def _install_explicit_begin(engine: AsyncEngine) -> None:
+    """Let SQLAlchemy, not the sqlite3 module, emit BEGIN (the documented pysqlite/aiosqlite recipe).
+
+    The sqlite3 module only opens a transaction before DML, so DDL (migrations) would autocommit statement by
+    statement and a write transaction could not ask for BEGIN IMMEDIATE. Not used for :memory: databases: their
+    single shared connection cannot hold two explicit transactions at once.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _no_driver_begin(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get(IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
