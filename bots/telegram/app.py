@@ -1,0 +1,318 @@
+"""The Telegram adapter: python-telegram-bot `Application` ↔ `core.manager.ConversationManager`.
+
+Thin on purpose: handlers turn an `Update` into `core.types.Incoming`, hand it to the manager
+with a `TelegramSink`, and map 👍/👎 buttons to feedback. Conversation rules live in core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+import secrets
+from typing import Any, Protocol, Sequence
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from telegram import BotCommand, Message, Update
+from telegram.error import TelegramError
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from bots.telegram.sink import FEEDBACK_DOWN, FEEDBACK_UP, TelegramSink
+from core.commands import COMMANDS
+from core.settings import Settings
+from core.types import ChatKind, Incoming, ReplySink
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "telegram"
+RATE_LIMIT_RETRIES = 5  # 429s are waited out (retry_after + 0.1 s) this many times per request
+POLL_TIMEOUT_S = 10  # long-poll length; getUpdates' read timeout is this plus PTB's own
+ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
+WEBHOOK_SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+NOT_TEXT_REPLY = "I can only read text messages. Please type your question."
+ERROR_REPLY = "Sorry, something went wrong while answering. Please try again."
+_COMMAND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
+
+
+class Manager(Protocol):
+    """What the adapter needs of `core.manager.ConversationManager`."""
+
+    async def handle(self, incoming: Incoming, sink: ReplySink) -> Any: ...
+
+    async def record_feedback(
+        self, *, platform: str, chat_id: str, user_id: str, platform_message_id: str, rating: int
+    ) -> bool: ...
+
+
+def bot_commands(commands: dict[str, str]) -> list[BotCommand]:
+    """core.commands.COMMANDS (name → description) as Telegram BotCommands (names as Telegram allows)."""
+    out: list[BotCommand] = []
+    for name, description in commands.items():
+        name = name.lstrip("/").lower()
+        if _COMMAND_NAME.match(name):
+            out.append(BotCommand(name, (description or name)[:256]))
+    return out
+
+
+class TelegramHandlers:
+    """The handler callbacks, bound to the manager they forward to."""
+
+    def __init__(self, manager: Manager, commands: frozenset[str]) -> None:
+        self._manager = manager
+        self._commands = commands  # the core's command names, without "/"
+
+    # --- Update → Incoming --------------------------------------------------------------------
+    @staticmethod
+    def to_incoming(update: Update, bot_id: int, bot_username: str, commands: frozenset[str]) -> Incoming | None:
+        """The core's view of a message, or None when a group message does not address the bot."""
+        message = update.message
+        if message is None or message.text is None or update.effective_user is None:
+            return None
+        chat, user = message.chat, update.effective_user
+        text = message.text
+        dm = chat.type == chat.PRIVATE
+        username = bot_username.lower()
+        command = _command(message)
+        mentioned = any(
+            (entity.type == entity.MENTION and value.lower() == f"@{username}")
+            or (entity.type == entity.TEXT_MENTION and entity.user is not None and entity.user.id == bot_id)
+            for entity, value in message.parse_entities().items()
+        )
+        replied = message.reply_to_message
+        reply_to_bot = (
+            replied is not None
+            and replied.from_user is not None
+            and replied.from_user.id == bot_id
+            and not replied.forum_topic_created  # a topic's first message is "replied to" by every post
+        )
+        if command is not None:
+            name, target = command
+            if target and target.lower() != username:
+                return None  # /cmd@other_bot
+            # In groups a bare unknown command may belong to another bot; known ones are ours.
+            addressed = dm or bool(target) or name in commands
+            text = re.sub(rf"^/{re.escape(name)}@{re.escape(bot_username)}", f"/{name}", text, flags=re.I)
+        else:
+            addressed = dm or mentioned or reply_to_bot
+        if not addressed:
+            return None
+        if mentioned:
+            text = re.sub(rf"(?<!\w)@{re.escape(bot_username)}\b", "", text, flags=re.I)
+            text = re.sub(r"[ \t]{2,}", " ", text).strip()
+        return Incoming(
+            platform=PLATFORM,
+            event_id=str(update.update_id),
+            chat_id=str(chat.id),
+            chat_kind=ChatKind.DM if dm else ChatKind.GROUP,
+            user_id=str(user.id),
+            user_name=user.full_name or user.username or str(user.id),
+            text=text,
+            addressed=True,
+            thread_id=str(message.message_thread_id) if message.is_topic_message and message.message_thread_id else None,
+            platform_message_id=str(message.message_id),
+        )
+
+    def sink_for(self, message: Message, bot: Any) -> TelegramSink:
+        dm = message.chat.type == message.chat.PRIVATE
+        return TelegramSink(
+            bot,
+            message.chat.id,
+            thread_id=message.message_thread_id if message.is_topic_message else None,
+            reply_to=None if dm else message.message_id,  # in groups, show which message is answered
+        )
+
+    # --- callbacks ------------------------------------------------------------------------------
+    async def on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Text and commands: unaddressed group messages return here without an API call."""
+        bot = context.bot
+        incoming = self.to_incoming(update, bot.id, bot.username, self._commands)
+        if incoming is None or update.message is None:
+            return
+        sink = self.sink_for(update.message, bot)
+        try:
+            await self._manager.handle(incoming, sink)
+        except Exception:
+            log.exception("telegram update %s failed", update.update_id)
+            await _best_effort(sink.notice(ERROR_REPLY))
+
+    async def on_not_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A photo, sticker, voice note… in a DM: say politely what the bot can read."""
+        if update.message is not None:
+            await _best_effort(self.sink_for(update.message, context.bot).notice(NOT_TEXT_REPLY))
+
+    async def on_feedback(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.callback_query
+        if query is None or query.message is None or query.data not in (FEEDBACK_UP, FEEDBACK_DOWN):
+            return
+        recorded = await self._manager.record_feedback(
+            platform=PLATFORM,
+            chat_id=str(query.message.chat.id),
+            user_id=str(query.from_user.id),
+            platform_message_id=str(query.message.message_id),
+            rating=1 if query.data == FEEDBACK_UP else -1,
+        )
+        await query.answer("Thanks for the feedback" if recorded else "Sorry, I no longer have that answer.")
+
+    async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        # Only the exception type and Telegram's description: never a URL (it contains the token).
+        error = context.error
+        detail = error.message if isinstance(error, TelegramError) else type(error).__name__
+        update_id = update.update_id if isinstance(update, Update) else None
+        log.error("telegram error (update %s): %s: %s", update_id, type(error).__name__, detail)
+
+
+def _command(message: Message) -> tuple[str, str] | None:
+    """(name, @target or "") when the message starts with a bot_command entity."""
+    entities = message.entities or ()
+    if not entities or entities[0].type != entities[0].BOT_COMMAND or entities[0].offset != 0:
+        return None
+    raw = message.parse_entity(entities[0])[1:]
+    name, _, target = raw.partition("@")
+    return name.lower(), target
+
+
+async def _best_effort(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except Exception as exc:
+        log.warning("could not send a reply: %s", type(exc).__name__)
+
+
+def build_application(settings: Settings, manager: Manager) -> Application:
+    """The PTB Application for `settings`, forwarding to `manager`. Not started."""
+    if settings.telegram_bot_token is None:
+        raise ValueError("TELEGRAM_BOT_TOKEN is not set")
+    # httpx logs request URLs at INFO, and Telegram URLs contain the token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    commands = dict(COMMANDS)
+    names = frozenset(command.command for command in bot_commands(commands))
+
+    async def register_commands(application: Application) -> None:
+        await application.bot.set_my_commands(bot_commands(commands))
+
+    application = (
+        ApplicationBuilder()
+        .token(settings.telegram_bot_token.get_secret_value())
+        .base_url(settings.telegram_api_base_url)
+        .base_file_url(settings.telegram_file_base_url)
+        .rate_limiter(AIORateLimiter(max_retries=RATE_LIMIT_RETRIES))
+        .concurrent_updates(True)  # a long generation must not hold up other chats
+        .get_updates_read_timeout(POLL_TIMEOUT_S + 5)
+        .post_init(register_commands)
+        .build()
+    )
+    handlers = TelegramHandlers(manager, names)
+    only_new = filters.UpdateType.MESSAGE  # edits of old messages are not new questions
+    application.add_handler(CommandHandler(sorted(names), handlers.on_message, filters=only_new))
+    application.add_handler(MessageHandler(only_new & filters.TEXT, handlers.on_message))
+    application.add_handler(
+        MessageHandler(only_new & filters.ChatType.PRIVATE & ~filters.TEXT & ~filters.StatusUpdate.ALL, handlers.on_not_text)
+    )
+    application.add_handler(CallbackQueryHandler(handlers.on_feedback, pattern=r"^fb:[+-]1$"))
+    application.add_error_handler(handlers.on_error)
+    return application
+
+
+class TelegramAdapter:
+    """Runs the Application inside the composition root: `await start()`, later `await stop()`.
+
+    Polling by default; with TELEGRAM_WEBHOOK_URL set, an aiohttp server receives updates
+    (the secret token header is checked on every request) and `setWebhook` registers it.
+    """
+
+    def __init__(self, settings: Settings, manager: Manager, *, drain_timeout: float | None = None) -> None:
+        self.settings = settings
+        self.application = build_application(settings, manager)
+        self._drain_timeout = drain_timeout if drain_timeout is not None else settings.request_timeout_seconds + 10
+        self._webhook: web.AppRunner | None = None
+        self._webhook_secret = ""
+        self.webhook_port: int | None = None  # the bound port (useful when the setting is 0)
+
+    async def start(self) -> None:
+        app = self.application
+        await app.initialize()  # getMe: the bot's id and username
+        if app.post_init is not None:
+            await app.post_init(app)  # setMyCommands (run_polling would do this too)
+        if self.settings.telegram_webhook_url:
+            await self._start_webhook()
+        else:
+            assert app.updater is not None
+            await app.updater.start_polling(
+                poll_interval=0.0,
+                timeout=POLL_TIMEOUT_S,
+                allowed_updates=ALLOWED_UPDATES,
+                drop_pending_updates=False,  # updates sent while we were down are still questions
+            )
+        await app.start()
+        log.info("telegram: @%s is %s", app.bot.username, "on a webhook" if self._webhook else "polling")
+
+    async def stop(self) -> None:
+        """Stop fetching, let replies in flight finish (bounded), then close the HTTP clients."""
+        app = self.application
+        if app.updater is not None and app.updater.running:
+            await app.updater.stop()  # the last getUpdates confirms what was fetched
+        if self._webhook is not None:
+            await self._webhook.cleanup()
+            self._webhook = None
+        if app.running:
+            try:
+                await asyncio.wait_for(app.stop(), self._drain_timeout)
+            except TimeoutError:
+                log.warning("telegram: replies still running after %.0f s were cancelled", self._drain_timeout)
+        if app._initialized:  # noqa: SLF001 - PTB exposes no public flag
+            await app.shutdown()
+        log.info("telegram: stopped")
+
+    async def _start_webhook(self) -> None:
+        settings = self.settings
+        url = settings.telegram_webhook_url or ""
+        secret = settings.telegram_webhook_secret
+        # Telegram allows 1-256 of [A-Za-z0-9_-]; a random one still proves requests come from Telegram.
+        self._webhook_secret = secret.get_secret_value() if secret else secrets.token_urlsafe(32)
+        path = urlsplit(url).path or "/"
+        server = web.Application()
+        server.router.add_post(path, self._on_webhook)
+        runner = web.AppRunner(server, handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.telegram_webhook_listen, settings.telegram_webhook_port)
+        await site.start()
+        self._webhook = runner
+        sockets = getattr(site._server, "sockets", None) or []  # noqa: SLF001
+        self.webhook_port = sockets[0].getsockname()[1] if sockets else settings.telegram_webhook_port
+        await self.application.bot.set_webhook(
+            url, secret_token=self._webhook_secret, allowed_updates=ALLOWED_UPDATES, drop_pending_updates=False
+        )
+
+    async def _on_webhook(self, request: web.Request) -> web.Response:
+        given = request.headers.get(WEBHOOK_SECRET_HEADER, "")
+        if not hmac.compare_digest(given.encode(), self._webhook_secret.encode()):
+            return web.Response(status=403, text="forbidden")
+        try:
+            data = json.loads(await request.text())
+            update = Update.de_json(data, self.application.bot)
+        except (ValueError, TypeError, KeyError):
+            return web.Response(status=400, text="bad update")
+        await self.application.update_queue.put(update)
+        return web.Response(status=200)
+
+
+async def run_telegram(settings: Settings, manager: Manager, stop_event: asyncio.Event) -> None:
+    """Run the adapter until `stop_event` is set (for `ghostbot run`)."""
+    adapter = TelegramAdapter(settings, manager)
+    await adapter.start()
+    try:
+        await stop_event.wait()
+    finally:
+        await adapter.stop()
