@@ -1,0 +1,74 @@
+"""Shared fixtures: a loopback fake OpenAI-compatible judge with scripted, thread-safe reply modes."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import defaultdict
+from typing import Callable
+
+import pytest
+
+from core.evaluation.judges import OpenAIJudge
+from core.evaluation.rubrics import load_rubrics
+from tests.fakes.openai_server import FakeOpenAIServer, RecordedRequest, Reply
+
+TITLE = re.compile(r"on one criterion: (.+?)\.\n")
+QUESTION = re.compile(r"QUESTION:\n(.*?)\n\n", re.S)
+
+
+def criterion_of(req: RecordedRequest) -> str:
+    """Map the criterion title in the judge prompt back to its name (via the shipped rubric file)."""
+    titles = {c.title: c.name for c in load_rubrics().criteria.values()}
+    return titles[TITLE.search(req.messages[-1]["content"]).group(1)]
+
+
+def question_of(req: RecordedRequest) -> str:
+    return QUESTION.search(req.messages[-1]["content"]).group(1)
+
+
+class ScriptedJudge:
+    """Reply handler: for each (question, criterion) prompt, the k-th call gets the k-th scripted reply.
+
+    ``script(question, criterion) -> list[str]`` gives the replies; calls beyond the list repeat the last one.
+    The multiset of replies per prompt is fixed, so statistics are exact whatever the call order.
+    """
+
+    def __init__(self, script: Callable[[str, str], list[str]]) -> None:
+        self.script = script
+        self.calls: dict[tuple[str, str], int] = defaultdict(int)
+        self._lock = threading.Lock()
+
+    def __call__(self, req: RecordedRequest) -> Reply:
+        key = (question_of(req), criterion_of(req))
+        with self._lock:
+            k = self.calls[key]
+            self.calls[key] += 1
+        replies = self.script(*key)
+        return Reply(replies[min(k, len(replies) - 1)])
+
+
+def rating(score: int, reason: str = "ok.") -> str:
+    return json.dumps({"score": score, "reason": reason})
+
+
+@pytest.fixture
+def fake_server():
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def make_judge(fake_server):
+    judges: list[OpenAIJudge] = []
+
+    def make(**kw) -> OpenAIJudge:
+        kw.setdefault("retry_backoff", 0.0)
+        j = OpenAIJudge(fake_server.base_url, "fake-judge", **kw)
+        judges.append(j)
+        return j
+
+    yield make
+    for j in judges:
+        await j.close()
