@@ -1,0 +1,140 @@
+"""Search the knowledge base: exact ids first, then BM25 and dense cosine fused by reciprocal rank."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from core.retrieval.dense import DenseIndex
+from core.retrieval.embedder import Embedder, EmbedderError
+from core.retrieval.ids import find_ids
+from core.types import Source
+from storage.knowledge import ChunkRecord, KnowledgeRepository
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["hybrid", "bm25", "dense"]
+MAX_QUERY_CHARS = 2000  # a question longer than this is a paste; its start says what it is about
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Reciprocal rank fusion: score(ref) = Σ weight / (rrf_k + rank)."""
+
+    candidates: int = 50  # hits taken from each list
+    rrf_k: float = 60.0
+    bm25_weight: float = 1.0
+    dense_weight: float = 1.0
+
+
+class Retriever:
+    def __init__(
+        self,
+        repository: KnowledgeRepository,
+        embedder: Embedder | None = None,
+        dense: DenseIndex | None = None,
+        fusion: FusionConfig = FusionConfig(),
+    ) -> None:
+        self._repo = repository
+        self._embedder = embedder if dense is not None else None
+        self._dense = dense if embedder is not None else None
+        self.fusion = fusion
+
+    @property
+    def dense_enabled(self) -> bool:
+        return self._embedder is not None
+
+    async def search(self, query: str, k: int = 4, *, mode: Mode = "hybrid") -> list[Source]:
+        """Up to k passages for `query`, numbered 1..k: entries named by an exact id in the query
+        come first, then the best of the hybrid search. One passage per CWE/ATT&CK entry."""
+        query = " ".join(query.split())[:MAX_QUERY_CHARS]
+        if not query or k <= 0:
+            return []
+        picked: list[ChunkRecord] = []
+        refs: set[str] = set()
+
+        def take(record: ChunkRecord) -> None:
+            if record.ref not in refs and len(picked) < k:
+                refs.add(record.ref)
+                picked.append(record)
+
+        for exact in find_ids(query):
+            if exact.has_own_entry:
+                records = await self._repo.find_by_ref(exact.ref)
+                if records:
+                    take(records[0])  # the overview chunk names and defines the entry
+            else:
+                for record in await self._repo.get_chunks(await self._repo.phrase_search(exact.ref, k)):
+                    take(record)
+        if len(picked) < k:
+            for record in await self._hybrid(query, k + len(picked), mode):
+                take(record)
+        return [self._to_source(i, record) for i, record in enumerate(picked, start=1)]
+
+    async def _hybrid(self, query: str, k: int, mode: Mode) -> list[ChunkRecord]:
+        cfg = self.fusion
+        lists: list[tuple[float, list[tuple[int, float]]]] = []
+        if mode in ("hybrid", "bm25"):
+            lists.append((cfg.bm25_weight, await self._repo.fts_search(query, cfg.candidates)))
+        if mode in ("hybrid", "dense") and self._embedder is not None:
+            hits = await asyncio.to_thread(self._dense_search, query, cfg.candidates)
+            lists.append((cfg.dense_weight, hits))
+        ids = list(dict.fromkeys(cid for _, hits in lists for cid, _ in hits))
+        records = {r.id: r for r in await self._repo.get_chunks(ids)}
+        ref_score: dict[str, float] = {}
+        chunk_score: dict[int, float] = {}
+        for weight, hits in lists:
+            ref_rank: dict[str, int] = {}
+            for rank, (cid, _) in enumerate(hits):
+                record = records.get(cid)
+                if record is None:
+                    continue  # deleted since the matrix was written
+                chunk_score[cid] = chunk_score.get(cid, 0.0) + weight / (cfg.rrf_k + rank + 1)
+                # An entry ranks by its best chunk in each list.
+                ref_rank.setdefault(record.ref, len(ref_rank))
+            for ref, rank in ref_rank.items():
+                ref_score[ref] = ref_score.get(ref, 0.0) + weight / (cfg.rrf_k + rank + 1)
+        best_chunk: dict[str, int] = {}
+        for cid, score in chunk_score.items():
+            ref = records[cid].ref
+            if ref not in best_chunk or score > chunk_score[best_chunk[ref]]:
+                best_chunk[ref] = cid
+        ranked = sorted(ref_score, key=lambda ref: -ref_score[ref])[:k]
+        return [records[best_chunk[ref]] for ref in ranked]
+
+    def _dense_search(self, query: str, limit: int) -> list[tuple[int, float]]:
+        assert self._embedder is not None and self._dense is not None
+        try:
+            vector = self._embedder.encode([query])[0]
+        except EmbedderError:
+            # Broken weights must not take answers down: keep BM25 and exact ids, say why once.
+            log.exception("dense retrieval disabled")
+            self._embedder = None
+            return []
+        return self._dense.search(vector, limit)
+
+    @staticmethod
+    def _to_source(index: int, record: ChunkRecord) -> Source:
+        return Source(
+            index=index,
+            ref=record.ref,
+            source=record.locator if record.source == "file" else record.source,
+            title=record.title,
+            url=record.url,
+            text=record.text,
+        )
+
+
+def format_sources(sources: Sequence[Source]) -> str:
+    """The `/sources` listing: one line per passage with its number, ref, title and link."""
+    lines = []
+    for s in sources:
+        label = s.title if s.title and s.title != s.ref else ""
+        line = f"[{s.index}] {s.ref}" + (f" — {label}" if label else "")
+        if s.url:
+            line += f" <{s.url}>"
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,445 @@
+"""Knowledge base tables (documents and their chunks) and the repository that searches them.
+
+Full-text search is SQLite FTS5 (external content over `knowledge_chunks`, kept in sync by triggers)
+on the default engine and a generated `tsvector` column with a GIN index on PostgreSQL; both sit behind
+`KnowledgeRepository.fts_search`, so callers never see SQL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    delete,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+
+from storage.base import Base
+
+FTS_TABLE = "knowledge_chunks_fts"
+
+# Column order of the FTS5 table; bm25() takes one weight per column in this order.
+# Refs, titles and aliases are short and decisive, so a hit there outranks one in body text.
+FTS_COLUMNS = ("text", "title", "ref", "aliases")
+FTS_WEIGHTS = (1.0, 4.0, 6.0, 4.0)
+
+SQLITE_SEARCH_DDL: tuple[str, ...] = (
+    f"CREATE VIRTUAL TABLE IF NOT EXISTS {FTS_TABLE} USING fts5("
+    "text, title, ref, aliases, content='knowledge_chunks', content_rowid='id', "
+    "tokenize='porter unicode61')",
+    f"CREATE TRIGGER IF NOT EXISTS knowledge_chunks_ai AFTER INSERT ON knowledge_chunks BEGIN "
+    f"INSERT INTO {FTS_TABLE}(rowid, text, title, ref, aliases) "
+    "VALUES (new.id, new.text, new.title, new.ref, new.aliases); END",
+    f"CREATE TRIGGER IF NOT EXISTS knowledge_chunks_ad AFTER DELETE ON knowledge_chunks BEGIN "
+    f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, text, title, ref, aliases) "
+    "VALUES ('delete', old.id, old.text, old.title, old.ref, old.aliases); END",
+    f"CREATE TRIGGER IF NOT EXISTS knowledge_chunks_au AFTER UPDATE ON knowledge_chunks BEGIN "
+    f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, text, title, ref, aliases) "
+    "VALUES ('delete', old.id, old.text, old.title, old.ref, old.aliases); "
+    f"INSERT INTO {FTS_TABLE}(rowid, text, title, ref, aliases) "
+    "VALUES (new.id, new.text, new.title, new.ref, new.aliases); END",
+)
+
+POSTGRES_SEARCH_DDL: tuple[str, ...] = (
+    "ALTER TABLE knowledge_chunks ADD COLUMN IF NOT EXISTS search_vector tsvector GENERATED ALWAYS AS ("
+    "setweight(to_tsvector('english', coalesce(ref, '')), 'A') || "
+    "setweight(to_tsvector('english', coalesce(title, '')), 'B') || "
+    "setweight(to_tsvector('english', coalesce(aliases, '')), 'B') || "
+    "setweight(to_tsvector('english', coalesce(text, '')), 'D')) STORED",
+    "CREATE INDEX IF NOT EXISTS ix_knowledge_chunks_search_vector ON knowledge_chunks "
+    "USING GIN (search_vector)",
+)
+
+
+def install_search_index(connection: Connection) -> None:
+    """Create the full-text index for the connection's dialect (for `create_all` setups and tests;
+    the migration 0002 runs the same statements)."""
+    statements = SQLITE_SEARCH_DDL if connection.dialect.name == "sqlite" else POSTGRES_SEARCH_DDL
+    for statement in statements:
+        connection.exec_driver_sql(statement)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Document(Base):
+    """One indexed unit: a file, a CWE entry, an ATT&CK technique."""
+
+    __tablename__ = "knowledge_documents"
+    __table_args__ = (UniqueConstraint("source", "locator"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(64), index=True)  # "cwe" | "attack" | "file"
+    locator: Mapped[str] = mapped_column(String(1024))  # "CWE-79" or an absolute file path
+    title: Mapped[str] = mapped_column(Text, default="")
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+
+
+class Chunk(Base):
+    """A passage of a document: what search returns and what answers cite."""
+
+    __tablename__ = "knowledge_chunks"
+    # Never reuse a deleted chunk's id: the embedding matrix is keyed by chunk id.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    document_id: Mapped[int] = mapped_column(
+        ForeignKey("knowledge_documents.id", ondelete="CASCADE"), index=True
+    )
+    ord: Mapped[int] = mapped_column(Integer)
+    ref: Mapped[str] = mapped_column(String(1024), index=True)
+    title: Mapped[str] = mapped_column(Text, default="")
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    text: Mapped[str] = mapped_column(Text)
+    aliases: Mapped[str] = mapped_column(Text, default="")  # alternate names, searched like titles
+    length: Mapped[int] = mapped_column(Integer, default=0)  # words, a cheap token estimate
+
+
+@dataclass(frozen=True)
+class ChunkData:
+    """A chunk to store."""
+
+    ord: int
+    ref: str
+    title: str
+    text: str
+    url: str | None = None
+    aliases: str = ""
+
+
+@dataclass(frozen=True)
+class DocumentData:
+    """A document to store with all its chunks."""
+
+    locator: str
+    title: str
+    content_hash: str
+    url: str | None = None
+    chunks: Sequence[ChunkData] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    locator: str
+    document_id: int
+    status: str  # "added" | "updated" | "unchanged"
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A stored chunk with its document's source."""
+
+    id: int
+    document_id: int
+    source: str
+    locator: str
+    ord: int
+    ref: str
+    title: str
+    url: str | None
+    text: str
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+# Question words and glue: OR-ing them would match nearly every chunk and only add noise and time.
+STOPWORDS = frozenset(
+    """a an and are as at be been being but by can could do does did for from how i if in into is it its
+    me my of on or our so such that the their them then there these they this those to was we were what
+    when where which who whom why will with would you your called call name term happens happen type kind
+    known also about any some should s t""".split()
+)
+MAX_QUERY_TERMS = 32
+
+
+def fts_terms(query: str) -> list[str]:
+    """The searchable words of free text: lower-cased, stopwords dropped, de-duplicated, in order."""
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(query.lower()):
+        if word not in STOPWORDS and word not in seen:
+            seen[word] = None
+    return list(seen)[:MAX_QUERY_TERMS]
+
+
+def sqlite_match_expression(query: str) -> str | None:
+    """An FTS5 MATCH expression that can never be a syntax error: each word quoted, OR-ed.
+
+    Quoting makes operators typed by users (`NEAR`, `AND`, `*`, `-`, `"`) plain words."""
+    terms = fts_terms(query)
+    if not terms:
+        return None
+    return " OR ".join(f'"{term}"' for term in terms)
+
+
+def sqlite_phrase_expression(phrase: str) -> str | None:
+    """An FTS5 phrase query for consecutive words (e.g. `CVE-2021-44228` → "cve 2021 44228")."""
+    words = _WORD.findall(phrase.lower())
+    if not words:
+        return None
+    return '"' + " ".join(words) + '"'
+
+
+def postgres_tsquery(query: str) -> str | None:
+    terms = fts_terms(query)
+    return " | ".join(terms) if terms else None
+
+
+class KnowledgeRepository:
+    """Documents, chunks and full-text search."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    # --- writing -------------------------------------------------------------------------
+
+    async def upsert_document(
+        self, source: str, locator: str, *, title: str, url: str | None, content_hash: str
+    ) -> tuple[int, bool]:
+        """Insert or update a document; returns (id, whether its content changed or it is new)."""
+        async with self._sessions.begin() as session:
+            document_id, status = await self._upsert(session, source, locator, title, url, content_hash)
+        return document_id, status != "unchanged"
+
+    async def replace_chunks(self, document_id: int, chunks: Sequence[ChunkData]) -> list[int]:
+        """Replace every chunk of a document; returns the new chunk ids in order."""
+        async with self._sessions.begin() as session:
+            return await self._replace(session, document_id, chunks)
+
+    async def save_documents(self, source: str, documents: Sequence[DocumentData]) -> list[SaveResult]:
+        """Upsert many documents in one transaction; chunks are rewritten only for changed ones."""
+        results: list[SaveResult] = []
+        async with self._sessions.begin() as session:
+            for doc in documents:
+                document_id, status = await self._upsert(
+                    session, source, doc.locator, doc.title, doc.url, doc.content_hash
+                )
+                if status != "unchanged":
+                    await self._replace(session, document_id, doc.chunks)
+                results.append(SaveResult(doc.locator, document_id, status))
+        return results
+
+    async def delete_missing(
+        self, source: str, keep: Iterable[str], *, under: Sequence[str] | None = None
+    ) -> int:
+        """Delete documents of `source` whose locator is not in `keep`; with `under`, only those whose
+        locator starts with one of these prefixes (a re-indexed folder). Returns how many were deleted."""
+        keep_set = set(keep)
+        async with self._sessions.begin() as session:
+            rows = (
+                await session.execute(
+                    select(Document.id, Document.locator).where(Document.source == source)
+                )
+            ).all()
+            doomed = [
+                row.id
+                for row in rows
+                if row.locator not in keep_set
+                and (under is None or any(row.locator.startswith(prefix) for prefix in under))
+            ]
+            for start in range(0, len(doomed), 500):
+                batch = doomed[start : start + 500]
+                # Chunks first and explicitly: the FTS triggers see each row, whatever the FK pragma.
+                await session.execute(delete(Chunk).where(Chunk.document_id.in_(batch)))
+                await session.execute(delete(Document).where(Document.id.in_(batch)))
+        return len(doomed)
+
+    async def _upsert(
+        self,
+        session: AsyncSession,
+        source: str,
+        locator: str,
+        title: str,
+        url: str | None,
+        content_hash: str,
+    ) -> tuple[int, str]:
+        existing = (
+            await session.execute(
+                select(Document).where(Document.source == source, Document.locator == locator)
+            )
+        ).scalar_one_or_none()
+        if existing is None:
+            doc = Document(
+                source=source, locator=locator, title=title, url=url, content_hash=content_hash
+            )
+            session.add(doc)
+            await session.flush()
+            return doc.id, "added"
+        if existing.content_hash == content_hash and existing.title == title and existing.url == url:
+            return existing.id, "unchanged"
+        existing.title, existing.url = title, url
+        existing.content_hash, existing.updated_at = content_hash, _utcnow()
+        await session.flush()
+        return existing.id, "updated"
+
+    async def _replace(
+        self, session: AsyncSession, document_id: int, chunks: Sequence[ChunkData]
+    ) -> list[int]:
+        await session.execute(delete(Chunk).where(Chunk.document_id == document_id))
+        rows = [
+            Chunk(
+                document_id=document_id,
+                ord=c.ord,
+                ref=c.ref,
+                title=c.title,
+                url=c.url,
+                text=c.text,
+                aliases=c.aliases,
+                length=len(c.text.split()),
+            )
+            for c in chunks
+        ]
+        session.add_all(rows)
+        await session.flush()
+        return [row.id for row in rows]
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def fts_search(self, query: str, limit: int = 50) -> list[tuple[int, float]]:
+        """Full-text search over chunk text, title, ref and aliases: [(chunk id, score)], best first,
+        higher score is better. Any user text is safe here."""
+        async with self._sessions() as session:
+            if session.bind.dialect.name == "sqlite":
+                expression = sqlite_match_expression(query)
+                if expression is None:
+                    return []
+                weights = ", ".join(str(w) for w in FTS_WEIGHTS)
+                sql = text(
+                    f"SELECT rowid, bm25({FTS_TABLE}, {weights}) AS score FROM {FTS_TABLE} "
+                    f"WHERE {FTS_TABLE} MATCH :q ORDER BY score LIMIT :limit"
+                )
+                rows = (await session.execute(sql, {"q": expression, "limit": limit})).all()
+                return [(int(row[0]), -float(row[1])) for row in rows]  # bm25(): lower is better
+            tsquery = postgres_tsquery(query)
+            if tsquery is None:
+                return []
+            sql = text(
+                "SELECT id, ts_rank_cd(search_vector, q) AS score FROM knowledge_chunks, "
+                "to_tsquery('english', :q) AS q WHERE search_vector @@ q ORDER BY score DESC LIMIT :limit"
+            )
+            rows = (await session.execute(sql, {"q": tsquery, "limit": limit})).all()
+            return [(int(row[0]), float(row[1])) for row in rows]
+
+    async def phrase_search(self, phrase: str, limit: int = 10) -> list[int]:
+        """Chunks that mention `phrase` (e.g. a CVE or CAPEC id) as consecutive words."""
+        async with self._sessions() as session:
+            if session.bind.dialect.name == "sqlite":
+                expression = sqlite_phrase_expression(phrase)
+                if expression is None:
+                    return []
+                sql = text(
+                    f"SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :q ORDER BY rank LIMIT :limit"
+                )
+                rows = (await session.execute(sql, {"q": expression, "limit": limit})).all()
+                return [int(row[0]) for row in rows]
+            words = _WORD.findall(phrase.lower())
+            if not words:
+                return []
+            sql = text(
+                "SELECT id FROM knowledge_chunks, phraseto_tsquery('simple', :q) AS q "
+                "WHERE to_tsvector('simple', text) @@ q LIMIT :limit"
+            )
+            rows = (await session.execute(sql, {"q": " ".join(words), "limit": limit})).all()
+            return [int(row[0]) for row in rows]
+
+    async def get_chunks(self, ids: Sequence[int]) -> list[ChunkRecord]:
+        """Chunks by id, in the order asked; ids that no longer exist are skipped."""
+        if not ids:
+            return []
+        found: dict[int, ChunkRecord] = {}
+        async with self._sessions() as session:
+            for start in range(0, len(ids), 500):
+                batch = list(ids[start : start + 500])
+                for record in await self._select_records(session, Chunk.id.in_(batch)):
+                    found[record.id] = record
+        return [found[i] for i in ids if i in found]
+
+    async def find_by_ref(self, ref: str) -> list[ChunkRecord]:
+        """Chunks whose ref is exactly `ref` (case-insensitive), in document order."""
+        async with self._sessions() as session:
+            records = await self._select_records(session, func.upper(Chunk.ref) == ref.upper())
+        return sorted(records, key=lambda r: (r.document_id, r.ord))
+
+    async def content_hashes(self, source: str) -> dict[str, str]:
+        """locator → content hash of every document of `source` (to skip unchanged files unread)."""
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(Document.locator, Document.content_hash).where(Document.source == source)
+            )
+            return {row.locator: row.content_hash for row in rows}
+
+    async def chunk_versions(self) -> list[tuple[int, str, int]]:
+        """(chunk id, its document's content hash, ord) of every chunk: identifies a chunk's content."""
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(Chunk.id, Document.content_hash, Chunk.ord)
+                .join(Document, Chunk.document_id == Document.id)
+                .order_by(Chunk.id)
+            )
+            return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+    async def chunk_ids(self) -> list[int]:
+        async with self._sessions() as session:
+            return list((await session.execute(select(Chunk.id).order_by(Chunk.id))).scalars())
+
+    async def count(self, source: str | None = None) -> tuple[int, int]:
+        """(documents, chunks), of one source or all."""
+        async with self._sessions() as session:
+            doc_q = select(func.count(Document.id))
+            chunk_q = select(func.count(Chunk.id))
+            if source is not None:
+                doc_q = doc_q.where(Document.source == source)
+                chunk_q = chunk_q.join(Document, Chunk.document_id == Document.id).where(
+                    Document.source == source
+                )
+            documents = (await session.execute(doc_q)).scalar_one()
+            chunks = (await session.execute(chunk_q)).scalar_one()
+        return int(documents), int(chunks)
+
+    @staticmethod
+    async def _select_records(session: AsyncSession, condition: object) -> list[ChunkRecord]:
+        stmt = (
+            select(
+                Chunk.id,
+                Chunk.document_id,
+                Document.source,
+                Document.locator,
+                Chunk.ord,
+                Chunk.ref,
+                Chunk.title,
+                Chunk.url,
+                Chunk.text,
+            )
+            .join(Document, Chunk.document_id == Document.id)
+            .where(condition)  # type: ignore[arg-type]
+        )
+        return [ChunkRecord(*row) for row in (await session.execute(stmt)).all()]
+
+
+__all__ = [
+    "Chunk",
+    "ChunkData",
+    "ChunkRecord",
+    "Document",
+    "DocumentData",
+    "KnowledgeRepository",
+    "SaveResult",
+    "install_search_index",
+    "fts_terms",
+    "sqlite_match_expression",
+]
