@@ -30,3 +30,44 @@ def ghostlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         d_ff=64, use_rope=True, use_swiglu=True, use_rmsnorm=True, dropout=0.0)
     save_safetensors(GhostLM(cfg).eval(), d)
     return d
+
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _save_hf(d: Path, chat_template: str | None) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<s>", "</s>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>",
+                                     additional_special_tokens=["<|im_start|>"], chat_template=chat_template)
+    hf_tok.save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(hf_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=0, eos_token_id=3, tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny Llama with a ChatML-style template whose specials a user could try to type."""
+    return _save_hf(tmp_path_factory.mktemp("hf_chat"), CHAT_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def hf_plain_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save_hf(tmp_path_factory.mktemp("hf_plain"), None)
