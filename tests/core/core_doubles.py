@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Sequence
 from tokenizers import ByteLevelBPETokenizer
 
 from core.generators.base import GenerationParams, PromptSpec
+from core.generators.render import render_turns
 from core.types import Answer, Source
 
 _CORPUS = [
@@ -33,15 +34,8 @@ def train_tokenizer() -> ByteLevelBPETokenizer:
 
 
 def render_texts(spec: PromptSpec) -> list[str]:
-    """GhostLM-like layout: system + numbered passages go into the FIRST user turn (so budget code cannot
-    assume additivity); each turn costs USER/ASSISTANT + END special ids, plus BOS and the final ASSISTANT."""
-    header = spec.system
-    if spec.passages:
-        numbered = "\n\n".join(f"[{i}] {p.title} ({p.ref})\n{p.text}" for i, p in enumerate(spec.passages, 1))
-        header = f"{header}\n\nPassages:\n{numbered}"
-    contents = [t.content for t in spec.history] + [spec.question]
-    contents[0] = f"{header}\n\n{contents[0]}"
-    return contents
+    """The project's one prompt layout (system + numbered passages in the FIRST user turn), as plain texts."""
+    return [turn.content for turn in render_turns(spec)]
 
 
 class BPEGenerator:
@@ -78,6 +72,7 @@ class BPEGenerator:
         return self._n(text)
 
     def prompt_tokens(self, spec: PromptSpec) -> int:
+        # GhostLM-like: USER/ASSISTANT + END around every turn, a final ASSISTANT (and BOS).
         return 2 + sum(self._n(c) + 2 for c in render_texts(spec))
 
     def stream(

@@ -90,9 +90,12 @@ def test_passages_dropped_lowest_rank_when_too_small(bpe_generator: BPEGenerator
 
 def test_passages_take_priority_over_history(bpe_generator: BPEGenerator) -> None:
     spec = PromptSpec(SYSTEM, (source(1, 30),), pairs(20), "q?")
-    res = fit_prompt(spec, bpe_generator, budget=220, passage_fraction=0.5)
+    bare = bpe_generator.prompt_tokens(PromptSpec(SYSTEM, (), (), "q?"))
+    passage_cost = bpe_generator.prompt_tokens(PromptSpec(SYSTEM, spec.passages, (), "q?")) - bare
+    budget = 2 * passage_cost + bare  # the passage fits its half; history gets the rest
+    res = fit_prompt(spec, bpe_generator, budget=budget, passage_fraction=0.5)
     assert res.spec.passages == spec.passages
-    assert res.dropped_pairs > 0 and res.prompt_tokens <= 220
+    assert 0 < res.dropped_pairs < 20 and res.prompt_tokens <= budget
 
 
 def test_oversized_question_cut_with_marker(bpe_generator: BPEGenerator) -> None:
