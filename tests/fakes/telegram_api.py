@@ -144,7 +144,7 @@ class FakeTelegramAPI:
         self._message_ids: dict[int, itertools.count[int]] = {}
         self._callback_ids = itertools.count(1)
         self._chats: dict[int, dict[str, Any]] = {}
-        self._failures: list[tuple[str, int, int]] = []  # (method, calls left before failing, retry_after)
+        self._failures: list[_Failure] = []
         self._changed = asyncio.Condition()
         self._closing = False
         self._runner: web.AppRunner | None = None
@@ -270,7 +270,14 @@ class FakeTelegramAPI:
     # --- failures ---------------------------------------------------------------------
     def fail_with_429(self, method: str, *, nth: int = 1, retry_after: int = 1) -> None:
         """The `nth` call of `method` from now on answers 429 Too Many Requests."""
-        self._failures.append((method, nth, retry_after))
+        self._failures.append(_Failure(method, nth, 429, f"Too Many Requests: retry after {retry_after}",
+                                       {"retry_after": retry_after}))
+
+    def reject_entities(self, method: str, *, nth: int = 1) -> None:
+        """The `nth` call of `method` with a parse_mode from now on is refused as if Telegram could
+        not parse its entities (real Telegram is stricter than any local check)."""
+        self._failures.append(_Failure(method, nth, 400, "Bad Request: can't parse entities: Can't find end "
+                                       "of the entity starting at byte offset 12", None, needs_parse_mode=True))
 
     # --- inspection -------------------------------------------------------------------
     def calls_to(self, method: str, chat_id: int | None = None) -> list[Call]:
@@ -320,12 +327,13 @@ class FakeTelegramAPI:
         call = Call(method, params, time.monotonic())
         self.calls.append(call)
         try:
-            retry_after = self._take_failure(method)
-            if retry_after is not None:
-                call.status = 429
-                return web.json_response(
-                    {"ok": False, "error_code": 429, "description": f"Too Many Requests: retry after {retry_after}",
-                     "parameters": {"retry_after": retry_after}}, status=429)
+            failure = self._take_failure(method, params)
+            if failure is not None:
+                call.status = failure.status
+                body: dict[str, Any] = {"ok": False, "error_code": failure.status, "description": failure.description}
+                if failure.parameters:
+                    body["parameters"] = failure.parameters
+                return web.json_response(body, status=failure.status)
             handler = getattr(self, f"_api_{method}", None)
             if handler is None:
                 call.status = 404
@@ -339,14 +347,15 @@ class FakeTelegramAPI:
         finally:
             await self._notify()
 
-    def _take_failure(self, method: str) -> int | None:
-        for i, (name, left, retry_after) in enumerate(self._failures):
-            if name == method:
-                if left <= 1:
-                    del self._failures[i]
-                    return retry_after
-                self._failures[i] = (name, left - 1, retry_after)
-                return None
+    def _take_failure(self, method: str, params: dict[str, Any]) -> _Failure | None:
+        for failure in self._failures:
+            if failure.method != method or (failure.needs_parse_mode and not params.get("parse_mode")):
+                continue
+            failure.left -= 1
+            if failure.left <= 0:
+                self._failures.remove(failure)
+                return failure
+            return None
         return None
 
     async def _api_getMe(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -471,6 +480,16 @@ class FakeTelegramAPI:
     def _next_message_id(self, chat_id: int) -> int:
         counter = self._message_ids.setdefault(chat_id, itertools.count(1))
         return next(counter)
+
+
+@dataclass
+class _Failure:
+    method: str
+    left: int  # calls of `method` until this one fails
+    status: int
+    description: str
+    parameters: dict[str, Any] | None
+    needs_parse_mode: bool = False
 
 
 class _ApiError(Exception):
