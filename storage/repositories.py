@@ -51,6 +51,7 @@ _MESSAGE_COLUMNS = (
     messages.c.created_at,
 )
 MAX_SETTING_KEY = 64
+MAX_DISPLAY_NAME = 256
 
 
 @asynccontextmanager
@@ -64,6 +65,17 @@ async def write_transaction(sessions: Sessions) -> AsyncIterator[AsyncSession]:
         except BaseException:
             await session.rollback()
             raise
+
+
+def clean_text(text: str) -> str:
+    """Make text storable on both engines: PostgreSQL rejects NUL, and lone surrogates are not UTF-8."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
 
 def _insert(dialect: str, table: Table) -> Any:
@@ -110,7 +122,7 @@ class _Repository:
         stmt = _insert(self._dialect, users).values(
             platform=platform,
             platform_user_id=user_id,
-            display_name=display_name or "",
+            display_name=clean_text(display_name or "")[:MAX_DISPLAY_NAME],
             created_at=now,
             last_seen_at=now,
         )
@@ -244,7 +256,7 @@ class ConversationRepository(_Repository):
             user_id=user_id,
             reply_to_id=reply_to_id,
             role=role,
-            text=text,
+            text=clean_text(text),
             token_count=int(token_count),
             sources=list(sources),
             platform_message_ids=platform_message_ids,
@@ -449,7 +461,9 @@ class UserSettingsRepository(_Repository):
         now = utcnow()
         async with write_transaction(self._sessions) as session:
             uid = await self._upsert_user(session, platform, user_id, None, now)
-            stmt = _insert(self._dialect, user_settings).values(user_id=uid, key=key, value=value, updated_at=now)
+            stmt = _insert(self._dialect, user_settings).values(
+                user_id=uid, key=key, value=clean_text(value), updated_at=now
+            )
             stmt = stmt.on_conflict_do_update(
                 index_elements=["user_id", "key"],
                 set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},

@@ -1,0 +1,111 @@
+"""Schema versioning: fresh databases reach head, older ones are upgraded in place, models match migrations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+
+from storage import Base, ConversationKey, Database, UserRef, create_engine, head_revision, normalize_url
+from storage.migrate import current_revision, upgrade
+
+MY_TABLES = {"users", "conversations", "messages", "message_refs", "processed_events", "feedback", "user_settings"}
+KEY = ConversationKey("telegram", "1", "1")
+
+
+async def test_old_database_is_upgraded_in_place(db_url: str) -> None:
+    engine = create_engine(db_url)
+    await upgrade(engine, "0001")
+    assert await current_revision(engine) == "0001"
+    old = Database(engine)  # repositories over the 0001 schema, as the first release would write
+    assert await old.conversations.commit_exchange(
+        platform="telegram", event_id="u1", key=KEY, user=UserRef("telegram", "1", "A"), user_text="old question",
+        user_tokens=2, assistant_text="old answer", assistant_tokens=2, sources=[], user_platform_message_id="5",
+        assistant_platform_message_ids=["6"],
+    )
+    await old.user_settings.set("telegram", "1", "lang", "en")
+    await old.close()
+
+    db = await Database.open(db_url)
+    try:
+        assert await db.revision() == head_revision()
+        assert [m.text for m in await db.conversations.history(KEY)] == ["old question", "old answer"]
+        assert await db.user_settings.get("telegram", "1") == {"lang": "en"}
+        assert await db.conversations.is_processed("telegram", "u1")
+    finally:
+        await db.close()
+    again = await Database.open(db_url)  # at head already: a no-op
+    try:
+        assert await again.revision() == head_revision()
+        assert len(await again.conversations.history(KEY)) == 2
+    finally:
+        await again.close()
+
+
+async def test_migrations_match_models(db: Database) -> None:
+    def diff(connection: object) -> list[object]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})  # type: ignore[arg-type]
+        return compare_metadata(context, Base.metadata)
+
+    async with db.engine.connect() as connection:
+        differences = await connection.run_sync(diff)
+
+    def touches_mine(item: object) -> bool:
+        names = [x if isinstance(x, str) else getattr(getattr(x, "table", x), "name", None) for x in _flatten(item)]
+        return any(name in MY_TABLES for name in names)
+
+    assert [d for d in differences if touches_mine(d)] == []
+
+
+def _flatten(item: object) -> list[object]:
+    if isinstance(item, (list, tuple)):
+        return [y for x in item for y in _flatten(x)]
+    return [item]
+
+
+async def test_sqlite_pragmas_and_folder_creation(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "deeper" / "ghostbot.db"
+    db = await Database.open(f"sqlite:///{path}")  # plain URL: the async driver is chosen for us
+    try:
+        assert path.exists()
+        async with db.engine.connect() as connection:
+            assert (await connection.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+            assert (await connection.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+            assert (await connection.execute(text("PRAGMA busy_timeout"))).scalar() == 30000
+        assert await db.ping()
+        assert db.dialect == "sqlite"
+    finally:
+        await db.close()
+
+
+async def test_in_memory_database_is_migrated_and_shared() -> None:
+    db = await Database.open("sqlite+aiosqlite:///:memory:")
+    try:
+        assert await db.revision() == head_revision()
+        assert await db.conversations.commit_exchange(
+            platform="cli", event_id="1", key=KEY, user=UserRef("cli", "1"), user_text="q", user_tokens=1,
+            assistant_text="a", assistant_tokens=1, sources=[], user_platform_message_id=None,
+            assistant_platform_message_ids=[],
+        )
+        assert len(await db.conversations.history(KEY)) == 2  # another session sees the same database
+    finally:
+        await db.close()
+
+
+def test_normalize_url_and_password_hiding() -> None:
+    assert normalize_url("postgres://u:p@h/db").drivername == "postgresql+asyncpg"
+    assert normalize_url("postgresql://u:p@h/db").drivername == "postgresql+asyncpg"
+    assert normalize_url("sqlite:///x.db").drivername == "sqlite+aiosqlite"
+    assert normalize_url("postgresql+asyncpg://u:p@h/db").drivername == "postgresql+asyncpg"
+
+
+async def test_url_for_logs_hides_password() -> None:
+    engine = create_engine("postgresql+asyncpg://bot:hunter2@127.0.0.1:1/ghost")
+    db = Database(engine)
+    try:
+        assert "hunter2" not in db.url
+        assert not await db.ping()  # nothing listens on port 1: a clean False, no exception
+    finally:
+        await db.close()
