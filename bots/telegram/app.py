@@ -258,14 +258,19 @@ class TelegramAdapter:
         await app.start()
         log.info("telegram: @%s is %s", app.bot.username, "on a webhook" if self._webhook else "polling")
 
-    async def stop(self) -> None:
-        """Stop fetching, let replies in flight finish (bounded), then close the HTTP clients."""
+    async def stop_receiving(self) -> None:
+        """Take no new updates (call before draining the worker); replies in flight continue."""
         app = self.application
         if app.updater is not None and app.updater.running:
-            await app.updater.stop()  # the last getUpdates confirms what was fetched
+            await app.updater.stop()  # its last getUpdates confirms what was fetched
         if self._webhook is not None:
             await self._webhook.cleanup()
             self._webhook = None
+
+    async def stop(self) -> None:
+        """Stop receiving, let replies in flight finish (bounded), then close the HTTP clients."""
+        app = self.application
+        await self.stop_receiving()
         if app.running:
             try:
                 await asyncio.wait_for(app.stop(), self._drain_timeout)
@@ -306,13 +311,3 @@ class TelegramAdapter:
             return web.Response(status=400, text="bad update")
         await self.application.update_queue.put(update)
         return web.Response(status=200)
-
-
-async def run_telegram(settings: Settings, manager: Manager, stop_event: asyncio.Event) -> None:
-    """Run the adapter until `stop_event` is set (for `ghostbot run`)."""
-    adapter = TelegramAdapter(settings, manager)
-    await adapter.start()
-    try:
-        await stop_event.wait()
-    finally:
-        await adapter.stop()

@@ -10,7 +10,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions, Message, ReplyParameters
 from telegram.constants import ChatAction, ParseMode
-from telegram.error import BadRequest, RetryAfter
+from telegram.error import BadRequest, RetryAfter, TelegramError
 
 from bots.render import sources_footer, split_message, utf16_len
 from bots.streaming import ThrottledEditor
@@ -93,12 +93,15 @@ class TelegramSink:
         async with self._io:
             if self._done or self._streamed:
                 return
-            if self._message_id is None:
-                message = await self._call(self._send_message, text, None, None)
-                self._message_id, self._shown = message.message_id, text
-                self._last_write = time.monotonic()
-            elif time.monotonic() - self._last_write >= self._min_interval:
-                await self._write_stream(text)
+            try:
+                if self._message_id is None:
+                    message = await self._call(self._send_message, text, None, None)
+                    self._message_id, self._shown = message.message_id, text
+                    self._last_write = time.monotonic()
+                elif time.monotonic() - self._last_write >= self._min_interval:
+                    await self._write_stream(text)
+            except TelegramError as exc:  # a status line is cosmetic: the answer still comes
+                log.info("queue status in chat %s not shown: %s", self._chat_id, type(exc).__name__)
 
     async def started(self) -> None:
         if self._typing is None and not self._done:
@@ -149,7 +152,11 @@ class TelegramSink:
             self._streamed = True
             self._stop_typing()
             if self._message_id is None:
-                message = await self._call(self._send_message, text, None, None)
+                try:
+                    message = await self._call(self._send_message, text, None, None)
+                except TelegramError as exc:  # the final answer will be sent as a new message
+                    log.info("stream start in chat %s failed: %s", self._chat_id, type(exc).__name__)
+                    return
                 self._message_id, self._shown, self._last_write = message.message_id, text, time.monotonic()
                 return
             # A queue status was just written: keep the one-edit-per-interval floor.
@@ -158,8 +165,8 @@ class TelegramSink:
                 await asyncio.sleep(wait)
             try:
                 await self._write_stream(text)
-            except RetryAfter as exc:  # the limiter gave up; the next update or the final carries it
-                log.info("stream edit in chat %s skipped: retry after %s", self._chat_id, exc.retry_after)
+            except TelegramError as exc:  # e.g. a 429 the limiter gave up on: the next edit or the final carries it
+                log.info("stream edit in chat %s skipped: %s", self._chat_id, type(exc).__name__)
 
     async def _write_stream(self, text: str) -> None:
         assert self._message_id is not None
