@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Iterator, Protocol
 
 import discord
 import yarl
@@ -127,9 +128,9 @@ class GhostClient(discord.Client):
             return  # an unaddressed guild message: no API call, nothing stored
         if not self._accepting:
             return
-        incoming = convert.from_message(message, self.user)
-        target = MessageTarget(message)
-        await self._handle(incoming, target, feedback=True)
+        with self._tracked():
+            incoming = convert.from_message(message, self.user)
+            await self._handle(incoming, MessageTarget(message), feedback=True)
 
     # --- slash commands --------------------------------------------------------------
     def _register_commands(self) -> None:
@@ -172,11 +173,12 @@ class GhostClient(discord.Client):
         if not self._accepting:
             await interaction.response.send_message("I'm restarting, please try again in a minute.", ephemeral=True)
             return
-        # Acknowledge first, before any storage or queue work: Discord drops interactions that
-        # are not answered within 3 seconds, however long the generation queue is.
-        await interaction.response.defer(thinking=True, ephemeral=not public)
-        incoming = convert.from_interaction(interaction, text)
-        await self._handle(incoming, InteractionTarget(interaction, public=public), feedback=public)
+        with self._tracked():
+            # Acknowledge first, before any storage or queue work: Discord drops interactions that
+            # are not answered within 3 seconds, however long the generation queue is.
+            await interaction.response.defer(thinking=True, ephemeral=not public)
+            incoming = convert.from_interaction(interaction, text)
+            await self._handle(incoming, InteractionTarget(interaction, public=public), feedback=public)
 
     async def _on_tree_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         log.error("slash command /%s failed", getattr(interaction.command, "name", "?"), exc_info=error)
@@ -184,9 +186,6 @@ class GhostClient(discord.Client):
     # --- shared ------------------------------------------------------------------------
     async def _handle(self, incoming: Incoming, target: InteractionTarget | MessageTarget, *, feedback: bool) -> None:
         sink = DiscordSink(target, feedback_view=FeedbackView.template() if feedback else None)
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
         try:
             await self.manager.handle(incoming, sink)
         except asyncio.CancelledError:
@@ -198,11 +197,23 @@ class GhostClient(discord.Client):
             except discord.HTTPException:
                 log.warning("could not tell the user about the failure")
         finally:
-            try:
-                await target.finish()
-            finally:
-                if task is not None:
-                    self._tasks.discard(task)
+            await target.finish()
+
+    @property
+    def in_flight(self) -> int:
+        """Events being answered right now."""
+        return sum(1 for task in self._tasks if not task.done())
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            yield
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
 
     async def _on_feedback(self, interaction: discord.Interaction, rating: int) -> None:
         message = interaction.message

@@ -1,0 +1,212 @@
+"""Discord end-to-end fixtures: the real app (storage, retrieval, manager, worker) behind the
+unmodified discord.py, talking to the loopback Discord fake. Only the model is scripted."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterator
+
+import pytest
+
+from core.generators.base import GenerationParams, PromptSpec
+from core.settings import Settings
+from tests.fakes.discord_api import DiscordFake
+
+Script = Callable[[PromptSpec], str]
+
+
+def echo(spec: PromptSpec) -> str:
+    """Says what it was asked and how much history it saw (so tests can see conversations)."""
+    return f"Answer to: {spec.question} (history turns: {len(spec.history)})"
+
+
+@dataclass
+class SlowScript:
+    """A generator stand-in: scripted text streamed word by word, `delay` seconds per piece,
+    optionally held at `gate` (to keep a request running while the queue fills)."""
+
+    script: Script = echo
+    delay: float = 0.0
+    gate: threading.Event | None = None
+    name: str = "scripted"
+    context_length: int = 100_000
+    specs: list[PromptSpec] = field(default_factory=list)
+    started: list[float] = field(default_factory=list)  # time.monotonic() when each stream began
+    finished: list[float] = field(default_factory=list)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def prompt_tokens(self, spec: PromptSpec) -> int:
+        parts = [spec.system, spec.question, *(p.text for p in spec.passages), *(t.content for t in spec.history)]
+        return sum(self.count_tokens(part) + 4 for part in parts)
+
+    def stream(self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]) -> Iterator[str]:
+        self.specs.append(spec)
+        self.started.append(time.monotonic())
+        try:
+            if self.gate is not None:
+                while not self.gate.wait(0.02):
+                    if should_stop():
+                        return
+            text = self.script(spec)
+            start = 0
+            for index in range(1, len(text) + 1):
+                if index == len(text) or (text[index] in " \n" and text[index - 1] not in " \n"):
+                    if should_stop():
+                        return
+                    if self.delay:
+                        time.sleep(self.delay)  # blocking on purpose: a model holds its thread
+                    yield text[start:index]
+                    start = index
+        finally:
+            self.finished.append(time.monotonic())
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class World:
+    """The fake Discord server: one guild with a channel, a thread in it, a role, and users."""
+
+    fake: DiscordFake
+    guild: dict[str, Any]
+    channel: dict[str, Any]
+    thread: dict[str, Any]
+    member_role: str
+    alice: dict[str, Any]
+    bob: dict[str, Any]
+    stranger: dict[str, Any]
+
+
+@dataclass
+class DiscordHarness:
+    world: World
+    settings: Settings
+    app: Any  # bots.compose.App
+    adapter: Any  # bots.discord.DiscordAdapter
+    generator: SlowScript
+
+    @property
+    def fake(self) -> DiscordFake:
+        return self.world.fake
+
+
+def discord_settings(world: World, tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        discord_bot_token="discord-test-token",
+        discord_api_base_url=world.fake.api_base,
+        discord_gateway_url=world.fake.gateway_url,
+        discord_guild_ids=world.guild["id"],
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+        data_dir=tmp_path / "data",
+        packs=[],
+        dense_retrieval=False,  # BM25 only: no encoder to load in end-to-end tests
+        generator="extractive",
+        rate_limit_per_minute=600.0,
+        rate_limit_burst=100,
+        request_timeout_seconds=30.0,
+        http_port=0,
+    )
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    fake = DiscordFake(heartbeat_interval_ms=200)
+    guild = fake.add_guild("security", roles=("member",))
+    channel = fake.add_channel(guild, "general")
+    thread = fake.add_thread(channel, "xss questions")
+    await fake.start()
+    try:
+        yield World(fake, guild, channel, thread, fake.role_id(guild, "member"),
+                    fake.user("alice"), fake.user("bob"), fake.user("stranger"))
+    finally:
+        await fake.close()
+
+
+@asynccontextmanager
+async def running_discord(
+    world: World,
+    tmp_path: Path,
+    generator: SlowScript | None = None,
+    index: dict[str, str] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[DiscordHarness]:
+    """The real app from `bots.compose.open_app` with the Discord adapter connected to the fake."""
+    from bots.compose import open_app
+    from bots.discord import DiscordAdapter
+
+    settings = discord_settings(world, tmp_path, **overrides)
+    generator = generator or SlowScript()
+    async with open_app(settings, generator=generator, build_packs=False) as app:
+        if index:
+            folder = tmp_path / "docs"
+            folder.mkdir(exist_ok=True)
+            for name, text in index.items():
+                (folder / name).write_text(text, encoding="utf-8")
+            await app.indexer.index_paths([folder])
+        adapter = DiscordAdapter(settings, app.manager, guild_ready_timeout=0.1)
+        await adapter.start()
+        try:
+            await adapter.wait_ready(10)
+            yield DiscordHarness(world, settings, app, adapter, generator)
+        finally:
+            await adapter.stop(grace=5)
+
+
+@pytest.fixture
+def discord_bot(world: World, tmp_path: Path) -> Callable[..., Any]:
+    """`async with discord_bot(generator=…, **settings) as h:` — a running bot on this test's fake."""
+
+    def factory(**kwargs: Any) -> Any:
+        return running_discord(world, tmp_path, **kwargs)
+
+    return factory
+
+
+# --- helpers the Discord tests share ----------------------------------------------------------
+async def settled(h: DiscordHarness, timeout: float = 15.0) -> None:
+    """Wait until the adapter has no event in flight (after something was pushed and acknowledged)."""
+    client = h.adapter.client
+    await h.fake.wait_for(lambda: client.in_flight == 0, timeout)
+
+
+async def slash(
+    h: DiscordHarness,
+    name: str,
+    options: dict[str, str] | None = None,
+    *,
+    user: dict[str, Any] | None = None,
+    channel: dict[str, Any] | None = None,
+    roles: list[str] | None = None,
+    wait: bool = True,
+) -> Any:
+    """Push a slash command; with `wait`, return once the bot has finished answering it."""
+    world = h.world
+    state = await h.fake.push_slash(
+        name, channel or world.channel, user or world.alice, options,
+        roles=[world.member_role] if roles is None else roles,
+    )
+    if wait:
+        await h.fake.wait_for(lambda: state.callback_type is not None, 10)
+        await settled(h)
+    return state
+
+
+def contents(state: Any) -> list[str]:
+    return [message["content"] for message in state.visible()]
+
+
+def is_ephemeral(message: dict[str, Any]) -> bool:
+    return bool(message["flags"] & 64)
+
+
+def feedback_buttons(message: dict[str, Any]) -> list[str]:
+    return [button.get("custom_id") for row in message.get("components", []) for button in row.get("components", [])]
