@@ -76,16 +76,17 @@ class ExtractiveGenerator:
     def answer_blocks(self, spec: PromptSpec, max_tokens: int) -> list[str]:
         """The quote blocks (without the intro) for `spec`, within roughly `max_tokens` tokens."""
         terms = query_terms(spec.question)
+        scored = [(number, *self._best_sentences(p.text, terms)) for number, p in enumerate(spec.passages, 1)]
+        if scored and not any(score for _, score, _ in scored):
+            # No word overlap anywhere: retrieval still ranked passage 1 best (e.g. a dense match), quote its lead.
+            scored = [(1, 1, split_sentences(spec.passages[0].text)[: self.sentences_per_passage])]
         blocks: list[str] = []
         used = self.count_tokens(INTRO)
-        for number, passage in enumerate(spec.passages, start=1):
+        for number, score, sentences in scored:
             if len(blocks) >= self.max_passages:
                 break
-            score, sentences = self._best_sentences(passage.text, terms)
             if score == 0:
-                if blocks or number > 1:
-                    continue  # no overlap with the question: only the top-ranked passage is quoted regardless
-                sentences = split_sentences(passage.text)[: self.sentences_per_passage]
+                continue
             if not sentences:
                 continue
             quote = " ".join(_shorten(s, self.max_sentence_words) for s in sentences)

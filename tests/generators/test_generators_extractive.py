@@ -1,0 +1,60 @@
+import re
+
+from core.generators.base import GenerationParams, PromptSpec
+from core.generators.extractive import INTRO, NO_PASSAGES_REPLY, ExtractiveGenerator, query_terms
+from core.types import Source
+
+XSS = Source(index=1, ref="CWE-79", source="cwe", title="Cross-site Scripting",
+             text="The product does not neutralize user input. It is then placed in a web page. "
+                  "Cross-site scripting lets attackers run script in the victim's browser. Output encoding helps.")
+SQLI = Source(index=2, ref="CWE-89", source="cwe", title="SQL Injection",
+              text="SQL injection modifies a database query. Use parameterized queries.")
+PS = Source(index=3, ref="T1059.001", source="attack", title="PowerShell",
+            text="Adversaries may abuse PowerShell commands and scripts for execution.")
+
+
+def answer(question: str, passages, **kw) -> str:
+    gen = ExtractiveGenerator(**kw)
+    spec = PromptSpec(system="sys", passages=tuple(passages), history=(), question=question)
+    return "".join(gen.stream(spec, GenerationParams(), lambda: False))
+
+
+def test_quotes_most_relevant_sentences_with_citations():
+    text = answer("How does cross-site scripting work in a browser?", [XSS, SQLI, PS])
+    assert text.startswith(INTRO + "\n\n> ")
+    first = text.split("\n\n")[1]
+    assert "Cross-site scripting lets attackers run script in the victim's browser." in first
+    assert first.endswith("[1]")
+    assert "[2]" not in text  # no overlap with the SQL passage → not quoted
+    assert "Use parameterized" not in text
+
+
+def test_several_passages_keep_their_numbers():
+    text = answer("SQL injection and PowerShell scripts", [XSS, SQLI, PS])
+    blocks = text.split("\n\n")[1:]
+    assert [re.search(r"\[(\d)\]$", b).group(1) for b in blocks] == ["2", "3"]
+    assert blocks[0] == "> SQL injection modifies a database query. [2]"  # the 2nd sentence has no query term
+    assert all(b.startswith("> ") for b in blocks)
+
+
+def test_top_passage_is_quoted_even_without_word_overlap():
+    text = answer("zzz qqq", [PS, SQLI])
+    assert text == INTRO + "\n\n> Adversaries may abuse PowerShell commands and scripts for execution. [1]"
+
+
+def test_no_passages_reply():
+    assert answer("What is XSS?", []) == NO_PASSAGES_REPLY
+    assert "ghostbot index" in NO_PASSAGES_REPLY
+
+
+def test_should_stop_and_counts():
+    gen = ExtractiveGenerator()
+    spec = PromptSpec(system="", passages=(SQLI, PS), history=(), question="SQL PowerShell")
+    assert list(gen.stream(spec, GenerationParams(), lambda: True)) == [INTRO]
+    assert gen.count_tokens("parameterized queries.") == 4 + 2 + 1  # ceil(13/4) + ceil(7/4) + "."
+    assert gen.prompt_tokens(spec) > gen.count_tokens("SQL PowerShell")
+    assert gen.context_length == 4096
+
+
+def test_identifier_terms_match():
+    assert {"cwe-79", "cwe", "79"} <= query_terms("Tell me about CWE-79")
