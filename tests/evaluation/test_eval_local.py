@@ -13,7 +13,6 @@ import torch
 from core.evaluation.local import (GhostLMLocal, LocalJudge, TorchLM, fit_prompt, load_local_lm,
                                    score_candidates)
 from core.evaluation.mcq import McqItem, option_orders, report, score_local
-from ghostlm import GhostLM, GhostLMConfig, save_safetensors, train_tokenizer
 
 VOCAB = [chr(c) for c in range(32, 127)] + ["\n", "…"]
 PROBS = [0.1, 0.2, 0.3, 0.25, 0.15]  # p(score = 1..5) of the hand-built judge
@@ -76,23 +75,6 @@ def test_fit_prompt_shortens_the_middle():
     ids = fit_prompt(lm, "sys", user, lm.encode('{"score": '), reserve=10)
     text = lm.decode(ids)
     assert len(ids) <= 110 and text.startswith("sys\nHEAD") and "TAIL" in text and "[…]" in text
-
-
-@pytest.fixture(scope="module")
-def tiny_ghostlm(tmp_path_factory):
-    torch.manual_seed(0)
-    texts = ['{"score": 1} {"score": 2} {"score": 3} {"score": 4} {"score": 5} reason answer question'] * 50 + \
-            ["Question: Which port does HTTPS use? A. 443 B. 80 C. 22 D. 25 Answer: 443"] * 20
-    d = tmp_path_factory.mktemp("ghost")
-    tok = train_tokenizer(texts, 300, d / "tokenizer.json")
-    cfg = GhostLMConfig(vocab_size=tok.vocab_size, context_length=256, d_model=32, n_heads=2, n_layers=2,
-                        d_ff=64, dropout=0.0)
-    model = GhostLM(cfg)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(30.0)  # peaked, so the expectation is far from a uniform 3.0
-    model.eval()
-    save_safetensors(model, d)
-    return model, tok, d
 
 
 async def test_ghostlm_geval_equals_independent_sum(tiny_ghostlm):
