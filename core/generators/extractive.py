@@ -59,6 +59,9 @@ class ExtractiveGenerator:
         self.sentences_per_passage = sentences_per_passage
         self.max_sentence_words = max_sentence_words
 
+    def load(self) -> None:
+        """Nothing to load (same startup hook as the model backends)."""
+
     def count_tokens(self, text: str) -> int:
         return word_piece_estimate(text)
 

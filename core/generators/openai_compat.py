@@ -74,6 +74,9 @@ class OpenAIGenerator:
         self._count = cached_cl100k() or utf8_bytes_estimate
         self.exact_counts = self._count is not utf8_bytes_estimate
 
+    def load(self) -> None:
+        """Nothing to load locally; call :meth:`check` to probe the server at startup."""
+
     # --- counting ----------------------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
         return self._count(text)

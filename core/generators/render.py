@@ -7,7 +7,8 @@ some chat templates) call ``render_turns(spec, include_system=False)`` and send 
 the layout of passages, history and question stays defined here only.
 
 Passages are quoted data: they are announced as reference material that is not instructions, and a passage can
-never end the preamble early because its text is indented under its own numbered header.
+never pass for the question or for another passage because every line of its text is quoted with "> "
+under its own numbered header.
 """
 
 from __future__ import annotations

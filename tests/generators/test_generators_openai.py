@@ -151,3 +151,11 @@ def test_generator_is_usable_from_a_worker_thread(server, gen):
 
 def test_redact_url():
     assert redact_url("https://u:p@host:8080/v1?key=abc") == "https://host:8080/v1"
+
+
+async def test_streams_from_a_worker_thread_inside_an_event_loop(server, gen):
+    import asyncio
+
+    server.set_reply(Reply("async world"))
+    pieces = await asyncio.to_thread(lambda: list(gen.stream(SPEC, PARAMS, lambda: False)))
+    assert "".join(pieces) == "async world"
