@@ -139,7 +139,8 @@ class GhostClient(discord.Client):
         @tree.command(name="ask", description=_describe("ask", "Ask the cybersecurity assistant a question"))
         @app_commands.describe(question="Your question")
         async def ask(interaction: discord.Interaction, question: str) -> None:
-            await self._slash(interaction, question, public=True)
+            # Through the core's /ask, so a question that starts with "/" is still a question.
+            await self._slash(interaction, f"/ask {question}", public=True)
 
         @tree.command(name="reset", description=_describe("reset", "Start a new conversation"))
         async def reset(interaction: discord.Interaction) -> None:
@@ -162,6 +163,14 @@ class GhostClient(discord.Client):
         @tree.command(name="stats", description=_describe("stats", "Usage statistics"))
         async def stats(interaction: discord.Interaction) -> None:
             await self._slash(interaction, "/stats")
+
+        @tree.command(name="retry", description=_describe("retry", "Regenerate the last answer"))
+        async def retry(interaction: discord.Interaction) -> None:
+            await self._slash(interaction, "/retry", public=True)
+
+        @tree.command(name="cancel", description=_describe("cancel", "Stop your question that is waiting or being answered"))
+        async def cancel(interaction: discord.Interaction) -> None:
+            await self._slash(interaction, "/cancel")
 
         @tree.command(name="help", description=_describe("help", "What this bot can do"))
         async def help_(interaction: discord.Interaction) -> None:

@@ -17,7 +17,7 @@ from tests.e2e.discord_fixtures import (
     world,  # noqa: F401  (fixture)
 )
 
-COMMANDS = {"ask", "reset", "sources", "forget", "settings", "stats", "help"}
+COMMANDS = {"ask", "reset", "sources", "forget", "settings", "stats", "help", "retry", "cancel"}
 DOCS = {"xss.md": "# Cross-site scripting\n\nCWE-79 cross-site scripting: escape output, use a content security policy."}
 
 
@@ -86,7 +86,7 @@ async def test_ask_defers_promptly_even_when_the_queue_is_full(discord_bot) -> N
 
 
 async def test_long_answer_is_split_into_followups_with_the_code_block_intact(discord_bot) -> None:
-    code = "\n".join(f"payload_{i} = '<script>alert({i})</script>'" for i in range(90))
+    code = "\n".join(f"payload_{i} = '<script>alert({i})</script>'" for i in range(150))
     text = "Here are test payloads:\n\n```python\n" + code + "\n```\n\nEscape them all."
     async with discord_bot(generator=SlowScript(script=lambda spec: text)) as h:
         state = await slash(h, "ask", {"question": "payloads please"})
@@ -97,7 +97,7 @@ async def test_long_answer_is_split_into_followups_with_the_code_block_intact(di
         for part in parts:
             assert part.count("```") % 2 == 0  # every part renders its own complete code block
         joined = "\n".join(parts)
-        for i in range(90):
+        for i in range(150):
             assert f"payload_{i} = '<script>alert({i})</script>'" in joined
         assert parts[-1].rstrip().endswith("Escape them all.")
         assert [feedback_buttons(m) for m in state.visible()][-1] == ["fb:+1", "fb:-1"]

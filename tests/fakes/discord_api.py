@@ -263,6 +263,7 @@ class DiscordFake:
             member = self._member(author, roles or [])
             member.pop("user")
             message["member"] = member
+        self.messages.setdefault(channel["id"], {})[message["id"]] = message
         await self.dispatch("MESSAGE_CREATE", message)
         return message
 
@@ -478,9 +479,11 @@ class DiscordFake:
         extra: dict[str, Any] = {}
         reference = body.get("message_reference")
         if reference:
+            reference = {key: str(value) if key.endswith("_id") and value is not None else value
+                         for key, value in reference.items()}  # Discord sends snowflakes as strings
             extra["type"] = 19
             extra["message_reference"] = reference
-            extra["referenced_message"] = self.messages.get(channel_id, {}).get(str(reference["message_id"]))
+            extra["referenced_message"] = self.messages.get(channel_id, {}).get(reference["message_id"])
         message = self._bot_message(channel_id, body, **extra)
         self.messages.setdefault(channel_id, {})[message["id"]] = message
         return 200, message
@@ -510,7 +513,8 @@ class DiscordFake:
         return [c for c in self.calls if c.method == method and pattern.fullmatch(c.path)]
 
     def bot_messages(self, channel_id: str) -> list[dict[str, Any]]:
-        return list(self.messages.get(channel_id, {}).values())
+        """What the bot posted in a channel, oldest first."""
+        return [m for m in self.messages.get(channel_id, {}).values() if m["author"]["id"] == self.bot_user["id"]]
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
         deadline = time.monotonic() + timeout
