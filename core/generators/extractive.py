@@ -58,6 +58,7 @@ class ExtractiveGenerator:
         self.max_passages = max_passages
         self.sentences_per_passage = sentences_per_passage
         self.max_sentence_words = max_sentence_words
+        self.last_finish_reason: str | None = None  # of the latest stream: "stop" | "cancelled"
 
     def load(self) -> None:
         """Nothing to load (same startup hook as the model backends)."""
@@ -104,12 +105,14 @@ class ExtractiveGenerator:
     def stream(self, spec: PromptSpec, params: GenerationParams,
                should_stop: Callable[[], bool]) -> Iterator[str]:
         blocks = self.answer_blocks(spec, params.max_new_tokens)
+        self.last_finish_reason = "stop"
         if not blocks:
             yield NO_PASSAGES_REPLY
             return
         yield INTRO
         for block in blocks:
             if should_stop():
+                self.last_finish_reason = "cancelled"
                 return
             yield "\n\n" + block
 

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+_FINISH = {"stop_token": "stop", "max_new_tokens": "length", "context_length": "length", "cancelled": "cancelled"}
+
+
 def sampling_params(params: GenerationParams):
     """GenerationParams → ghostlm.SamplingParams (top_k 0 disables, temperature 0 is greedy)."""
     from ghostlm import SamplingParams
@@ -38,6 +41,7 @@ class GhostLMGenerator:
         self._engine: Engine | None = None
         self._tokenizer: Tokenizer | None = None
         self._lock = threading.Lock()
+        self.last_finish_reason: str | None = None  # of the latest stream: "stop" | "length" | "cancelled"
 
     def load(self) -> None:
         """Load the checkpoint and tokenizer (idempotent, thread-safe)."""
@@ -115,6 +119,7 @@ class GhostLMGenerator:
                 yield tail
         finally:
             stream.close()
+            self.last_finish_reason = _FINISH.get(stream.stop_reason or "", "cancelled")
         logger.debug("GhostLM stream ended: %s after %d tokens", stream.stop_reason, len(stream.tokens))
 
     def close(self) -> None:

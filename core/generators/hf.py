@@ -49,6 +49,7 @@ class HFGenerator:
         self._system_role = False
         self._stop_ids: frozenset[int] = frozenset()
         self._context_length = 0
+        self.last_finish_reason: str | None = None  # of the latest stream: "stop" | "length" | "cancelled"
 
     # --- loading -----------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -183,7 +184,11 @@ class HFGenerator:
                                len(ids), keep)
                 ids = ids[-keep:]
             max_new = ctx - len(ids)
-        if max_new <= 0 or should_stop():
+        self.last_finish_reason = "cancelled"  # until the loop says otherwise (also covers a consumer's close())
+        if max_new <= 0:
+            self.last_finish_reason = "length"
+            return
+        if should_stop():
             return
         device = next(model.parameters()).device
         sampler = Sampler(sampling_params(params), model.config.vocab_size, ids, device)
@@ -196,12 +201,14 @@ class HFGenerator:
             with torch.inference_mode():
                 token = sampler(logits)
             if token in self._stop_ids:
+                self.last_finish_reason = "stop"
                 break
             piece = decoder.push(token)
             if plain and piece:
                 held += piece
                 cut = held.find(PLAIN_STOP)
                 if cut >= 0:
+                    self.last_finish_reason = "stop"
                     if held[:cut]:
                         yield held[:cut]
                     return
@@ -209,7 +216,10 @@ class HFGenerator:
                 piece, held = held[:safe], held[safe:]
             if piece:
                 yield piece
-            if step == max_new - 1 or should_stop():
+            if step == max_new - 1:
+                self.last_finish_reason = "length"
+                break
+            if should_stop():
                 break
             with torch.inference_mode():
                 out = model(input_ids=torch.tensor([[token]], device=device), past_key_values=past, use_cache=True)

@@ -73,6 +73,7 @@ class OpenAIGenerator:
                                     timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)))
         self._count = cached_cl100k() or utf8_bytes_estimate
         self.exact_counts = self._count is not utf8_bytes_estimate
+        self.last_finish_reason: str | None = None  # of the latest stream: "stop" | "length" | "cancelled"
 
     def load(self) -> None:
         """Nothing to load locally; call :meth:`check` to probe the server at startup."""
@@ -164,6 +165,7 @@ class OpenAIGenerator:
     def stream_messages(self, messages: list[dict[str, Any]], params: GenerationParams,
                         should_stop: Callable[[], bool]) -> Iterator[str]:
         """SSE chat completion; leaving the ``with`` block (stop, error, consumer closed) drops the connection."""
+        self.last_finish_reason = "cancelled"  # until the server says otherwise
         if should_stop():
             return
         try:
@@ -171,21 +173,26 @@ class OpenAIGenerator:
                                      json=self._payload(messages, params, True)) as response:
                 if response.status_code >= 400:
                     raise self._status_error(response)
+                finish = "stop"  # a server that just ends the stream finished normally
                 for line in response.iter_lines():
                     if should_stop():
                         return
-                    piece = self._parse_event(line)
-                    if piece is None:
-                        return
+                    event = self._parse_event(line)
+                    if event is None:
+                        break
+                    piece, reason = event
+                    if reason:
+                        finish = "length" if reason == "length" else "stop"
                     if piece:
                         yield piece
+                self.last_finish_reason = finish
         except httpx.HTTPError as e:
             raise self._transport_error(e) from None
 
-    def _parse_event(self, line: str) -> str | None:
-        """Text of one SSE line ('' for non-content lines), None at ``[DONE]``."""
+    def _parse_event(self, line: str) -> tuple[str, str | None] | None:
+        """(text, finish_reason) of one SSE line (('', None) for non-data lines), None at ``[DONE]``."""
         if not line.startswith("data:"):
-            return ""  # blank separators, ": keep-alive" comments, "event:" lines
+            return "", None  # blank separators, ": keep-alive" comments, "event:" lines
         data = line[5:].strip()
         if data == "[DONE]":
             return None
@@ -200,9 +207,11 @@ class OpenAIGenerator:
             detail = err.get("message", "") if isinstance(err, dict) else str(err)
             raise GeneratorError(self._safe(f"the model server at {self._where()} failed mid-answer: {detail}"))
         choices = event.get("choices") or []
-        delta = (choices[0].get("delta") or {}) if choices and isinstance(choices[0], dict) else {}
+        choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+        delta = choice.get("delta") or {}
         content = delta.get("content") if isinstance(delta, dict) else None
-        return content if isinstance(content, str) else ""
+        reason = choice.get("finish_reason")
+        return (content if isinstance(content, str) else ""), (reason if isinstance(reason, str) else None)
 
     def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
         try:

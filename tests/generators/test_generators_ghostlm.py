@@ -57,6 +57,7 @@ def test_streams_text_and_is_deterministic_when_seeded(gen: GhostLMGenerator):
     b = list(gen.stream(spec(), SAMPLED, lambda: False))
     assert a and all(isinstance(p, str) for p in a)
     assert "".join(a) == "".join(b) and "".join(a).strip()
+    assert gen.last_finish_reason in ("stop", "length")
 
 
 def test_should_stop_is_honoured(gen: GhostLMGenerator):
@@ -70,6 +71,7 @@ def test_should_stop_is_honoured(gen: GhostLMGenerator):
     full = list(gen.stream(spec(), params, lambda: False))
     pieces = list(gen.stream(spec(), params, stop))
     assert len(calls) == 3 and len(pieces) <= 2 < len(full)
+    assert gen.last_finish_reason == "cancelled"
 
 
 def test_typed_end_token_is_plain_text(gen: GhostLMGenerator):

@@ -70,6 +70,7 @@ def test_should_stop_is_polled_every_token(gen: HFGenerator):
     full = "".join(gen.stream(spec(), params, lambda: False))
     part = "".join(gen.stream(spec(), params, lambda: calls.append(1) or len(calls) > 3))
     assert len(calls) == 4 and len(part) < len(full) and full.startswith(part)
+    assert gen.last_finish_reason == "cancelled"
 
 
 def test_plain_layout_without_chat_template(hf_plain_dir: Path):
@@ -111,4 +112,5 @@ def test_plain_layout_stops_at_the_next_user_turn(hf_plain_dir: Path, monkeypatc
 
     monkeypatch.setattr(ghostlm.sampling, "Sampler", Scripted)
     assert "".join(g.stream(spec(), GenerationParams(max_new_tokens=30), lambda: False)) == "Use queries."
+    assert g.last_finish_reason == "stop"
     g.close()

@@ -35,6 +35,7 @@ def test_streaming_pieces_join_to_the_canned_reply(server, gen):
     pieces = list(gen.stream(SPEC, PARAMS, lambda: False))
     assert len(pieces) > 3
     assert "".join(pieces) == "XSS lets attackers run script in a victim's browser [1]. Café ☕ too."
+    assert gen.last_finish_reason == "stop"
     req = server.requests[-1]
     assert req.path == "/v1/chat/completions" and req.stream
     assert req.headers["Authorization"] == f"Bearer {KEY}"
@@ -73,7 +74,7 @@ def test_should_stop_closes_the_stream_early(server, gen):
     pieces = gen.stream(SPEC, PARAMS, lambda: len(got) >= 3)
     for p in pieces:
         got.append(p)
-    assert got == ["w0 ", "w1 ", "w2 "]
+    assert got == ["w0 ", "w1 ", "w2 "] and gen.last_finish_reason == "cancelled"
     assert server.wait_for_disconnect()  # the connection was dropped, the server did not finish the reply
 
 
@@ -159,3 +160,9 @@ async def test_streams_from_a_worker_thread_inside_an_event_loop(server, gen):
     server.set_reply(Reply("async world"))
     pieces = await asyncio.to_thread(lambda: list(gen.stream(SPEC, PARAMS, lambda: False)))
     assert "".join(pieces) == "async world"
+
+
+def test_length_finish_reason_is_reported(server, gen):
+    server.set_reply(Reply("cut short", finish_reason="length"))
+    assert "".join(gen.stream(SPEC, PARAMS, lambda: False)) == "cut short"
+    assert gen.last_finish_reason == "length"
