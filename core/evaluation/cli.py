@@ -13,8 +13,7 @@ from typing import Any, Callable
 
 from core.settings import Settings
 
-from .compare import (PairwiseComparer, format_table, pairs_from_columns, pairs_from_results, write_json)
-from .compare import Pair
+from .compare import Pair, PairwiseComparer, format_table, pairs_from_columns, pairs_from_results, write_json
 from .feedback import export_feedback
 from .io import EvalInputError, read_table
 from .judges import JudgeUnavailableError, OpenAIJudge, redact_url

@@ -9,7 +9,6 @@ Verdicts are from A's side: win = A is better.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Sequence
 from .io import EvalInputError, ResultsWriter, Table, row_key
 from .judges import Judge, PairResult, derive_seed
 from .rubrics import Criterion, Rubrics
-from .runner import AnswerFn, _progress
+from .runner import progress_bar
 
 VERDICTS = ("win", "tie", "loss")
 
@@ -70,15 +69,6 @@ def pairs_from_columns(table: Table, col_a: str, col_b: str) -> list[Pair]:
     return [Pair(r["question"], r.get("reference", ""), r[col_a], r[col_b]) for r in table.rows]
 
 
-async def pairs_from_generators(table: Table, answer_a: AnswerFn, answer_b: AnswerFn) -> list[Pair]:
-    pairs = []
-    for r in table.rows:
-        a = await answer_a(r["question"])
-        b = await answer_b(r["question"])
-        pairs.append(Pair(r["question"], r.get("reference", ""), a.text, b.text))
-    return pairs
-
-
 def combine(first: PairResult, swapped: PairResult) -> tuple[str, str]:
     """(verdict from A's side, note). ``swapped`` was asked with B shown first."""
     if first.verdict is None or swapped.verdict is None:
@@ -124,7 +114,7 @@ class PairwiseComparer:
         keys = [row_key(i, p.question, p.answer_a, p.answer_b) for i, p in enumerate(pairs)]
         with ResultsWriter(out, compare_columns(self.criteria), resume=resume) as writer:
             todo = [i for i, k in enumerate(keys) if k not in writer.done]
-            bar = _progress(len(pairs), len(pairs) - len(todo), self.progress)
+            bar = progress_bar(len(pairs), len(pairs) - len(todo), self.progress)
             try:
                 for i in todo:
                     writer.write(await self._row(pairs[i], keys[i]))

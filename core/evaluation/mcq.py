@@ -12,7 +12,6 @@ most often across orders (ties: the earliest order's pick).
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
 import statistics

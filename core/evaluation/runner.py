@@ -12,7 +12,7 @@ import math
 import statistics
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable, Sequence
 
@@ -133,7 +133,7 @@ class JudgeRunner:
                     for i, r in enumerate(table.rows)]
             todo = [i for i, k in enumerate(keys) if k not in writer.done]
             skipped = len(table.rows) - len(todo)
-            bar = _progress(len(table.rows), skipped, self.cfg.progress)
+            bar = progress_bar(len(table.rows), skipped, self.cfg.progress)
             try:
                 for i in todo:
                     row = await self._judge_row(table.rows[i], keys[i], timings)
@@ -206,7 +206,7 @@ class _NoBar:
     def close(self) -> None: ...
 
 
-def _progress(total: int, initial: int, enabled: bool):
+def progress_bar(total: int, initial: int, enabled: bool):
     if not enabled:
         return _NoBar()
     from tqdm import tqdm

@@ -10,7 +10,6 @@ import socket
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import pytest
 
 from bots.cli import build_parser
 from core.evaluation.cli import run_eval
@@ -184,6 +183,43 @@ def test_compare_two_result_files_via_cli(tmp_path, fake_server, capsys):
     summary = json.loads((tmp_path / "cmp.summary.json").read_text())
     assert summary["criteria"]["accuracy"] == {"win": 0, "tie": 2, "loss": 0, "unparsed": 0, "a_win_rate": 0.5}
     assert "accuracy" in capsys.readouterr().out
+
+
+async def test_compare_two_generator_configurations(tmp_path, fake_server):
+    """--a-set/--b-set: each configuration answers every question through its own app; then pairwise judging."""
+
+    def prefer_extractive(req) -> Reply:
+        text = req.messages[-1]["content"]
+        first = re.search(r"ANSWER A:\n(.*?)\n", text).group(1)
+        return Reply(json.dumps({"winner": "A" if first.startswith("extractive") else "B", "reason": "r"}))
+
+    fake_server.set_reply(prefer_extractive)
+    seen: list[str] = []
+
+    @asynccontextmanager
+    async def open_app(settings):
+        seen.append(settings.generator)
+        app = FakeApp()
+
+        async def ask(q: str) -> Answer:
+            return Answer(f"{settings.generator} says {q}")
+
+        app.ask = ask  # type: ignore[method-assign]
+        yield app
+
+    src = tmp_path / "q.csv"
+    src.write_text("question\nWhat is XSS?\nWhat is SSRF?\n", encoding="utf-8")
+    args = build_parser().parse_args(["eval", "compare", "--input", str(src), "--a-set", "generator=extractive",
+                                      "--b-set", "generator=openai", "--out", str(tmp_path / "c.csv"),
+                                      "--judge-url", fake_server.base_url, "--criteria", "accuracy,safety",
+                                      "--no-progress"])
+    assert await run_eval(args, Settings(), open_app) == 0
+    assert seen == ["extractive", "openai"]
+    summary = json.loads((tmp_path / "c.summary.json").read_text())
+    assert summary["criteria"]["overall"]["win"] == 2 and summary["criteria"]["accuracy"]["win"] == 2
+    assert summary["a"]["generator"] == "extractive" and summary["b"]["generator"] == "openai"
+    args.a_set = ["nonsense=1"]
+    assert await run_eval(args, Settings(), open_app) == 2
 
 
 async def _seed_feedback(url: str) -> None:
