@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from storage.engine import create_engine, create_sessionmaker
+from storage.engine import create_engine, create_sessionmaker, create_sync_sqlite_engine, is_memory
 from storage.migrate import current_revision, upgrade
 from storage.repositories import (
     ConversationRepository,
@@ -21,6 +21,7 @@ from storage.repositories import (
     UserSettingsRepository,
     write_transaction,
 )
+from storage.runner import AsyncRunner, Runner, ThreadRunner
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +31,23 @@ SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 class Database:
     """Open with `await Database.open(url)`; close with `await db.close()` (or use `async with`)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, runner: Runner | None = None) -> None:
         if engine.dialect.name not in SUPPORTED_BACKENDS:
             raise ValueError(f"unsupported database {engine.dialect.name!r}: use SQLite or PostgreSQL")
         self.engine = engine
         self.sessions = create_sessionmaker(engine)
-        dialect = engine.dialect.name
-        self.conversations = ConversationRepository(self.sessions, dialect)
-        self.feedback = FeedbackRepository(self.sessions, dialect)
-        self.user_settings = UserSettingsRepository(self.sessions, dialect)
-        self.stats = StatsRepository(self.sessions, dialect)
+        self._runner = runner or self._default_runner(engine)
+        self.conversations = ConversationRepository(self._runner)
+        self.feedback = FeedbackRepository(self._runner)
+        self.user_settings = UserSettingsRepository(self._runner)
+        self.stats = StatsRepository(self._runner)
+
+    @staticmethod
+    def _default_runner(engine: AsyncEngine) -> Runner:
+        # A file SQLite database gets a blocking twin engine run in threads (see storage/runner.py).
+        if engine.dialect.name == "sqlite" and not is_memory(engine.url):
+            return ThreadRunner(create_sync_sqlite_engine(engine.url))
+        return AsyncRunner(engine)
 
     @classmethod
     async def open(cls, url: str | URL, *, migrate: bool = True) -> Database:
@@ -85,6 +93,7 @@ class Database:
         return True
 
     async def close(self) -> None:
+        await self._runner.close()
         await self.engine.dispose()
 
     async def __aenter__(self) -> Database:

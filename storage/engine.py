@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as create_sync_engine_
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import StaticPool
@@ -45,19 +46,34 @@ def create_engine(url: str | URL) -> AsyncEngine:
     if is_memory(parsed):
         # One shared connection: every session sees the same in-memory database (tests, one task at a time).
         engine = create_async_engine(parsed, poolclass=StaticPool, connect_args={"timeout": 30})
-        _install_pragmas(engine)
+        _install_pragmas(engine.sync_engine)
         return engine
     database = parsed.database or ""
     if not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(parsed, connect_args={"timeout": 30})
+    _install_pragmas(engine.sync_engine)
+    _install_explicit_begin(engine.sync_engine)
+    return engine
+
+
+def create_sync_sqlite_engine(url: str | URL) -> Engine:
+    """A blocking (sqlite3) engine on the same SQLite file, with the same pragmas and transaction handling.
+
+    The repositories run whole transactions on it in a worker thread: one thread hop per call instead of
+    several per statement through aiosqlite, which is what makes hundreds of exchanges per second possible.
+    """
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() != "sqlite" or is_memory(parsed):
+        raise ValueError("a synchronous engine is only used for file SQLite databases")
+    engine = create_sync_engine_(parsed.set(drivername="sqlite"), connect_args={"timeout": 30})
     _install_pragmas(engine)
     _install_explicit_begin(engine)
     return engine
 
 
-def _install_pragmas(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _install_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
@@ -67,7 +83,7 @@ def _install_pragmas(engine: AsyncEngine) -> None:
         cursor.close()
 
 
-def _install_explicit_begin(engine: AsyncEngine) -> None:
+def _install_explicit_begin(engine: Engine) -> None:
     """Let SQLAlchemy, not the sqlite3 module, emit BEGIN (the documented pysqlite/aiosqlite recipe).
 
     The sqlite3 module only opens a transaction before DML, so DDL (migrations) would autocommit statement by
@@ -75,11 +91,11 @@ def _install_explicit_begin(engine: AsyncEngine) -> None:
     single shared connection cannot hold two explicit transactions at once.
     """
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _no_driver_begin(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
         immediate = conn.get_execution_options().get(IMMEDIATE, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -1,8 +1,10 @@
 """Small repositories over the chat tables. All SQL of the project lives in storage/.
 
-Statements are Core statements on the mapped tables (no identity map, no flush) so that one exchange costs a
-handful of round trips. Every write runs in `write_transaction`: on SQLite it starts with BEGIN IMMEDIATE, so a
+Each public method is an async wrapper around one synchronous operation over a `Connection`, executed in one
+transaction by a `Runner` (see storage/runner.py). Write operations start with BEGIN IMMEDIATE on SQLite, so a
 transaction never has to upgrade a read snapshot to a write lock (which fails at once under contention).
+Statements are Core statements (no identity map, no flush storms); the hot ones are built once per dialect
+with bound parameters.
 """
 
 from __future__ import annotations
@@ -10,9 +12,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, Row, Table, and_, case, delete, distinct, false, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    distinct,
+    false,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,6 +46,7 @@ from storage.models import (
     UserSetting,
     utcnow,
 )
+from storage.runner import Runner
 from storage.values import ConversationKey, FeedbackRow, StoredMessage, UnknownMessage, UserRef
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -97,87 +115,139 @@ def _stored(row: Row[Any]) -> StoredMessage:
     )
 
 
-def _key_filter(key: ConversationKey) -> ColumnElement[bool]:
-    return and_(
-        conversations.c.platform == key.platform,
-        conversations.c.chat_id == key.chat_id,
-        conversations.c.scope_user_id == (key.user_id or ""),
-        conversations.c.thread_id == (key.thread_id or ""),
-    )
+def _key_params(key: ConversationKey) -> dict[str, str]:
+    return {
+        "k_platform": key.platform,
+        "k_chat": str(key.chat_id),
+        "k_scope": str(key.user_id) if key.user_id is not None else "",
+        "k_thread": str(key.thread_id) if key.thread_id is not None else "",
+    }
+
+
+_KEY_FILTER = and_(
+    conversations.c.platform == bindparam("k_platform"),
+    conversations.c.chat_id == bindparam("k_chat"),
+    conversations.c.scope_user_id == bindparam("k_scope"),
+    conversations.c.thread_id == bindparam("k_thread"),
+)
 
 
 def _user_id_query(platform: str, user_id: str) -> Any:
     return select(users.c.id).where(users.c.platform == platform, users.c.platform_user_id == user_id)
 
 
-class _Repository:
-    def __init__(self, sessions: Sessions, dialect: str) -> None:
-        self._sessions = sessions
-        self._dialect = dialect
+# --- statements built once per dialect (the per-message path) ------------------------------------------------
 
-    async def _upsert_user(
-        self, session: AsyncSession, platform: str, user_id: str, display_name: str | None, now: datetime
-    ) -> int:
-        """Create the user row or refresh it; returns its id (race-safe: ON CONFLICT, one round trip)."""
-        stmt = _insert(self._dialect, users).values(
-            platform=platform,
-            platform_user_id=user_id,
-            display_name=clean_text(display_name or "")[:MAX_DISPLAY_NAME],
-            created_at=now,
-            last_seen_at=now,
-        )
-        update: dict[str, Any] = {"last_seen_at": stmt.excluded.last_seen_at}
-        if display_name:
-            update["display_name"] = stmt.excluded.display_name
-        stmt = stmt.on_conflict_do_update(index_elements=["platform", "platform_user_id"], set_=update)
-        return (await session.execute(stmt.returning(users.c.id))).scalar_one()
+
+@cache
+def _claim_event_stmt(dialect: str) -> Any:
+    # ON CONFLICT DO NOTHING, not catching IntegrityError: on PostgreSQL a concurrent insert of the same key
+    # makes this wait for the other transaction and then yield no row, without aborting ours.
+    return (
+        _insert(dialect, processed_events)
+        .values(platform=bindparam("platform"), event_id=bindparam("event_id"), created_at=bindparam("now"))
+        .on_conflict_do_nothing(index_elements=["platform", "event_id"])
+        .returning(processed_events.c.id)
+    )
+
+
+@cache
+def _upsert_user_stmt(dialect: str, refresh_name: bool) -> Any:
+    stmt = _insert(dialect, users).values(
+        platform=bindparam("platform"),
+        platform_user_id=bindparam("user_id"),
+        display_name=bindparam("name"),
+        created_at=bindparam("now"),
+        last_seen_at=bindparam("now"),
+    )
+    update: dict[str, Any] = {"last_seen_at": stmt.excluded.last_seen_at}
+    if refresh_name:
+        update["display_name"] = stmt.excluded.display_name
+    return stmt.on_conflict_do_update(index_elements=["platform", "platform_user_id"], set_=update).returning(
+        users.c.id
+    )
+
+
+@cache
+def _upsert_conversation_stmt(dialect: str) -> Any:
+    stmt = _insert(dialect, conversations).values(
+        platform=bindparam("k_platform"),
+        chat_id=bindparam("k_chat"),
+        scope_user_id=bindparam("k_scope"),
+        thread_id=bindparam("k_thread"),
+        created_at=bindparam("now"),
+        updated_at=bindparam("now"),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=["platform", "chat_id", "scope_user_id", "thread_id"],
+        set_={"updated_at": stmt.excluded.updated_at},
+    ).returning(conversations.c.id)
+
+
+_INSERT_MESSAGE = messages.insert().returning(messages.c.id)
+_IS_PROCESSED = select(processed_events.c.id).where(
+    processed_events.c.platform == bindparam("platform"), processed_events.c.event_id == bindparam("event_id")
+)
+_HISTORY = (
+    select(*_MESSAGE_COLUMNS)
+    .join(conversations, conversations.c.id == messages.c.conversation_id)
+    .where(_KEY_FILTER)
+    .order_by(messages.c.id.desc())
+    .limit(bindparam("limit"))
+)
+
+
+def _upsert_user(connection: Connection, platform: str, user_id: str, display_name: str | None, now: datetime) -> int:
+    """Create the user row or refresh it; returns its id (race-safe: ON CONFLICT, one round trip)."""
+    name = clean_text(display_name or "")[:MAX_DISPLAY_NAME]
+    stmt = _upsert_user_stmt(connection.dialect.name, bool(name))
+    params = {"platform": platform, "user_id": str(user_id), "name": name, "now": now}
+    return int(connection.execute(stmt, params).scalar_one())
+
+
+def _claim_event(connection: Connection, platform: str, event_id: str, now: datetime) -> bool:
+    params = {"platform": platform, "event_id": str(event_id), "now": now}
+    return connection.execute(_claim_event_stmt(connection.dialect.name), params).first() is not None
+
+
+def _rowcount(result: Any) -> int:
+    return int(result.rowcount or 0)
+
+
+class _Repository:
+    def __init__(self, runner: Runner) -> None:
+        self._run = runner
 
 
 class ConversationRepository(_Repository):
     """History, event deduplication and the right to be forgotten."""
 
     async def is_processed(self, platform: str, event_id: str) -> bool:
-        async with self._sessions() as session:
-            found = await session.scalar(
-                select(processed_events.c.id).where(
-                    processed_events.c.platform == platform, processed_events.c.event_id == event_id
-                )
-            )
-        return found is not None
+        return await self._run.read(self._is_processed, platform, event_id)
+
+    @staticmethod
+    def _is_processed(connection: Connection, platform: str, event_id: str) -> bool:
+        return connection.execute(_IS_PROCESSED, {"platform": platform, "event_id": str(event_id)}).first() is not None
 
     async def mark_processed(self, platform: str, event_id: str) -> bool:
         """Record an event handled without history (commands). False when it was already recorded."""
-        async with write_transaction(self._sessions) as session:
-            return await self._claim_event(session, platform, event_id, utcnow())
-
-    async def _claim_event(self, session: AsyncSession, platform: str, event_id: str, now: datetime) -> bool:
-        # ON CONFLICT DO NOTHING, not catching IntegrityError: on PostgreSQL a concurrent insert of the same key
-        # makes this wait for the other transaction and then yields no row, without aborting ours.
-        stmt = (
-            _insert(self._dialect, processed_events)
-            .values(platform=platform, event_id=event_id, created_at=now)
-            .on_conflict_do_nothing(index_elements=["platform", "event_id"])
-            .returning(processed_events.c.id)
-        )
-        return (await session.execute(stmt)).first() is not None
+        return await self._run.write(_claim_event, platform, event_id, utcnow())
 
     async def prune_processed(self, before: datetime) -> int:
         """Forget event ids older than `before` (platforms stop redelivering after a day or so)."""
-        async with write_transaction(self._sessions) as session:
-            result = await session.execute(delete(processed_events).where(processed_events.c.created_at < before))
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        return await self._run.write(self._prune, before)
+
+    @staticmethod
+    def _prune(connection: Connection, before: datetime) -> int:
+        return _rowcount(connection.execute(delete(processed_events).where(processed_events.c.created_at < before)))
 
     async def history(self, key: ConversationKey, limit: int = 200) -> list[StoredMessage]:
         """The newest `limit` messages of the conversation, oldest first."""
-        stmt = (
-            select(*_MESSAGE_COLUMNS)
-            .join(conversations, conversations.c.id == messages.c.conversation_id)
-            .where(_key_filter(key))
-            .order_by(messages.c.id.desc())
-            .limit(limit)
-        )
-        async with self._sessions() as session:
-            rows = (await session.execute(stmt)).all()
+        return await self._run.read(self._history, key, limit)
+
+    @staticmethod
+    def _history(connection: Connection, key: ConversationKey, limit: int) -> list[StoredMessage]:
+        rows = connection.execute(_HISTORY, {**_key_params(key), "limit": max(0, int(limit))}).all()
         return [_stored(row) for row in reversed(rows)]
 
     async def commit_exchange(
@@ -200,107 +270,95 @@ class ConversationRepository(_Repository):
         Returns False, writing nothing, when the event id was already processed (also when another process
         commits the same event concurrently).
         """
-        now = utcnow()
-        user_ids = [user_platform_message_id] if user_platform_message_id else []
-        assistant_ids = [str(x) for x in assistant_platform_message_ids]
-        async with write_transaction(self._sessions) as session:
-            if not await self._claim_event(session, platform, event_id, now):
-                await session.rollback()
-                return False
-            user_row = await self._upsert_user(session, user.platform, user.user_id, user.display_name, now)
-            conversation = await self._conversation_id(session, key, now)
-            question_id = await self._insert_message(
-                session, conversation, user_row, None, ROLE_USER, user_text, user_tokens, [], user_ids, now
-            )
-            answer_id = await self._insert_message(
-                session, conversation, user_row, question_id, ROLE_ASSISTANT, assistant_text, assistant_tokens,
-                sources, assistant_ids, now,
-            )
-            refs = [{"message_id": question_id, "platform_message_id": x} for x in user_ids]
-            refs += [{"message_id": answer_id, "platform_message_id": x} for x in assistant_ids]
-            if refs:
-                await session.execute(message_refs.insert(), refs)
-        return True
-
-    async def _conversation_id(self, session: AsyncSession, key: ConversationKey, now: datetime) -> int:
-        """Get or create the conversation row (race-safe upsert, one round trip)."""
-        stmt = _insert(self._dialect, conversations).values(
-            platform=key.platform,
-            chat_id=key.chat_id,
-            scope_user_id=key.user_id or "",
-            thread_id=key.thread_id or "",
-            created_at=now,
-            updated_at=now,
+        return await self._run.write(
+            self._commit_exchange,
+            platform,
+            event_id,
+            key,
+            user,
+            (clean_text(user_text), int(user_tokens), [str(user_platform_message_id)] if user_platform_message_id else []),
+            (clean_text(assistant_text), int(assistant_tokens), [str(x) for x in assistant_platform_message_ids]),
+            list(sources),
         )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["platform", "chat_id", "scope_user_id", "thread_id"],
-            set_={"updated_at": stmt.excluded.updated_at},
-        )
-        return (await session.execute(stmt.returning(conversations.c.id))).scalar_one()
 
     @staticmethod
-    async def _insert_message(
-        session: AsyncSession,
-        conversation_id: int,
-        user_id: int,
-        reply_to_id: int | None,
-        role: str,
-        text: str,
-        token_count: int,
+    def _commit_exchange(
+        connection: Connection,
+        platform: str,
+        event_id: str,
+        key: ConversationKey,
+        user: UserRef,
+        question: tuple[str, int, list[str]],
+        answer: tuple[str, int, list[str]],
         sources: list[dict[str, Any]],
-        platform_message_ids: list[str],
-        now: datetime,
-    ) -> int:
-        stmt = messages.insert().values(
-            conversation_id=conversation_id,
-            user_id=user_id,
-            reply_to_id=reply_to_id,
-            role=role,
-            text=clean_text(text),
-            token_count=int(token_count),
-            sources=list(sources),
-            platform_message_ids=platform_message_ids,
-            created_at=now,
-        )
-        return (await session.execute(stmt.returning(messages.c.id))).scalar_one()
+    ) -> bool:
+        now = utcnow()
+        if not _claim_event(connection, platform, event_id, now):
+            return False  # the runner commits an empty transaction: nothing was written
+        user_row = _upsert_user(connection, user.platform, user.user_id, user.display_name, now)
+        stmt = _upsert_conversation_stmt(connection.dialect.name)
+        conversation = connection.execute(stmt, {**_key_params(key), "now": now}).scalar_one()
+        row = {"conversation_id": conversation, "user_id": user_row, "created_at": now}
+        question_id = connection.execute(
+            _INSERT_MESSAGE,
+            {**row, "reply_to_id": None, "role": ROLE_USER, "text": question[0], "token_count": question[1],
+             "sources": [], "platform_message_ids": question[2]},
+        ).scalar_one()
+        answer_id = connection.execute(
+            _INSERT_MESSAGE,
+            {**row, "reply_to_id": question_id, "role": ROLE_ASSISTANT, "text": answer[0],
+             "token_count": answer[1], "sources": sources, "platform_message_ids": answer[2]},
+        ).scalar_one()
+        refs = [{"message_id": question_id, "platform_message_id": x} for x in question[2]]
+        refs += [{"message_id": answer_id, "platform_message_id": x} for x in answer[2]]
+        if refs:
+            connection.execute(message_refs.insert(), refs)
+        return True
 
     async def attach_platform_messages(self, message_id: int, platform_message_ids: Sequence[str]) -> None:
         """Add platform ids to a stored message (e.g. an answer split into more parts after the commit)."""
         new = [str(x) for x in platform_message_ids]
-        if not new:
+        if new:
+            await self._run.write(self._attach, message_id, new)
+
+    @staticmethod
+    def _attach(connection: Connection, message_id: int, new: list[str]) -> None:
+        current = connection.execute(
+            select(messages.c.platform_message_ids).where(messages.c.id == message_id)
+        ).scalar_one_or_none()
+        if current is None:
+            raise UnknownMessage(message_id)
+        added = [x for x in dict.fromkeys(new) if x not in current]
+        if not added:
             return
-        async with write_transaction(self._sessions) as session:
-            current = await session.scalar(
-                select(messages.c.platform_message_ids).where(messages.c.id == message_id)
-            )
-            if current is None:
-                raise UnknownMessage(message_id)
-            merged = list(current) + [x for x in new if x not in current]
-            await session.execute(
-                messages.update().where(messages.c.id == message_id).values(platform_message_ids=merged)
-            )
-            await session.execute(
-                message_refs.insert(),
-                [{"message_id": message_id, "platform_message_id": x} for x in new if x not in current],
-            )
+        connection.execute(
+            messages.update().where(messages.c.id == message_id).values(platform_message_ids=list(current) + added)
+        )
+        connection.execute(message_refs.insert(), [{"message_id": message_id, "platform_message_id": x} for x in added])
 
     async def reset(self, key: ConversationKey) -> int:
         """Delete the conversation's messages (their refs and feedback go with them); returns how many."""
-        conversation = select(conversations.c.id).where(_key_filter(key)).scalar_subquery()
-        async with write_transaction(self._sessions) as session:
-            result = await session.execute(delete(messages).where(messages.c.conversation_id == conversation))
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        return await self._run.write(self._reset, key)
+
+    @staticmethod
+    def _reset(connection: Connection, key: ConversationKey) -> int:
+        conversation = select(conversations.c.id).where(_KEY_FILTER).scalar_subquery()
+        stmt = delete(messages).where(messages.c.conversation_id == conversation)
+        return _rowcount(connection.execute(stmt, _key_params(key)))
 
     async def last_assistant(self, key: ConversationKey) -> StoredMessage | None:
+        return await self._run.read(self._last_assistant, key)
+
+    @staticmethod
+    def _last_assistant(connection: Connection, key: ConversationKey) -> StoredMessage | None:
         stmt = (
             select(*_MESSAGE_COLUMNS)
             .join(conversations, conversations.c.id == messages.c.conversation_id)
-            .where(_key_filter(key), messages.c.role == ROLE_ASSISTANT)
+            .where(_KEY_FILTER, messages.c.role == ROLE_ASSISTANT)
             .order_by(messages.c.id.desc())
             .limit(1)
         )
-        async with self._sessions() as session:
-            row = (await session.execute(stmt)).first()
+        row = connection.execute(stmt, _key_params(key)).first()
         return _stored(row) if row is not None else None
 
     async def delete_last_exchange(
@@ -310,31 +368,38 @@ class ConversationRepository(_Repository):
 
         `user_id` restricts it to that user's newest exchange (useful in a shared group history).
         """
+        return await self._run.write(self._delete_last_exchange, key, user_id)
+
+    @staticmethod
+    def _delete_last_exchange(
+        connection: Connection, key: ConversationKey, user_id: str | None
+    ) -> tuple[StoredMessage, StoredMessage] | None:
         stmt = (
             select(*_MESSAGE_COLUMNS, messages.c.reply_to_id)
             .join(conversations, conversations.c.id == messages.c.conversation_id)
-            .where(_key_filter(key), messages.c.role == ROLE_ASSISTANT)
+            .where(_KEY_FILTER, messages.c.role == ROLE_ASSISTANT)
             .order_by(messages.c.id.desc())
             .limit(1)
         )
         if user_id is not None:
             stmt = stmt.where(messages.c.user_id == _user_id_query(key.platform, user_id).scalar_subquery())
-        async with write_transaction(self._sessions) as session:
-            answer = (await session.execute(stmt)).first()
-            if answer is None or answer.reply_to_id is None:
-                return None
-            question = (
-                await session.execute(select(*_MESSAGE_COLUMNS).where(messages.c.id == answer.reply_to_id))
-            ).first()
-            if question is None:
-                return None
-            await session.execute(delete(messages).where(messages.c.id.in_([answer.id, question.id])))
+        answer = connection.execute(stmt, _key_params(key)).first()
+        if answer is None or answer.reply_to_id is None:
+            return None
+        question = connection.execute(select(*_MESSAGE_COLUMNS).where(messages.c.id == answer.reply_to_id)).first()
+        if question is None:
+            return None
+        connection.execute(delete(messages).where(messages.c.id.in_([answer.id, question.id])))
         return _stored(question), _stored(answer)
 
     async def find_by_platform_message(
         self, platform: str, chat_id: str, platform_message_id: str
     ) -> StoredMessage | None:
         """The stored message a platform message (a reply target, a reacted-to answer) belongs to."""
+        return await self._run.read(self._find, platform, str(chat_id), str(platform_message_id))
+
+    @staticmethod
+    def _find(connection: Connection, platform: str, chat_id: str, platform_message_id: str) -> StoredMessage | None:
         stmt = (
             select(*_MESSAGE_COLUMNS)
             .select_from(
@@ -343,15 +408,14 @@ class ConversationRepository(_Repository):
                 )
             )
             .where(
-                message_refs.c.platform_message_id == str(platform_message_id),
+                message_refs.c.platform_message_id == platform_message_id,
                 conversations.c.platform == platform,
-                conversations.c.chat_id == str(chat_id),
+                conversations.c.chat_id == chat_id,
             )
             .order_by(messages.c.id.desc())
             .limit(1)
         )
-        async with self._sessions() as session:
-            row = (await session.execute(stmt)).first()
+        row = connection.execute(stmt).first()
         return _stored(row) if row is not None else None
 
     async def forget_user(self, platform: str, user_id: str) -> int:
@@ -362,57 +426,65 @@ class ConversationRepository(_Repository):
         feedback attached to those messages. Processed-event rows stay: they hold only (platform, event id) and
         keep redelivered events deduplicated.
         """
-        async with write_transaction(self._sessions) as session:
-            uid = await session.scalar(_user_id_query(platform, user_id))
-            scoped = select(conversations.c.id).where(
-                conversations.c.platform == platform, conversations.c.scope_user_id == user_id
-            )
-            theirs = or_(
-                messages.c.conversation_id.in_(scoped),
-                messages.c.user_id == uid if uid is not None else false(),
-            )
-            doomed = select(messages.c.id).where(theirs)
-            statements = [
-                delete(feedback).where(
-                    or_(feedback.c.message_id.in_(doomed), feedback.c.user_id == uid if uid is not None else false())
-                ),
-                delete(message_refs).where(message_refs.c.message_id.in_(doomed)),
-                delete(messages).where(theirs),
-                delete(conversations).where(conversations.c.id.in_(scoped)),
+        return await self._run.write(self._forget_user, platform, str(user_id))
+
+    @staticmethod
+    def _forget_user(connection: Connection, platform: str, user_id: str) -> int:
+        uid = connection.execute(_user_id_query(platform, user_id)).scalar_one_or_none()
+        scoped = select(conversations.c.id).where(
+            conversations.c.platform == platform, conversations.c.scope_user_id == user_id
+        )
+        theirs = or_(
+            messages.c.conversation_id.in_(scoped), messages.c.user_id == uid if uid is not None else false()
+        )
+        doomed = select(messages.c.id).where(theirs)
+        statements: list[Any] = [
+            delete(feedback).where(
+                or_(feedback.c.message_id.in_(doomed), feedback.c.user_id == uid if uid is not None else false())
+            ),
+            delete(message_refs).where(message_refs.c.message_id.in_(doomed)),
+            delete(messages).where(theirs),
+            delete(conversations).where(conversations.c.id.in_(scoped)),
+        ]
+        if uid is not None:
+            statements += [
+                delete(user_settings).where(user_settings.c.user_id == uid),
+                delete(users).where(users.c.id == uid),
             ]
-            if uid is not None:
-                statements += [
-                    delete(user_settings).where(user_settings.c.user_id == uid),
-                    delete(users).where(users.c.id == uid),
-                ]
-            removed = 0
-            for statement in statements:
-                result = await session.execute(statement)
-                removed += int(result.rowcount or 0)  # type: ignore[attr-defined]
-        return removed
+        return sum(_rowcount(connection.execute(statement)) for statement in statements)
 
 
 class FeedbackRepository(_Repository):
     async def record(self, *, platform: str, user_id: str, message_id: int, rating: int) -> None:
-        """Store a +1/-1 rating; a second rating by the same user of the same message replaces the first."""
+        """Store a +1/-1 rating; a second rating by the same user of the same message replaces the first.
+
+        Raises ValueError for another rating and UnknownMessage when the message is not stored.
+        """
         if rating not in (1, -1):
             raise ValueError("rating must be +1 or -1")
+        await self._run.write(self._record, platform, str(user_id), int(message_id), rating)
+
+    @staticmethod
+    def _record(connection: Connection, platform: str, user_id: str, message_id: int, rating: int) -> None:
         now = utcnow()
-        async with write_transaction(self._sessions) as session:
-            uid = await self._upsert_user(session, platform, user_id, None, now)
-            if await session.scalar(select(messages.c.id).where(messages.c.id == message_id)) is None:
-                raise UnknownMessage(message_id)
-            stmt = _insert(self._dialect, feedback).values(
-                message_id=message_id, user_id=uid, rating=rating, created_at=now
-            )
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["user_id", "message_id"],
-                set_={"rating": stmt.excluded.rating, "created_at": stmt.excluded.created_at},
-            )
-            await session.execute(stmt)
+        uid = _upsert_user(connection, platform, user_id, None, now)
+        if connection.execute(select(messages.c.id).where(messages.c.id == message_id)).first() is None:
+            raise UnknownMessage(message_id)  # rolls the transaction back, user row included
+        stmt = _insert(connection.dialect.name, feedback).values(
+            message_id=message_id, user_id=uid, rating=rating, created_at=now
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["user_id", "message_id"],
+            set_={"rating": stmt.excluded.rating, "created_at": stmt.excluded.created_at},
+        )
+        connection.execute(stmt)
 
     async def export(self) -> list[FeedbackRow]:
         """Every rated answer with its question, oldest rating first."""
+        return await self._run.read(self._export)
+
+    @staticmethod
+    def _export(connection: Connection) -> list[FeedbackRow]:
         question = messages.alias("question")
         stmt = (
             select(
@@ -430,8 +502,6 @@ class FeedbackRepository(_Repository):
             .where(messages.c.role == ROLE_ASSISTANT)
             .order_by(feedback.c.id)
         )
-        async with self._sessions() as session:
-            rows = (await session.execute(stmt)).all()
         return [
             FeedbackRow(
                 question=row.question or "",
@@ -440,44 +510,50 @@ class FeedbackRepository(_Repository):
                 platform=row.platform,
                 created_at=row.created_at,
             )
-            for row in rows
+            for row in connection.execute(stmt).all()
         ]
 
 
 class UserSettingsRepository(_Repository):
     async def get(self, platform: str, user_id: str) -> dict[str, str]:
+        return await self._run.read(self._get, platform, str(user_id))
+
+    @staticmethod
+    def _get(connection: Connection, platform: str, user_id: str) -> dict[str, str]:
         stmt = (
             select(user_settings.c.key, user_settings.c.value)
             .join(users, users.c.id == user_settings.c.user_id)
             .where(users.c.platform == platform, users.c.platform_user_id == user_id)
         )
-        async with self._sessions() as session:
-            rows = (await session.execute(stmt)).all()
-        return {row.key: row.value for row in rows}
+        return {row.key: row.value for row in connection.execute(stmt).all()}
 
     async def set(self, platform: str, user_id: str, key: str, value: str) -> None:
         if not key or len(key) > MAX_SETTING_KEY:
             raise ValueError(f"setting names are 1 to {MAX_SETTING_KEY} characters")
+        await self._run.write(self._set, platform, str(user_id), key, clean_text(str(value)))
+
+    @staticmethod
+    def _set(connection: Connection, platform: str, user_id: str, key: str, value: str) -> None:
         now = utcnow()
-        async with write_transaction(self._sessions) as session:
-            uid = await self._upsert_user(session, platform, user_id, None, now)
-            stmt = _insert(self._dialect, user_settings).values(
-                user_id=uid, key=key, value=clean_text(value), updated_at=now
-            )
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["user_id", "key"],
-                set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
-            )
-            await session.execute(stmt)
+        uid = _upsert_user(connection, platform, user_id, None, now)
+        stmt = _insert(connection.dialect.name, user_settings).values(
+            user_id=uid, key=key, value=value, updated_at=now
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["user_id", "key"],
+            set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+        )
+        connection.execute(stmt)
 
     async def unset(self, platform: str, user_id: str, key: str) -> bool:
         """Remove one setting (back to the default); False when it was not set."""
+        return await self._run.write(self._unset, platform, str(user_id), key)
+
+    @staticmethod
+    def _unset(connection: Connection, platform: str, user_id: str, key: str) -> bool:
         uid = _user_id_query(platform, user_id).scalar_subquery()
-        async with write_transaction(self._sessions) as session:
-            result = await session.execute(
-                delete(user_settings).where(user_settings.c.user_id == uid, user_settings.c.key == key)
-            )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        stmt = delete(user_settings).where(user_settings.c.user_id == uid, user_settings.c.key == key)
+        return _rowcount(connection.execute(stmt)) > 0
 
 
 def _count_if(condition: ColumnElement[bool]) -> Any:
@@ -488,49 +564,41 @@ def _sum_if(condition: ColumnElement[bool], column: Any) -> Any:
     return func.coalesce(func.sum(case((condition, column), else_=0)), 0)
 
 
+_IS_QUESTION = messages.c.role == ROLE_USER
+_IS_ANSWER = messages.c.role == ROLE_ASSISTANT
+_MESSAGE_COUNTS = (
+    _count_if(_IS_QUESTION),
+    _count_if(_IS_ANSWER),
+    _sum_if(_IS_QUESTION, messages.c.token_count),
+    _sum_if(_IS_ANSWER, messages.c.token_count),
+)
+_RATINGS = (_count_if(feedback.c.rating > 0), _count_if(feedback.c.rating < 0))
+
+
 class StatsRepository(_Repository):
     async def user_stats(self, platform: str, user_id: str) -> dict[str, Any]:
         """questions, answers, tokens_in, tokens_out, conversations, feedback_up/down, first_seen, last_seen."""
-        stats: dict[str, Any] = {
-            "questions": 0,
-            "answers": 0,
-            "tokens_in": 0,
-            "tokens_out": 0,
-            "conversations": 0,
-            "feedback_up": 0,
-            "feedback_down": 0,
-            "first_seen": None,
-            "last_seen": None,
-        }
-        async with self._sessions() as session:
-            user = (
-                await session.execute(
-                    select(users.c.id, users.c.created_at, users.c.last_seen_at).where(
-                        users.c.platform == platform, users.c.platform_user_id == user_id
-                    )
-                )
-            ).first()
-            if user is None:
-                return stats
-            is_user, is_answer = messages.c.role == ROLE_USER, messages.c.role == ROLE_ASSISTANT
-            counts = (
-                await session.execute(
-                    select(
-                        _count_if(is_user),
-                        _count_if(is_answer),
-                        _sum_if(is_user, messages.c.token_count),
-                        _sum_if(is_answer, messages.c.token_count),
-                        func.count(distinct(messages.c.conversation_id)),
-                    ).where(messages.c.user_id == user.id)
-                )
-            ).one()
-            ratings = (
-                await session.execute(
-                    select(_count_if(feedback.c.rating > 0), _count_if(feedback.c.rating < 0)).where(
-                        feedback.c.user_id == user.id
-                    )
-                )
-            ).one()
+        return await self._run.read(self._user_stats, platform, str(user_id))
+
+    @staticmethod
+    def _user_stats(connection: Connection, platform: str, user_id: str) -> dict[str, Any]:
+        stats: dict[str, Any] = dict.fromkeys(
+            ("questions", "answers", "tokens_in", "tokens_out", "conversations", "feedback_up", "feedback_down"), 0
+        )
+        stats.update(first_seen=None, last_seen=None)
+        user = connection.execute(
+            select(users.c.id, users.c.created_at, users.c.last_seen_at).where(
+                users.c.platform == platform, users.c.platform_user_id == user_id
+            )
+        ).first()
+        if user is None:
+            return stats
+        counts = connection.execute(
+            select(*_MESSAGE_COUNTS, func.count(distinct(messages.c.conversation_id))).where(
+                messages.c.user_id == user.id
+            )
+        ).one()
+        ratings = connection.execute(select(*_RATINGS).where(feedback.c.user_id == user.id)).one()
         stats.update(
             questions=int(counts[0]),
             answers=int(counts[1]),
@@ -546,36 +614,25 @@ class StatsRepository(_Repository):
 
     async def global_stats(self) -> dict[str, Any]:
         """users (and per platform), conversations, questions, answers, tokens, events, feedback counts."""
-        is_user, is_answer = messages.c.role == ROLE_USER, messages.c.role == ROLE_ASSISTANT
-        async with self._sessions() as session:
-            per_platform = (
-                await session.execute(select(users.c.platform, func.count()).group_by(users.c.platform))
-            ).all()
-            n_conversations = await session.scalar(select(func.count()).select_from(conversations))
-            counts = (
-                await session.execute(
-                    select(
-                        _count_if(is_user),
-                        _count_if(is_answer),
-                        _sum_if(is_user, messages.c.token_count),
-                        _sum_if(is_answer, messages.c.token_count),
-                    )
-                )
-            ).one()
-            n_events = await session.scalar(select(func.count()).select_from(processed_events))
-            ratings = (
-                await session.execute(select(_count_if(feedback.c.rating > 0), _count_if(feedback.c.rating < 0)))
-            ).one()
+        return await self._run.read(self._global_stats)
+
+    @staticmethod
+    def _global_stats(connection: Connection) -> dict[str, Any]:
+        per_platform = connection.execute(select(users.c.platform, func.count()).group_by(users.c.platform)).all()
+        n_conversations = connection.execute(select(func.count()).select_from(conversations)).scalar_one()
+        counts = connection.execute(select(*_MESSAGE_COUNTS)).one()
+        n_events = connection.execute(select(func.count()).select_from(processed_events)).scalar_one()
+        ratings = connection.execute(select(*_RATINGS)).one()
         platforms = {row[0]: int(row[1]) for row in per_platform}
         return {
             "users": sum(platforms.values()),
             "users_by_platform": platforms,
-            "conversations": int(n_conversations or 0),
+            "conversations": int(n_conversations),
             "questions": int(counts[0]),
             "answers": int(counts[1]),
             "tokens_in": int(counts[2]),
             "tokens_out": int(counts[3]),
-            "processed_events": int(n_events or 0),
+            "processed_events": int(n_events),
             "feedback_up": int(ratings[0]),
             "feedback_down": int(ratings[1]),
         }
