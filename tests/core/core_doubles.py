@@ -6,6 +6,7 @@ Only the model and the retriever are doubles; everything in core/ under test is 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -132,8 +133,8 @@ class ListRetriever:
 
     async def search(self, query: str, k: int = 4) -> list[Source]:
         self.queries.append(query)
-        words = set(query.lower().split())
-        scored = [(len(words & set(s.text.lower().split())), s) for s in self.sources]
+        words = set(re.findall(r"\w+", query.lower())) - {"what", "is", "a", "the", "and", "how"}
+        scored = [(len(words & set(re.findall(r"\w+", s.text.lower()))), s) for s in self.sources]
         hits = [s for score, s in sorted(scored, key=lambda x: -x[0]) if score > 0][:k]
         return [Source(index=i, ref=s.ref, source=s.source, title=s.title, url=s.url, text=s.text)
                 for i, s in enumerate(hits, 1)]
