@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from core.generators.base import GenerationParams, PromptSpec
 from core.generators.errors import GeneratorError
-from core.generators.render import render_turns, turns_as_dicts
+from core.generators.render import clean_text, render_turns, turns_as_dicts
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -88,7 +88,7 @@ class GhostLMGenerator:
         return self.engine.context_length
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text))
+        return len(self.tokenizer.encode(clean_text(text)))
 
     def prompt_ids(self, spec: PromptSpec) -> list[int]:
         """Exactly the ids fed to the engine: USER … END … ASSISTANT (user text never yields special ids)."""

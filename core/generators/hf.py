@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 from core.generators.base import GenerationParams, PromptSpec
 from core.generators.errors import GeneratorError
 from core.generators.ghostlm_backend import sampling_params
-from core.generators.render import render_messages, render_turns, turns_as_dicts
+from core.generators.render import clean_text, render_messages, render_turns, turns_as_dicts
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class HFGenerator:
 
     def count_tokens(self, text: str) -> int:
         self._loaded()
-        return len(self._encode_content(text))
+        return len(self._encode_content(clean_text(text)))
 
     def _messages(self, spec: PromptSpec) -> list[dict[str, str]]:
         return render_messages(spec) if self._system_role else turns_as_dicts(render_turns(spec))

@@ -95,3 +95,8 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path):
     g = GhostLMGenerator(tmp_path / "nope.safetensors")
     with pytest.raises(GeneratorError, match="nope.safetensors"):
         g.load()
+
+
+def test_lone_surrogates_do_not_break_counting_or_generation(gen: GhostLMGenerator):
+    assert gen.count_tokens("bad \ud800 text") == gen.count_tokens("bad \ufffd text")
+    assert isinstance("".join(gen.stream(spec(question="x\udc00"), SAMPLED, lambda: False)), str)

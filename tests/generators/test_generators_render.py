@@ -48,3 +48,10 @@ def test_messages_put_system_in_its_own_role_and_nowhere_else():
     assert msgs[1]["role"] == "user" and "Be concise." not in msgs[1]["content"]
     assert msgs[1]["content"].startswith(PASSAGES_HEADER)
     assert render_turns(spec(), include_system=False)[0].content == msgs[1]["content"]
+
+
+def test_lone_surrogates_become_replacement_characters():
+    s = spec(history=[ChatTurn("user", "a\ud800"), ChatTurn("assistant", "b")], question="q\udfff")
+    turns = render_turns(s)
+    assert turns[0].content.endswith("a\ufffd") and turns[-1].content == "q\ufffd"
+    assert all(t.content.encode("utf-8") for t in turns)
