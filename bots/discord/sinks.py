@@ -90,7 +90,7 @@ class DiscordSink:
         self.delivered_ids: list[int] = []
 
     async def notice(self, text: str, *, ephemeral: bool = False) -> None:
-        for part in split_message(text, LIMIT) or [text[:LIMIT]]:
+        for part in split_message(text, LIMIT):  # [] for blank text: Discord rejects empty messages
             if ephemeral:
                 await self._target.private(part)
             elif not self.delivered_ids:

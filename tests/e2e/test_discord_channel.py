@@ -82,6 +82,18 @@ async def test_direct_messages_need_no_mention(discord_bot, world) -> None:
         assert await h.app.db.conversations.history(ConversationKey("discord", dm["id"], world.alice["id"])) == []
 
 
+async def test_slash_commands_work_in_direct_messages_when_synced_globally(discord_bot, world) -> None:
+    dm = world.fake.add_dm(world.alice)
+    async with discord_bot(discord_guild_ids="") as h:
+        assert {c["name"] for c in h.fake.commands["global"]} >= {"ask", "help"}
+        state = await h.fake.push_slash("ask", dm, world.alice, {"question": "/etc/passwd permissions?"})
+        await h.fake.wait_for(lambda: state.callback_type is not None, 10)
+        await settled(h)
+        assert state.visible()[0]["content"].startswith("Answer to: /etc/passwd permissions?")
+        key = ConversationKey("discord", dm["id"], world.alice["id"])
+        assert [m.text for m in await h.app.db.conversations.history(key)][0] == "/etc/passwd permissions?"
+
+
 async def test_long_channel_answer_is_split_at_2000(discord_bot, world) -> None:
     text = "\n\n".join(f"Paragraph {i}: " + "lorem ipsum " * 30 for i in range(12))
     async with discord_bot(generator=SlowScript(script=lambda spec: text)) as h:
