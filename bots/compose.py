@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -38,6 +39,15 @@ async def ensure_packs(indexer: Indexer, packs: list[str]) -> None:
         log.info("knowledge pack %s: %s", pack, report)
 
 
+def _prepare(generator: Generator) -> None:
+    load = getattr(generator, "load", None)
+    if callable(load):
+        load()
+    check = getattr(generator, "check", None)
+    if callable(check):
+        check()
+
+
 @asynccontextmanager
 async def open_app(
     settings: Settings,
@@ -59,6 +69,8 @@ async def open_app(
             await ensure_packs(indexer, list(settings.packs))
         if generator is None:
             generator = build_generator(settings)
+            # Loading weights (or probing a remote server) blocks: keep it off the event loop.
+            await asyncio.to_thread(_prepare, generator)
         log.info("generator: %s (context %d tokens)", generator.name, generator.context_length)
         worker = GenerationWorker(
             generator, queue_size=settings.queue_size, timeout_s=settings.request_timeout_seconds
