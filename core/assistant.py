@@ -1,0 +1,101 @@
+"""One stateless question → one answer, through the same retrieval, prompt and budget code as chat.
+
+Used by `ghostbot ask` and the evaluation runner. With a `worker`, the question queues like any chat
+message (one model instance per process); without one, the generator runs in a thread of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+
+from core.budget import ContextBudget, compute_budget, effective_max_new_tokens
+from core.generators.base import GenerationParams, Generator, PromptSpec
+from core.manager import EMPTY_ANSWER_NOTICE, ERROR_NOTICE, SHORTENED_NOTICE, TIMEOUT_NOTICE, Retriever
+from core.prompt import EMPTY_NOTICE, PromptBuilder, sanitize_text
+from core.settings import Settings
+from core.types import Answer
+from core.worker import GenerationWorker, Piece
+
+logger = logging.getLogger(__name__)
+
+
+class Assistant:
+    def __init__(
+        self,
+        retriever: Retriever,
+        generator: Generator,
+        settings: Settings,
+        *,
+        worker: GenerationWorker | None = None,
+    ) -> None:
+        self.retriever = retriever
+        self.generator = generator
+        self.settings = settings
+        self.worker = worker
+        self.prompts = PromptBuilder(settings.system_prompt)
+        self.context = ContextBudget(generator, passage_fraction=settings.passage_budget_fraction)
+
+    async def ask(self, question: str, *, k: int | None = None, seed: int | None = None) -> Answer:
+        """Answer one question with citations. Never raises for model problems: see `finish_reason`."""
+        text = sanitize_text(question)
+        if not text:
+            return Answer(text=EMPTY_NOTICE, finish_reason="error")
+        passages = await self.retriever.search(text, k=k or self.settings.top_passages)
+        spec = self.prompts.build(text, passages=passages)
+        s = self.settings
+        max_new = effective_max_new_tokens(self.generator.context_length, s.max_new_tokens, s.context_reserve_tokens)
+        fit = self.context.fit(
+            spec, budget=compute_budget(self.generator.context_length, max_new, s.context_reserve_tokens)
+        )
+        params = GenerationParams(
+            max_new_tokens=max_new, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+            repetition_penalty=s.repetition_penalty, seed=seed,
+        )
+        if self.worker is not None:
+            answer, reason = await self._via_worker(fit.spec, params)
+        else:
+            answer, reason = await self._in_thread(fit.spec, params)
+        if not answer.strip():
+            answer = {"timeout": TIMEOUT_NOTICE, "error": ERROR_NOTICE}.get(reason, EMPTY_ANSWER_NOTICE)
+        return Answer(
+            text=answer.strip(),
+            sources=list(fit.spec.passages),
+            notices=[SHORTENED_NOTICE] if fit.question_truncated else [],
+            finish_reason=reason,  # type: ignore[arg-type]
+        )
+
+    async def _via_worker(self, spec: PromptSpec, params: GenerationParams) -> tuple[str, str]:
+        assert self.worker is not None
+        handle = self.worker.submit(f"assistant:{uuid.uuid4().hex}", spec, params)
+        pieces = [event.text async for event in handle if isinstance(event, Piece)]
+        if handle.finish_reason == "error":
+            logger.error("generation failed: %s", type(handle.error).__name__)
+            return "", "error"
+        return "".join(pieces), handle.finish_reason or "stop"
+
+    async def _in_thread(self, spec: PromptSpec, params: GenerationParams) -> tuple[str, str]:
+        stop = threading.Event()
+
+        def run() -> str:
+            return "".join(self.generator.stream(spec, params, stop.is_set))
+
+        task = asyncio.ensure_future(asyncio.to_thread(run))
+        try:
+            text = await asyncio.wait_for(asyncio.shield(task), self.settings.request_timeout_seconds)
+            return text, "stop"
+        except asyncio.TimeoutError:
+            stop.set()
+            try:
+                return await task, "timeout"
+            except Exception:
+                return "", "timeout"
+        except Exception as exc:  # the model's failure: reported through finish_reason
+            logger.error("generation failed: %s", type(exc).__name__)
+            return "", "error"
+        except asyncio.CancelledError:
+            stop.set()  # the caller gave up: let the model thread stop at its next poll
+            raise
+
