@@ -55,10 +55,14 @@ class Database:
         engine = create_engine(url)
         try:
             db = cls(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+        try:
             if migrate:
                 await upgrade(engine)
         except BaseException:
-            await engine.dispose()
+            await db.close()
             raise
         log.info("database ready: %s", db.url)
         return db

@@ -6,7 +6,10 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
+
 from storage import ConversationKey, Database, UserRef
+from storage.repositories import message_refs
 
 ALICE = UserRef("telegram", "100", "Alice")
 BOB = UserRef("telegram", "200", "Bob")
@@ -125,6 +128,8 @@ async def test_reset(db: Database) -> None:
     await exchange(db, "2")
     await exchange(db, "3", other, BOB)
     assert await db.conversations.reset(DM) == 4
+    async with db.sessions() as session:  # foreign-key cascade removed the platform-id refs as well
+        assert (await session.execute(select(message_refs))).all() == []
     assert await db.conversations.history(DM) == []
     assert await db.conversations.find_by_platform_message("telegram", "100", "7") is None
     assert len(await db.conversations.history(other)) == 2

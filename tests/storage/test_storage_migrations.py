@@ -9,6 +9,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
 from storage import Base, ConversationKey, Database, UserRef, create_engine, head_revision, normalize_url
+from storage.engine import create_sync_sqlite_engine
 from storage.migrate import current_revision, upgrade
 
 MY_TABLES = {"users", "conversations", "messages", "message_refs", "processed_events", "feedback", "user_settings"}
@@ -76,6 +77,15 @@ async def test_sqlite_pragmas_and_folder_creation(tmp_path: Path) -> None:
             assert (await connection.execute(text("PRAGMA busy_timeout"))).scalar() == 30000
         assert await db.ping()
         assert db.dialect == "sqlite"
+        # The blocking twin engine the repositories run on has the same settings.
+        sync_engine = create_sync_sqlite_engine(f"sqlite:///{path}")
+        try:
+            with sync_engine.connect() as connection:
+                assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+                assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+                assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        finally:
+            sync_engine.dispose()
     finally:
         await db.close()
 
@@ -109,3 +119,4 @@ async def test_url_for_logs_hides_password() -> None:
         assert not await db.ping()  # nothing listens on port 1: a clean False, no exception
     finally:
         await db.close()
+
