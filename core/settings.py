@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     discord_allowed_guilds: IdList = frozenset()
     discord_allowed_channels: IdList = frozenset()
     discord_allowed_roles: IdList = frozenset()
+    # Privileged Message Content intent: only needed to read replies to the bot that do not ping it.
+    # Mentions, pinging replies, DMs and slash commands work without it (Discord's exemptions).
+    discord_message_content: bool = False
 
     # --- storage ---------------------------------------------------------------------
     database_url: str = "sqlite+aiosqlite:///data/ghostbot.db"

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 DISCORD_GATEWAY = "wss://gateway.discord.gg/"
 FAILURE = "Sorry, something went wrong while answering. Please try again in a moment."
+UNREADABLE = (
+    "I can't read replies that don't ping me. Mention me, keep \"@ON\" (ping) when replying, or use /ask."
+)
 
 
 class Manager(Protocol):
@@ -73,9 +76,9 @@ def _describe(name: str, fallback: str) -> str:
 class GhostClient(discord.Client):
     def __init__(self, settings: Settings, manager: Manager, *, guild_ready_timeout: float = 2.0) -> None:
         intents = discord.Intents.default()
-        # Privileged: needed to read the text of channel messages that mention or reply to the
-        # bot (channel Q&A). Slash commands and DMs would work without it.
-        intents.message_content = True
+        # Privileged, so off unless asked for: Discord delivers the text of DMs, mentions and
+        # pinging replies without it; only replies with "ping" switched off need it.
+        intents.message_content = settings.discord_message_content
         super().__init__(
             intents=intents,
             allowed_mentions=discord.AllowedMentions.none(),  # model output never pings anyone
@@ -129,8 +132,19 @@ class GhostClient(discord.Client):
         if not self._accepting:
             return
         with self._tracked():
+            if self._content_hidden(message):
+                await MessageTarget(message).private(UNREADABLE)
+                return
             incoming = convert.from_message(message, self.user)
             await self._handle(incoming, MessageTarget(message), feedback=True)
+
+    def _content_hidden(self, message: discord.Message) -> bool:
+        """A reply that did not ping us, read without the Message Content intent: Discord sent it
+        without its text, so answering "empty message" would be wrong."""
+        if self.intents.message_content or message.guild is None or self.user is None:
+            return False
+        mentioned = any(user.id == self.user.id for user in message.mentions)
+        return not mentioned and not message.content
 
     # --- slash commands --------------------------------------------------------------
     def _register_commands(self) -> None:

@@ -56,6 +56,34 @@ async def test_mention_and_reply_are_answered_unaddressed_messages_are_ignored(d
         assert len(h.generator.specs) == 2
 
 
+async def test_without_the_content_intent_a_silent_reply_gets_a_hint(discord_bot, world) -> None:
+    member = [world.member_role]
+    async with discord_bot() as h:
+        assert not h.fake.identifies[0]["intents"] & (1 << 15)  # the privileged intent is not requested
+        await h.fake.push_message(world.channel, world.alice, "first", mention_bot=True, roles=member)
+        [answer] = await answers_in(h, world.channel, 1)
+        await h.fake.push_message(world.channel, world.alice, "follow-up", reply_to=answer, ping_reply=False,
+                                  roles=member)
+        hint = await h.fake.wait_for(lambda: h.fake.bot_messages(world.channel["id"])[1:], 10)
+        await settled(h)
+        assert "ping" in hint[0]["content"] and not feedback_buttons(hint[0])
+        assert [s.question for s in h.generator.specs] == ["first"]
+        history = await h.app.db.conversations.history(ConversationKey("discord", world.channel["id"], world.alice["id"]))
+        assert len(history) == 2
+
+
+async def test_with_the_content_intent_a_silent_reply_is_answered(discord_bot, world) -> None:
+    member = [world.member_role]
+    async with discord_bot(discord_message_content=True) as h:
+        assert h.fake.identifies[0]["intents"] & (1 << 15)
+        await h.fake.push_message(world.channel, world.alice, "first", mention_bot=True, roles=member)
+        [answer] = await answers_in(h, world.channel, 1)
+        await h.fake.push_message(world.channel, world.alice, "follow-up", reply_to=answer, ping_reply=False,
+                                  roles=member)
+        messages = await answers_in(h, world.channel, 2)
+        assert messages[-1]["content"].startswith("Answer to: follow-up (history turns: 2)")
+
+
 async def test_a_thread_keeps_its_own_conversation(discord_bot, world) -> None:
     async with discord_bot() as h:
         member = [world.member_role]

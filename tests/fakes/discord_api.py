@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import WSMsgType, web
 
 EPHEMERAL = 64
+MESSAGE_CONTENT_INTENT = 1 << 15
 LOADING = 128
 TS = "2026-11-22T00:00:00.000000+00:00"
 EVERYONE_PERMISSIONS = "1071698660929"
@@ -248,12 +249,15 @@ class DiscordFake:
         reply_to: dict[str, Any] | None = None,
         roles: list[str] | None = None,
         message_id: str | None = None,
+        ping_reply: bool = True,
     ) -> dict[str, Any]:
         extra: dict[str, Any] = {"id": message_id} if message_id else {}
         if mention_bot:
             content = f"<@{self.bot_user['id']}> {content}"
             extra["mentions"] = [self.bot_user]
         if reply_to is not None:
+            if ping_reply and reply_to["author"]["id"] == self.bot_user["id"]:
+                extra["mentions"] = [*extra.get("mentions", []), self.bot_user]  # Discord's reply ping
             extra["type"] = 19
             extra["message_reference"] = {"message_id": reply_to["id"], "channel_id": reply_to["channel_id"],
                                           "guild_id": reply_to.get("guild_id")}
@@ -264,8 +268,18 @@ class DiscordFake:
             member.pop("user")
             message["member"] = member
         self.messages.setdefault(channel["id"], {})[message["id"]] = message
-        await self.dispatch("MESSAGE_CREATE", message)
+        await self.dispatch("MESSAGE_CREATE", self._as_received(message))
         return message
+
+    def _as_received(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Without the Message Content intent Discord blanks the text, except in DMs, messages that
+        mention the bot (a pinging reply counts) and the bot's own messages."""
+        intents = self.identifies[-1].get("intents", 0) if self.identifies else 0
+        exempt = ("guild_id" not in message or message["author"]["id"] == self.bot_user["id"]
+                  or any(user["id"] == self.bot_user["id"] for user in message.get("mentions", [])))
+        if intents & MESSAGE_CONTENT_INTENT or exempt:
+            return message
+        return {**message, "content": "", "embeds": [], "attachments": [], "components": []}
 
     def _interaction_base(self, kind: int, channel: dict[str, Any], user: dict[str, Any],
                           roles: list[str] | None) -> dict[str, Any]:
