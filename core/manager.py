@@ -15,8 +15,10 @@ Documented behaviour:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import OrderedDict
 import traceback
 from typing import Any, Callable, Protocol, Sequence
 
@@ -32,6 +34,7 @@ from core.worker import AlreadyPending, GenerationWorker, Piece, Queued, QueueFu
 from storage import ConversationKey, Database, StoredMessage, UserRef
 
 logger = logging.getLogger(__name__)
+_PREFS_CACHE_SIZE = 10_000
 
 SHORTENED_NOTICE = "Your message was longer than I can read at once, so I only used its beginning."
 PENDING_NOTICE = "I'm still working on your previous question — wait for it to finish, or send /cancel to stop it."
@@ -75,6 +78,7 @@ class ConversationManager:
         access: AccessPolicy | None = None,
         rate_limiter: RateLimiter | None = None,
         history_limit: int = 60,
+        prefs_ttl_s: float = 30.0,
     ) -> None:
         self.db = db
         self.retriever = retriever
@@ -90,6 +94,9 @@ class ConversationManager:
         self.prefs = Preferences(default_temperature=settings.temperature, max_new_tokens=settings.max_new_tokens)
         self.commands = CommandHandler(db, worker, self.access, self.prefs)
         self.history_limit = history_limit
+        self.prefs_ttl_s = prefs_ttl_s
+        self._clock = clock
+        self._prefs_cache: OrderedDict[tuple[str, str], tuple[float, dict[str, str]]] = OrderedDict()
         self._inflight: set[tuple[str, str]] = set()
         self._secrets = [
             s.get_secret_value()
@@ -186,6 +193,8 @@ class ConversationManager:
             return
         ctx = CommandContext(incoming.platform, incoming.user_id, self.conversation_key(incoming), is_admin)
         reply = await self.commands.run(command, ctx)
+        if command.name in {"settings", "forget"}:
+            self._prefs_cache.pop((incoming.platform, incoming.user_id), None)
         if command.name == "forget":
             self.limiter.forget(incoming.platform, incoming.user_id)
         personal = command.name in {"settings", "stats", "forget", "cancel"}
@@ -224,9 +233,12 @@ class ConversationManager:
             await sink.notice(CLOSED_NOTICE, ephemeral=True)
             return False
         key = self.conversation_key(incoming)
-        prefs = self.prefs.effective(await self.db.user_settings.get(incoming.platform, incoming.user_id))
-        stored = await self.db.conversations.history(key, limit=self.history_limit)
-        passages = await self._retrieve(question)
+        # Independent lookups, concurrently: retrieval is usually the slowest, the database hops overlap it.
+        prefs, stored, passages = await asyncio.gather(
+            self._user_prefs(incoming.platform, incoming.user_id),
+            self.db.conversations.history(key, limit=self.history_limit),
+            self._retrieve(question),
+        )
         spec = self.prompts.build(
             question, passages=passages, history=[(m.role, m.text) for m in stored], prefs=prefs
         )
@@ -315,6 +327,22 @@ class ConversationManager:
         )
 
     # --- helpers -----------------------------------------------------------------------------------------
+    async def _user_prefs(self, platform: str, user_id: str) -> dict[str, str]:
+        """Effective per-user settings, cached briefly: they change rarely and are read on every message.
+        Our own /settings and /forget invalidate at once; the TTL bounds staleness across bot processes."""
+        key = (platform, user_id)
+        now = self._clock()
+        hit = self._prefs_cache.get(key)
+        if hit is not None and hit[0] > now:
+            self._prefs_cache.move_to_end(key)
+            return hit[1]
+        prefs = self.prefs.effective(await self.db.user_settings.get(platform, user_id))
+        self._prefs_cache[key] = (now + self.prefs_ttl_s, prefs)
+        self._prefs_cache.move_to_end(key)
+        while len(self._prefs_cache) > _PREFS_CACHE_SIZE:
+            self._prefs_cache.popitem(last=False)
+        return prefs
+
     async def _retrieve(self, question: str) -> Sequence[Source]:
         try:
             return await self.retriever.search(question, k=self.settings.top_passages)
