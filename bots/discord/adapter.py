@@ -47,7 +47,12 @@ class DiscordAdapter:
         client = GhostClient(self._settings, self._manager, guild_ready_timeout=self._guild_ready_timeout)
         self.client = client
         assert self._settings.discord_bot_token is not None
-        await client.login(self._settings.discord_bot_token.get_secret_value())
+        try:
+            await client.login(self._settings.discord_bot_token.get_secret_value())
+        except BaseException:
+            await client.close()  # release its HTTP session; LoginFailure names no token
+            self.client = None
+            raise
         self._task = asyncio.create_task(client.connect(reconnect=True), name="discord-gateway")
         self._task.add_done_callback(self._gateway_done)
         log.info("Discord adapter started as %s", client.user)

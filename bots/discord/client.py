@@ -13,6 +13,7 @@ from discord import app_commands
 
 from bots.discord import convert
 from bots.discord.sinks import DiscordSink, InteractionTarget, MessageTarget
+from core.commands import COMMANDS
 from core.settings import Settings
 from core.types import Incoming, ReplySink
 
@@ -63,14 +64,8 @@ class FeedbackView(discord.ui.View):
 
 
 def _describe(name: str, fallback: str) -> str:
-    """Slash-command descriptions come from the core's command table when it has them."""
-    try:
-        from core.commands import COMMANDS
-    except ImportError:
-        return fallback
-    description = COMMANDS.get(name) or COMMANDS.get(f"/{name}")
-    text = description if isinstance(description, str) else fallback
-    return text[:100]  # Discord's limit for command descriptions
+    """Slash-command descriptions come from the core's command table, like /help's text."""
+    return COMMANDS.get(name, fallback)[:100]  # Discord's limit for command descriptions
 
 
 class GhostClient(discord.Client):

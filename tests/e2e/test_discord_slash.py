@@ -168,6 +168,21 @@ async def test_channel_allow_list_denies_other_channels(discord_bot, world) -> N
         assert len(h.generator.specs) == 1
 
 
+async def test_guild_allow_list_denies_other_guilds_but_not_dms(discord_bot, world) -> None:
+    other_guild = world.fake.add_guild("elsewhere")
+    other_channel = world.fake.add_channel(other_guild, "lobby")
+    dm = world.fake.add_dm(world.alice)
+    async with discord_bot(discord_allowed_guilds=world.guild["id"], discord_guild_ids="") as h:
+        denied = await slash(h, "ask", {"question": "hi"}, channel=other_channel, roles=[])
+        assert denied.visible() and all(is_ephemeral(m) for m in denied.visible())
+        assert "sorry" in contents(denied)[0].lower()
+        at_home = await slash(h, "ask", {"question": "home guild"})
+        in_dm = await slash(h, "ask", {"question": "direct"}, channel=dm)
+        assert contents(at_home)[0].startswith("Answer to: home guild")
+        assert contents(in_dm)[0].startswith("Answer to: direct")
+        assert [s.question for s in h.generator.specs] == ["home guild", "direct"]
+
+
 async def test_thumbs_up_button_is_stored_as_feedback(discord_bot) -> None:
     async with discord_bot() as h:
         answer = await slash(h, "ask", {"question": "Is SQL injection bad?"})
