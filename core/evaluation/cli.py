@@ -138,8 +138,10 @@ async def run_eval(args: argparse.Namespace, settings: Settings, open_app: OpenA
             return await _mcq(args, settings)
         if args.eval_command == "export-feedback":
             return await _export(args, settings)
-    except (EvalInputError, RubricError, JudgeUnavailableError, CheckpointError, FileNotFoundError) as e:
+    except (EvalInputError, RubricError, JudgeUnavailableError, CheckpointError) as e:
         return _err(str(e))
+    except OSError as e:  # an unwritable --out, a missing model file …
+        return _err(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
     raise AssertionError(f"unhandled eval command {args.eval_command}")
 
 

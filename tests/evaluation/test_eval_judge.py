@@ -267,3 +267,36 @@ async def test_rejected_key_is_a_clear_error(tmp_path, monkeypatch, fake_server)
     judge = OpenAIJudge(fake_server.base_url, "m", api_key_env="MY_JUDGE_KEY")
     await judge.check()
     await judge.close()
+
+
+async def test_judge_outage_mid_run_keeps_finished_rows_and_resumes(tmp_path, fake_server, make_judge):
+    calls = []
+
+    def flaky(req):
+        calls.append(1)
+        return Reply(status=503, error_message="overloaded") if 4 < len(calls) < 100 else Reply(rating(4))
+
+    fake_server.set_reply(flaky)
+    src = write_csv(tmp_path / "q.csv", ["question", "answer"], [[f"Q{i}", f"A{i}"] for i in range(4)])
+    out = tmp_path / "r.csv"
+    crit = RUBRICS.select(["accuracy"])
+    with pytest.raises(JudgeUnavailableError, match="HTTP 503"):
+        await judge_file(src, out, judge=make_judge(http_retries=1), rubrics=RUBRICS, criteria=crit,
+                         cfg=cfg(repeats=2))
+    assert [r["question"] for r in read_rows(out)] == ["Q0", "Q1"]
+    fake_server.set_reply(ScriptedJudge(lambda q, c: [rating(5)]))
+    await judge_file(src, out, judge=make_judge(), rubrics=RUBRICS, criteria=crit, cfg=cfg(repeats=2))
+    assert [(r["question"], r["accuracy_mean"]) for r in read_rows(out)] == [
+        ("Q0", "4"), ("Q1", "4"), ("Q2", "5"), ("Q3", "5")]
+
+
+async def test_endpoint_without_json_mode_is_asked_again_without_it(fake_server, make_judge):
+    from tests.fakes.openai_server import error_reply
+
+    fake_server.set_reply(lambda req: error_reply(400, "response_format is not supported")
+                          if "response_format" in req.body else Reply(rating(2, "meh")))
+    judge = make_judge()
+    rs = await judge.rate("sys", "p", repeats=2, seed=0)
+    assert rs.scores == [2, 2]
+    rs = await judge.rate("sys", "p", repeats=1, seed=1)
+    assert "response_format" not in fake_server.requests[-1].body  # remembered

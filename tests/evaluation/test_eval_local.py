@@ -159,3 +159,40 @@ def test_mcq_with_tiny_ghostlm_is_mean_over_orders_of_ghostlm_scores(tiny_ghostl
     b = option_logprobs(model, tok, "Question: Which port does HTTPS use?\nA. 25\nB. 22\nC. 80\nD. 443\nAnswer:",
                         [" 443", " 80", " 22", " 25"])
     assert res.scores == pytest.approx([(x + y) / 2 for x, y in zip(a, b)], abs=1e-6)
+
+
+@pytest.mark.slow  # importing transformers takes several seconds
+async def test_hf_directory_judge_and_option_scores_match_its_logits(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(['{"score": 1} {"score": 2} {"score": 3} {"score": 4} {"score": 5} port 443'] * 20,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    fast.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=fast.vocab_size, n_positions=128, n_embd=16, n_layer=1, n_head=2))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    model.save_pretrained(tmp_path)
+    model.eval()
+
+    lm = load_local_lm(tmp_path)
+    assert not isinstance(lm, GhostLMLocal) and lm.context_length == 128
+    prefix, cands = score_candidates(lm)
+    rs = await LocalJudge(lm, reason_tokens=2).rate("sys", "judge this", repeats=3, seed=0)
+    ids = fast.encode("sys\n\njudge this\n\n", add_special_tokens=False) + fast.encode(prefix, add_special_tokens=False)
+    with torch.no_grad():
+        full = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].double(), dim=-1)
+    p = full[cands] / full[cands].sum()
+    assert rs.expected == pytest.approx(float(sum(p[i] * (i + 1) for i in range(5))), abs=1e-5)
+    prompt_ids = fast.encode("port", add_special_tokens=False)
+    opt = fast.encode(" 443", add_special_tokens=False)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([prompt_ids + opt])).logits[0].double(), dim=-1)
+    manual = sum(float(logp[len(prompt_ids) - 1 + k, t]) for k, t in enumerate(opt)) / len(opt)
+    assert lm.option_logprobs("port", [" 443"])[0] == pytest.approx(manual, abs=1e-5)
