@@ -136,6 +136,20 @@ async def test_every_other_command_answers_ephemerally(discord_bot) -> None:
         assert await h.app.db.user_settings.get("discord", alice["id"]) == {}
 
 
+async def test_retry_regenerates_publicly_and_cancel_answers_privately(discord_bot) -> None:
+    answers = iter(["first take", "second take"])
+    async with discord_bot(generator=SlowScript(script=lambda spec: next(answers))) as h:
+        await slash(h, "ask", {"question": "explain SSRF"})
+        retry = await slash(h, "retry")
+        assert retry.callback_type == 5 and not retry.defer_ephemeral
+        assert contents(retry)[0] == "second take" and feedback_buttons(retry.visible()[-1])
+        history = await h.app.db.conversations.history(channel_key(h, h.world.alice))
+        assert [m.text for m in history] == ["explain SSRF", "second take"]
+
+        cancel = await slash(h, "cancel")
+        assert cancel.defer_ephemeral and cancel.visible() and all(is_ephemeral(m) for m in cancel.visible())
+
+
 async def test_bad_settings_arguments_get_a_polite_answer_and_change_nothing(discord_bot) -> None:
     async with discord_bot() as h:
         state = await slash(h, "settings", {"key": "temperature", "value": "hot"})
