@@ -44,7 +44,7 @@ async def exchange(
 
 
 async def test_restart_keeps_history(db_url: str) -> None:
-    first = await Database.open(db_url)
+    first = await Database.open(db_url)  # empty database: created and migrated on first run
     assert await exchange(first, "1", question="q1", answer="a1", sources=[{"ref": "CWE-79", "index": 1}])
     assert await exchange(first, "2", question="q2", answer="a2")
     await first.close()
@@ -76,9 +76,9 @@ async def test_duplicate_event_committed_once(db: Database) -> None:
     assert await exchange(db, "42", ConversationKey("discord", "c", "100"), UserRef("discord", "100", "A"))
 
 
-async def test_concurrent_duplicates_commit_exactly_once(db: Database, db_url: str) -> None:
+async def test_concurrent_duplicates_commit_exactly_once(db: Database, migrated_url: str) -> None:
     # A second Database on the same URL stands in for a second bot process.
-    other = await Database.open(db_url)
+    other = await Database.open(migrated_url)
     try:
         results = await asyncio.gather(
             *(exchange(db if i % 2 else other, "dup", question=f"q{i}") for i in range(6))
