@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .io import EvalInputError, ResultsWriter, Table, row_key
+from .io import EvalInputError, ResultsWriter, Table, row_keys
 from .judges import Judge, PairResult, derive_seed
 from .rubrics import Criterion, Rubrics
 from .runner import progress_bar
@@ -111,7 +111,7 @@ class PairwiseComparer:
     async def run(self, pairs: Sequence[Pair], out: str | Path, *, resume: bool = True) -> dict:
         """Judge every pair into the per-question verdict CSV ``out``; returns the summary."""
         started = time.monotonic()
-        keys = [row_key(i, p.question, p.answer_a, p.answer_b) for i, p in enumerate(pairs)]
+        keys = row_keys((p.question, p.reference, p.answer_a, p.answer_b) for p in pairs)
         with ResultsWriter(out, compare_columns(self.criteria), resume=resume) as writer:
             todo = [i for i, k in enumerate(keys) if k not in writer.done]
             bar = progress_bar(len(pairs), len(pairs) - len(todo), self.progress)

@@ -149,10 +149,19 @@ def read_table(path: str | Path, *, required: Sequence[str] = (), non_empty: Seq
     return table
 
 
-def row_key(index: int, question: str, reference: str, answer: str) -> str:
-    """Identity of an input row: its position plus a hash of what is judged (so an edited row is redone)."""
-    h = hashlib.sha256("\x1f".join((question, reference, answer)).encode("utf-8")).hexdigest()[:16]
-    return f"{index}:{h}"
+def row_keys(items: Iterable[Sequence[str]]) -> list[str]:
+    """Identity of each input row: a hash of what is judged plus its occurrence number among equal rows.
+
+    Content-based, not position-based, so inserting or reordering rows in the input never makes a finished
+    row look unfinished (or a new row look finished); an edited row is a new row and is judged again."""
+    seen: dict[str, int] = {}
+    keys = []
+    for fields in items:
+        h = hashlib.sha256("\x1f".join(fields).encode("utf-8")).hexdigest()[:20]
+        n = seen.get(h, 0)
+        seen[h] = n + 1
+        keys.append(f"{h}#{n}")
+    return keys
 
 
 class ResultsWriter:

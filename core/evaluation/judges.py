@@ -114,7 +114,7 @@ class OpenAIJudge:
         self._sem = asyncio.Semaphore(max(1, concurrency))
         key = os.environ.get(api_key_env) or ""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.AsyncClient(headers=headers, timeout=timeout, transport=transport, trust_env=False)
+        self._client = httpx.AsyncClient(headers=headers, timeout=timeout, transport=transport)
 
     def describe(self) -> dict:
         return {"kind": "openai", "base_url": redact_url(self.base_url), "model": self.model,

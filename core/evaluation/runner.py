@@ -18,7 +18,7 @@ from typing import Awaitable, Callable, Sequence
 
 from core.types import Answer, Source
 
-from .io import EvalInputError, ResultsWriter, Table, row_key
+from .io import EvalInputError, ResultsWriter, Table, row_keys
 from .judges import Judge, RatingSet, derive_seed
 from .rubrics import Criterion, Rubrics
 
@@ -129,8 +129,7 @@ class JudgeRunner:
         timings = {"answer_seconds": 0.0, "judge_seconds": 0.0}
         judged = 0
         with ResultsWriter(out, columns, resume=resume) as writer:
-            keys = [row_key(i, r["question"], r.get("reference", ""), r.get("answer", ""))
-                    for i, r in enumerate(table.rows)]
+            keys = row_keys((r["question"], r.get("reference", ""), r.get("answer", "")) for r in table.rows)
             todo = [i for i, k in enumerate(keys) if k not in writer.done]
             skipped = len(table.rows) - len(todo)
             bar = progress_bar(len(table.rows), skipped, self.cfg.progress)
@@ -143,7 +142,11 @@ class JudgeRunner:
             finally:
                 bar.close()
             rows = [writer.done[k] for k in keys if k in writer.done]
-        return {"rows": len(table.rows), "judged_this_run": judged, "resumed_rows": skipped,
+            stale = len(set(writer.done) - set(keys))
+        if stale:
+            logger.warning("%s holds %d result rows for questions no longer in %s; they are kept but left out "
+                           "of the summary", out, stale, table.path)
+        return {"rows": len(table.rows), "judged_this_run": judged, "resumed_rows": skipped, "stale_rows": stale,
                 "results": rows, "seconds_total": round(time.monotonic() - started, 3),
                 "seconds_answering": round(timings["answer_seconds"], 3),
                 "seconds_judging": round(timings["judge_seconds"], 3)}
@@ -172,13 +175,12 @@ class JudgeRunner:
         stats: dict[str, tuple[float | None, float | None, int]] = {}
         means: list[float] = []
         unparsed_total = 0
-        row_index = key.split(":", 1)[0]
         for c in self.criteria:
             prompt = self.rubrics.single.format(
                 title=c.title, rubric=c.rubric, question=question, answer=answer_text or "(empty answer)",
                 reference=reference or "(none)", passages=passages_text(sources))
             rs = await self.judge.rate(self.rubrics.system, prompt, repeats=self.cfg.repeats,
-                                       seed=derive_seed(self.cfg.seed, row_index, key, c.name))
+                                       seed=derive_seed(self.cfg.seed, key, c.name))
             mean, std, reason = summarize_ratings(rs)
             stats[c.name] = (mean, std, rs.unparsed)
             unparsed_total += rs.unparsed

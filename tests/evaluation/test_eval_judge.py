@@ -186,6 +186,17 @@ async def test_interrupted_run_resumes_without_duplicates_or_loss(tmp_path, fake
     await judge_file(src, out, judge=make_judge(), rubrics=RUBRICS, criteria=crit, cfg=cfg(repeats=2),
                      answer_fn=third)
     assert third.asked == [] and len(read_rows(out)) == 6
+    # a question inserted at the top and one edited: only those two are judged; nothing is duplicated
+    edited = [["New question?", "new ref"]] + questions
+    edited[3] = ["Question 2, edited?", "ref 2"]
+    write_csv(src, ["question", "reference"], edited)
+    fourth = Answers()
+    summary = await judge_file(src, out, judge=make_judge(), rubrics=RUBRICS, criteria=crit, cfg=cfg(repeats=2),
+                               answer_fn=fourth)
+    assert fourth.asked == ["New question?", "Question 2, edited?"]
+    rows = read_rows(out)
+    assert len(rows) == 8 and len({r["row_key"] for r in rows}) == 8
+    assert summary["items"] == 7 and summary["run"]["stale_rows"] == 1  # the old "Question 2?" row is kept
 
 
 async def test_resume_refuses_a_results_file_with_other_columns(tmp_path, fake_server, make_judge):
