@@ -132,6 +132,16 @@ async def test_long_channel_answer_is_split_at_2000(discord_bot, world) -> None:
         assert all(f"Paragraph {i}:" in joined for i in range(12))
 
 
+async def test_a_429_while_streaming_in_a_channel_delays_but_never_loses_the_reply(discord_bot, world) -> None:
+    script = SlowScript(script=lambda spec: " ".join(f"w{i}" for i in range(40)), delay=0.05)
+    async with discord_bot(generator=script) as h:
+        h.fake.rate_limit("PATCH", rf"/channels/{world.channel['id']}/messages/\d+", retry_after=0.4, times=2)
+        await h.fake.push_message(world.channel, world.alice, "go", mention_bot=True, roles=[world.member_role])
+        [answer] = await answers_in(h, world.channel, 1)
+        assert [c.status for c in h.fake.calls if c.status == 429] == [429, 429]
+        assert answer["content"] == " ".join(f"w{i}" for i in range(40))
+
+
 async def test_duplicate_message_create_is_answered_once_even_after_a_restart(world, tmp_path) -> None:
     member = [world.member_role]
     async with running_discord(world, tmp_path) as h:
