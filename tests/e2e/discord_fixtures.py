@@ -171,19 +171,17 @@ async def _open_core(settings: Settings, *, generator: Any, build_packs: bool = 
     from types import SimpleNamespace
 
     from core.manager import ConversationManager
-    from core.retrieval import Indexer, Retriever
+    from core.retrieval import create_retrieval
     from core.worker import GenerationWorker
     from storage import Database
-    from storage.knowledge import KnowledgeRepository
 
     db = await Database.open(settings.database_url)
-    knowledge = KnowledgeRepository(db.sessions)
+    retriever, indexer = create_retrieval(settings, db.sessions)
     worker = GenerationWorker(generator, queue_size=settings.queue_size, timeout_s=settings.request_timeout_seconds)
     worker.start()
-    retriever = Retriever(knowledge)
     manager = ConversationManager(db, retriever, worker, generator, settings)
     try:
-        yield SimpleNamespace(settings=settings, db=db, indexer=Indexer(knowledge), retriever=retriever,
+        yield SimpleNamespace(settings=settings, db=db, indexer=indexer, retriever=retriever,
                               generator=generator, worker=worker, manager=manager)
     finally:
         await worker.shutdown(drain=True, timeout=10)
