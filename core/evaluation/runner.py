@@ -6,6 +6,7 @@ standard deviation (ddof=1; 0 for a single repeat). Unparsed replies are counted
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 AnswerFn = Callable[[str], Awaitable[Answer]]
 
 ROW_SUFFIXES = ("mean", "std", "n", "scores", "reason")
-TAIL_COLUMNS = ("sources", "overall_mean", "needs_review", "review_reasons", "unparsed", "row_key")
+TAIL_COLUMNS = ("sources", "overall_mean", "needs_review", "review_reasons", "unparsed", "judge_config", "row_key")
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,15 @@ class JudgeRunner:
         self.cfg = cfg
         self.answer_fn = answer_fn
 
+    def fingerprint(self) -> str:
+        """Short hash of everything that decides a score: judge, rubric text, repeats, seed.
+        A results file is only resumed under the same fingerprint, so rows are never mixed across configs."""
+        judge = {k: v for k, v in self.judge.describe().items() if k in ("kind", "model", "base_url", "temperature")}
+        rubric = [self.rubrics.system, self.rubrics.single] + [f"{c.name}|{c.title}|{c.rubric}" for c in self.criteria]
+        blob = json.dumps({"judge": judge, "rubric": rubric, "repeats": self.cfg.repeats, "seed": self.cfg.seed},
+                          sort_keys=True)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
+
     def validate(self, table: Table) -> None:
         """Everything that can be known before work starts (so a bad file costs no judge calls)."""
         if "question" not in table.columns:
@@ -128,7 +138,13 @@ class JudgeRunner:
         started = time.monotonic()
         timings = {"answer_seconds": 0.0, "judge_seconds": 0.0}
         judged = 0
+        fingerprint = self.fingerprint()
         with ResultsWriter(out, columns, resume=resume) as writer:
+            other = {r.get("judge_config") for r in writer.done.values()} - {fingerprint}
+            if other:
+                raise EvalInputError(
+                    f"{out}: row 2: existing results were made with another judge, rubric, --repeats or --seed "
+                    f"(judge_config {sorted(other)[0]} ≠ {fingerprint}); choose a new --out or pass --no-resume")
             keys = row_keys((r["question"], r.get("reference", ""), r.get("answer", "")) for r in table.rows)
             todo = [i for i, k in enumerate(keys) if k not in writer.done]
             skipped = len(table.rows) - len(todo)
@@ -199,6 +215,7 @@ class JudgeRunner:
         out["needs_review"] = "true" if reasons else "false"
         out["review_reasons"] = "; ".join(reasons)
         out["unparsed"] = str(unparsed_total)
+        out["judge_config"] = self.fingerprint()
         out["row_key"] = key
         return out
 

@@ -199,7 +199,7 @@ async def test_interrupted_run_resumes_without_duplicates_or_loss(tmp_path, fake
     assert summary["items"] == 7 and summary["run"]["stale_rows"] == 1  # the old "Question 2?" row is kept
 
 
-async def test_resume_refuses_a_results_file_with_other_columns(tmp_path, fake_server, make_judge):
+async def test_resume_refuses_a_results_file_of_another_configuration(tmp_path, fake_server, make_judge):
     fake_server.set_reply(ScriptedJudge(lambda q, c: [rating(4)]))
     src = write_csv(tmp_path / "q.csv", ["question", "answer"], [["Q", "A"]])
     out = tmp_path / "r.csv"
@@ -208,6 +208,13 @@ async def test_resume_refuses_a_results_file_with_other_columns(tmp_path, fake_s
     with pytest.raises(EvalInputError, match="different columns"):
         await judge_file(src, out, judge=make_judge(), rubrics=RUBRICS, criteria=RUBRICS.select(["safety"]),
                          cfg=cfg(repeats=1))
+    with pytest.raises(EvalInputError, match=r"another judge, rubric, --repeats or --seed"):
+        await judge_file(src, out, judge=make_judge(), rubrics=RUBRICS, criteria=RUBRICS.select(["accuracy"]),
+                         cfg=cfg(repeats=3))
+    assert len(read_rows(out)) == 1  # refused, nothing changed
+    await judge_file(src, out, judge=make_judge(), rubrics=RUBRICS, criteria=RUBRICS.select(["accuracy"]),
+                     cfg=cfg(repeats=3), resume=False)
+    assert read_rows(out)[0]["accuracy_n"] == "3"
 
 
 @pytest.mark.parametrize(
