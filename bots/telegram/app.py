@@ -29,6 +29,7 @@ from telegram.ext import (
     filters,
 )
 
+from bots.logs import SecretRedactor
 from bots.telegram.sink import FEEDBACK_DOWN, FEEDBACK_UP, TelegramSink
 from core.commands import COMMANDS
 from core.settings import Settings
@@ -190,12 +191,20 @@ async def _best_effort(awaitable: Any) -> None:
         log.warning("could not send a reply: %s", type(exc).__name__)
 
 
+def _keep_token_out_of_logs(token: str) -> None:
+    """httpx logs request URLs at INFO and PTB logs its base URLs at DEBUG: both contain the token."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in ("telegram.Bot", "telegram.ext.ExtBot", "telegram.ext.Updater", "telegram.ext.Application", "httpx"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, SecretRedactor) and f.redact(token) != token for f in logger.filters):
+            logger.addFilter(SecretRedactor([token]))
+
+
 def build_application(settings: Settings, manager: Manager) -> Application:
     """The PTB Application for `settings`, forwarding to `manager`. Not started."""
     if settings.telegram_bot_token is None:
         raise ValueError("TELEGRAM_BOT_TOKEN is not set")
-    # httpx logs request URLs at INFO, and Telegram URLs contain the token.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    _keep_token_out_of_logs(settings.telegram_bot_token.get_secret_value())
     commands = dict(COMMANDS)
     names = frozenset(command.command for command in bot_commands(commands))
 

@@ -71,6 +71,7 @@ class TelegramSink:
         self._last_write = 0.0  # monotonic time of the last send/edit of that message
         self._io = asyncio.Lock()  # one write at a time; the final waits for an edit in flight
         self._done = False
+        self._started_at: float | None = None
         self._typing: asyncio.Task[None] | None = None
         self._editor = ThrottledEditor(self._stream_edit, min_interval=min_interval, min_growth=min_growth)
 
@@ -104,6 +105,7 @@ class TelegramSink:
                 log.info("queue status in chat %s not shown: %s", self._chat_id, type(exc).__name__)
 
     async def started(self) -> None:
+        self._started_at = time.monotonic()
         if self._typing is None and not self._done:
             self._typing = asyncio.create_task(self._keep_typing(), name=f"typing:{self._chat_id}")
 
@@ -152,6 +154,11 @@ class TelegramSink:
             self._streamed = True
             self._stop_typing()
             if self._message_id is None:
+                if self._started_at is None:
+                    self._started_at = time.monotonic()
+                if time.monotonic() - self._started_at < self._min_interval:
+                    # A fast answer arrives as one finished message instead of a send + edit.
+                    return
                 try:
                     message = await self._call(self._send_message, text, None, None)
                 except TelegramError as exc:  # the final answer will be sent as a new message
@@ -233,7 +240,7 @@ class TelegramSink:
             except RetryAfter as exc:
                 if attempt == _FINAL_RETRIES:
                     raise
-                await asyncio.sleep(_seconds(exc.retry_after) + 0.1)
+                await asyncio.sleep(_retry_seconds(exc) + 0.1)
         raise AssertionError("unreachable")
 
     async def _send_message(self, text: str, parse_mode: str | None, markup: InlineKeyboardMarkup | None) -> Message:
@@ -272,5 +279,7 @@ def _html_escape(text: str) -> str:
     return html.escape(text, quote=False)
 
 
-def _seconds(value: Any) -> float:
-    return value.total_seconds() if hasattr(value, "total_seconds") else float(value)
+def _retry_seconds(exc: RetryAfter) -> float:
+    # `retry_after` warns (it turns into a timedelta in PTB 23); AIORateLimiter reads the same field.
+    value = getattr(exc, "_retry_after", None)
+    return value.total_seconds() if hasattr(value, "total_seconds") else float(value or 1)

@@ -37,9 +37,13 @@ async def reply(fake: FakeTelegramAPI, chat_id: int, before: int, *, final: bool
 
 
 async def ask(h: Harness, chat: dict[str, Any], user: dict[str, Any], text: str, **kwargs: Any) -> list[StoredMessage]:
+    """Send a question; return the answer's messages once it is delivered and committed."""
     before = len(h.fake.bot_messages(chat["id"]))
-    h.fake.send_text(chat=chat, user=user, text=text, **kwargs)
-    return await reply(h.fake, chat["id"], before, **({"final": True}))
+    update_id = h.fake.send_text(chat=chat, user=user, text=text, **kwargs)
+    messages = await reply(h.fake, chat["id"], before)
+    # The exchange is committed right after delivery; a follow-up sent sooner would not see it.
+    await eventually(lambda: h.app.db.conversations.is_processed("telegram", str(update_id)))
+    return messages
 
 
 async def command(h: Harness, chat: dict[str, Any], user: dict[str, Any], text: str) -> str:
@@ -104,15 +108,22 @@ async def test_streaming_edits_respect_the_throttle(bot_factory: Any) -> None:
 
 async def test_429_in_the_middle_of_a_reply_delays_it(bot_factory: Any) -> None:
     words = " ".join(f"w{i}" for i in range(150))
-    generator = ScriptedGenerator(script=lambda spec: words, delay=0.01)
+    generator = ScriptedGenerator(script=lambda spec: words, delay=0.02)
     async with bot_factory(generator=generator) as h:
         fake = h.fake
-        fake.fail_with_429("editMessageText", nth=1, retry_after=1)
-        fake.fail_with_429("editMessageText", nth=2, retry_after=1)
+        fake.fail_with_429("sendMessage", nth=1, retry_after=1)  # the streamed message's first send
+        fake.fail_with_429("editMessageText", nth=1, retry_after=1)  # a streaming edit
         chat, user = fake.private_chat(ALICE), fake.user(ALICE)
         messages = await ask(h, chat, user, "a reply under pressure")
-        assert messages[-1].text == words
-        assert [c.status for c in fake.calls_to("editMessageText", ALICE)].count(429) == 2
+        assert len(messages) == 1 and messages[-1].text == words
+        statuses = [c.status for c in sorted(fake.chat_calls(ALICE), key=lambda c: c.at)
+                    if c.method in ("sendMessage", "editMessageText")]
+        assert statuses[0] == 429 and statuses[1] == 200 and statuses.count(429) == 2
+        # after each 429 the bot waited retry_after before touching the chat again
+        writes = sorted((c for c in fake.chat_calls(ALICE) if c.method != "sendChatAction"), key=lambda c: c.at)
+        for failed, following in zip(writes, writes[1:]):
+            if failed.status == 429:
+                assert following.at - failed.at >= 1.0
 
         async def committed() -> bool:
             return len(await history(h, dm_key(ALICE))) == 2

@@ -326,6 +326,7 @@ class FakeTelegramAPI:
         params = await _read_params(request)
         call = Call(method, params, time.monotonic())
         self.calls.append(call)
+        await self._notify()  # a long-poll returns much later: let waiters see the request now
         try:
             failure = self._take_failure(method, params)
             if failure is not None:
