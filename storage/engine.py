@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 # Execution option a write transaction sets so that SQLite starts it with BEGIN IMMEDIATE: the write lock is
 # taken up front (waiting on busy_timeout) instead of failing with SQLITE_BUSY when a read snapshot is upgraded.
+# With it, migrations also run as one transaction (the sqlite3 module would otherwise autocommit DDL).
 IMMEDIATE = "ghostbot_sqlite_immediate"
 
 _DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
@@ -53,7 +54,7 @@ def create_engine(url: str | URL) -> AsyncEngine:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(parsed, connect_args={"timeout": 30})
     _install_pragmas(engine.sync_engine)
-    _install_explicit_begin(engine.sync_engine)
+    _install_immediate_begin(engine.sync_engine)
     return engine
 
 
@@ -68,7 +69,7 @@ def create_sync_sqlite_engine(url: str | URL) -> Engine:
         raise ValueError("a synchronous engine is only used for file SQLite databases")
     engine = create_sync_engine_(parsed.set(drivername="sqlite"), connect_args={"timeout": 30})
     _install_pragmas(engine)
-    _install_explicit_begin(engine)
+    _install_immediate_begin(engine)
     return engine
 
 
@@ -83,22 +84,19 @@ def _install_pragmas(engine: Engine) -> None:
         cursor.close()
 
 
-def _install_explicit_begin(engine: Engine) -> None:
-    """Let SQLAlchemy, not the sqlite3 module, emit BEGIN (the documented pysqlite/aiosqlite recipe).
+def _install_immediate_begin(engine: Engine) -> None:
+    """Start transactions that ask for it (`IMMEDIATE` execution option) with BEGIN IMMEDIATE.
 
-    The sqlite3 module only opens a transaction before DML, so DDL (migrations) would autocommit statement by
-    statement and a write transaction could not ask for BEGIN IMMEDIATE. Not used for :memory: databases: their
-    single shared connection cannot hold two explicit transactions at once.
+    Everything else keeps the sqlite3 module's own behaviour: it opens a transaction right before the first
+    INSERT/UPDATE/DELETE, so a session that reads and then writes takes the write lock (waiting on
+    busy_timeout) at its first write instead of failing when another connection committed in between.
+    Not used for :memory: databases: their single shared connection cannot hold two transactions at once.
     """
-
-    @event.listens_for(engine, "connect")
-    def _no_driver_begin(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        immediate = conn.get_execution_options().get(IMMEDIATE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if conn.get_execution_options().get(IMMEDIATE, False):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
