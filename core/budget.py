@@ -66,33 +66,54 @@ class TokenCounter:
 
 
 def cut_to_tokens(text: str, max_tokens: int, count: Callable[[str], int], marker: str) -> str:
-    """The longest prefix of `text` (at a word boundary when one is near) such that
-    `count(prefix + marker) <= max_tokens`; returns `prefix + marker`, or "" when not even the marker fits."""
-    if count(marker) > max_tokens:
+    """A longest prefix of `text` (moved back to a word boundary when one is near) such that
+    `count(prefix + marker) <= max_tokens`; returns `prefix + marker`, or "" when not even the marker fits.
+
+    Bracketed interpolation search on the character count: token density is nearly uniform, so two to four
+    probes usually land within a token of the limit, and every probe encodes only a short prefix (a huge text
+    is never encoded whole). Bisection steps guarantee progress when the density is uneven.
+    """
+    base = count(marker)
+    if base > max_tokens:
         return ""
 
-    def fits(n_chars: int) -> bool:
-        return count(text[:n_chars].rstrip() + marker) <= max_tokens
+    def value(n_chars: int) -> int:
+        return count(text[:n_chars].rstrip() + marker)
 
-    # Gallop from a guess so a huge text is never encoded whole, then binary search the exact char count.
-    lo, hi = 0, len(text)
-    probe = min(hi, max(16, max_tokens * 4))
-    while probe < hi and fits(probe):
-        lo, probe = probe, min(hi, probe * 2)
-    if probe >= hi and fits(hi):
-        lo = hi
-    else:
-        hi = probe
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if fits(mid):
-                lo = mid
-            else:
-                hi = mid
+    size = len(text)
+    lo, f_lo = 0, base  # longest prefix known to fit
+    hi, f_hi = size + 1, -1  # shortest prefix known not to fit (f_hi < 0: none known yet)
+    guess = min(size, max(8, max_tokens * 4))
+    same_side = 0
+    last_fit: bool | None = None
+    while hi - lo > 1 and f_lo < max_tokens:
+        v = value(guess)
+        fit = v <= max_tokens
+        if fit:
+            lo, f_lo = guess, v
+        else:
+            hi, f_hi = guess, v
+        same_side = same_side + 1 if fit == last_fit else 0
+        last_fit = fit
+        if lo == size or hi - lo <= 1 or f_lo >= max_tokens - 1:
+            break
+        if f_hi < 0:  # no upper bound yet: extrapolate from the density so far, overshooting a little
+            density = max(f_lo - base, 1) / max(lo, 1)
+            guess = min(size, lo + int((max_tokens - f_lo) / density * 1.15) + 1)
+        elif same_side >= 2:  # interpolation is creeping from one side: bisect
+            guess = (lo + hi) // 2
+        else:
+            share = (max_tokens - f_lo) / max(f_hi - f_lo, 1)
+            guess = lo + int((hi - lo) * share)
+        guess = min(max(guess, lo + 1), hi - 1)
     cut = lo
-    space = text.rfind(" ", max(0, cut - _WORD_BACKOFF_CHARS), cut + 1) if cut < len(text) else -1
-    if space > 0 and fits(space):
-        cut = space
+    if cut < size:
+        window = text[max(0, cut - _WORD_BACKOFF_CHARS) : cut + 1]
+        space = max(window.rfind(" "), window.rfind("\n"))
+        if space > 0:
+            boundary = max(0, cut - _WORD_BACKOFF_CHARS) + space
+            if boundary > 0 and value(boundary) <= max_tokens:
+                cut = boundary
     return text[:cut].rstrip() + marker
 
 
@@ -135,7 +156,7 @@ class ContextBudget:
 
         # 3. History: whole pairs, newest first, in what remains.
         pairs = _pairs(spec.history)
-        keep = self._history_pairs_that_fit(pairs, core, core_tokens, budget)
+        keep = self._history_pairs_that_fit(pairs, core, core_tokens, base, budget)
         final = replace(core, history=_flatten(pairs[len(pairs) - keep :]))
         total = gen.prompt_tokens(final) if keep else core_tokens
         while total > budget and keep:
@@ -174,38 +195,37 @@ class ContextBudget:
     ) -> tuple[tuple[Source, ...], int, int]:
         """Estimate each passage's cost as overhead + text tokens, then water-fill the sub-budget:
         passages shorter than the fair share stay whole, longer ones are cut to it; when the share falls
-        below MIN_PASSAGE_TOKENS the lowest-ranked passage is dropped and the share recomputed."""
+        below MIN_PASSAGE_TOKENS the lowest-ranked passage is dropped and the share recomputed.
+        (Estimates only: the caller verifies with the exact count.)"""
         passages = spec.passages
         if not passages or sub_budget <= 0:
             return (), 0, len(passages)
-        gen = self.generator
-        full = PromptSpec(system=spec.system, passages=passages, history=(), question=question)
-        total_full = gen.prompt_tokens(full)
-        if total_full - base <= sub_budget:
+        # Headers (number, title, ref, separators), measured exactly on passages with empty texts: short.
+        hollow = PromptSpec(spec.system, tuple(replace(p, text="") for p in passages), (), question)
+        overhead = -(-(self.generator.prompt_tokens(hollow) - base) // len(passages)) + 1
+        # Rendering may prefix every line (quoting): one token per line is a fair allowance.
+        text_tokens = [self.count(p.text) + p.text.count("\n") for p in passages]
+        if overhead * len(passages) + sum(text_tokens) <= sub_budget:
             return passages, 0, 0
-        text_tokens = [self.count(p.text) for p in passages]
-        # Per-passage overhead (number, title, ref, separators): measured once for the whole set.
-        overhead = max(0, (total_full - base - sum(text_tokens)) // len(passages)) + 1
-        kept = list(passages)
+        kept = len(passages)
+        share: int | None = None
         while kept:
-            room = sub_budget - overhead * len(kept)
-            share = _water_level([text_tokens[i] for i in range(len(kept))], room)
-            if share is not None and (share >= MIN_PASSAGE_TOKENS or all(
-                text_tokens[i] <= share for i in range(len(kept))
-            )):
+            sizes = text_tokens[:kept]
+            share = _water_level(sizes, sub_budget - overhead * kept)
+            if share is not None and (share >= MIN_PASSAGE_TOKENS or max(sizes) <= share):
                 break
-            kept.pop()
-        if not kept:
+            kept -= 1
+        if not kept or share is None:
             return (), 0, len(passages)
         out: list[Source] = []
         shortened = 0
-        for i, p in enumerate(kept):
-            if text_tokens[i] > share:
+        for p, size in zip(passages[:kept], text_tokens):
+            if size > share:
                 out.append(replace(p, text=cut_to_tokens(p.text, share, self.count.uncached, PASSAGE_MARKER)))
                 shortened += 1
             else:
                 out.append(p)
-        return tuple(out), shortened, len(passages) - len(kept)
+        return tuple(out), shortened, len(passages) - kept
 
     def _shrink_last(self, passages: tuple[Source, ...], excess: int) -> tuple[tuple[Source, ...], int, int]:
         """Take `excess` tokens off the lowest-ranked passage; drop it when too little would remain."""
@@ -220,15 +240,21 @@ class ContextBudget:
 
     # --- history --------------------------------------------------------------------------------------
     def _history_pairs_that_fit(
-        self, pairs: list[tuple[ChatTurn, ChatTurn]], core: PromptSpec, core_tokens: int, budget: int
+        self,
+        pairs: list[tuple[ChatTurn, ChatTurn]],
+        core: PromptSpec,
+        core_tokens: int,
+        bare_tokens: int,
+        budget: int,
     ) -> int:
+        """Newest pairs first, by cached per-text counts plus the per-pair overhead (role tokens, separators)
+        measured on an empty pair. An estimate: the caller verifies and drops more if needed."""
         if not pairs:
             return 0
         room = budget - core_tokens
-        newest = pairs[-1]
-        with_one = self.generator.prompt_tokens(replace(core, history=newest))
-        per_pair = with_one - core_tokens - self.count(newest[0].content) - self.count(newest[1].content)
-        per_pair = max(per_pair, 0)
+        bare = PromptSpec(core.system, (), (), core.question)
+        empty_pair = (ChatTurn("user", ""), ChatTurn("assistant", ""))
+        per_pair = max(0, self.generator.prompt_tokens(replace(bare, history=empty_pair)) - bare_tokens)
         keep = 0
         for user, assistant in reversed(pairs):
             room -= self.count(user.content) + self.count(assistant.content) + per_pair
