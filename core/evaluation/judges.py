@@ -94,6 +94,7 @@ class OpenAIJudge:
     """
 
     has_expectation = False
+    concurrent = True  # calls may overlap; ``concurrency`` bounds them
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "JUDGE_API_KEY",
                  temperature: float = 0.7, max_attempts: int = 3, timeout: float = 60.0,

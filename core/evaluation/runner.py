@@ -6,6 +6,7 @@ standard deviation (ddof=1; 0 for a single repeat). Unparsed replies are counted
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -191,12 +192,20 @@ class JudgeRunner:
         stats: dict[str, tuple[float | None, float | None, int]] = {}
         means: list[float] = []
         unparsed_total = 0
-        for c in self.criteria:
+        passages = passages_text(sources)
+
+        async def rate(c: Criterion) -> RatingSet:
             prompt = self.rubrics.single.format(
                 title=c.title, rubric=c.rubric, question=question, answer=answer_text or "(empty answer)",
-                reference=reference or "(none)", passages=passages_text(sources))
-            rs = await self.judge.rate(self.rubrics.system, prompt, repeats=self.cfg.repeats,
-                                       seed=derive_seed(self.cfg.seed, key, c.name))
+                reference=reference or "(none)", passages=passages)
+            return await self.judge.rate(self.rubrics.system, prompt, repeats=self.cfg.repeats,
+                                         seed=derive_seed(self.cfg.seed, key, c.name))
+
+        if getattr(self.judge, "concurrent", False):  # remote judge: its own semaphore bounds the requests
+            ratings = await asyncio.gather(*(rate(c) for c in self.criteria))
+        else:  # local model: one forward pass at a time
+            ratings = [await rate(c) for c in self.criteria]
+        for c, rs in zip(self.criteria, ratings):
             mean, std, reason = summarize_ratings(rs)
             stats[c.name] = (mean, std, rs.unparsed)
             unparsed_total += rs.unparsed
