@@ -1,7 +1,9 @@
 """One stateless question → one answer, through the same retrieval, prompt and budget code as chat.
 
-Used by `ghostbot ask` and the evaluation runner. With a `worker`, the question queues like any chat
-message (one model instance per process); without one, the generator runs in a thread of its own.
+Used by `ghostbot ask`, the HTTP API and the evaluation runner. Pass the bot's `worker` whenever the bot is
+running too, so the question queues like any chat message (one model instance, one thread at a time; a full
+queue answers with the busy notice and finish_reason "error"); without a worker the generator runs in a
+thread of its own (CLI one-shots, evaluation).
 """
 
 from __future__ import annotations
@@ -13,11 +15,19 @@ import uuid
 
 from core.budget import ContextBudget, compute_budget, effective_max_new_tokens
 from core.generators.base import GenerationParams, Generator, PromptSpec
-from core.manager import EMPTY_ANSWER_NOTICE, ERROR_NOTICE, SHORTENED_NOTICE, TIMEOUT_NOTICE, Retriever
+from core.manager import (
+    CLOSED_NOTICE,
+    EMPTY_ANSWER_NOTICE,
+    ERROR_NOTICE,
+    SHORTENED_NOTICE,
+    TIMEOUT_NOTICE,
+    Retriever,
+    busy_notice,
+)
 from core.prompt import EMPTY_NOTICE, PromptBuilder, sanitize_text
 from core.settings import Settings
 from core.types import Answer
-from core.worker import GenerationWorker, Piece
+from core.worker import GenerationWorker, Piece, QueueFull, WorkerClosed
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +79,12 @@ class Assistant:
 
     async def _via_worker(self, spec: PromptSpec, params: GenerationParams) -> tuple[str, str]:
         assert self.worker is not None
-        handle = self.worker.submit(f"assistant:{uuid.uuid4().hex}", spec, params)
+        try:
+            handle = self.worker.submit(f"assistant:{uuid.uuid4().hex}", spec, params)
+        except QueueFull as exc:
+            return busy_notice(exc.eta_seconds), "error"
+        except WorkerClosed:
+            return CLOSED_NOTICE, "error"
         pieces = [event.text async for event in handle if isinstance(event, Piece)]
         if handle.finish_reason == "error":
             logger.error("generation failed: %s", type(handle.error).__name__)

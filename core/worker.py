@@ -194,6 +194,7 @@ class GenerationWorker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+        self._shut_down = False
         self._consumer: asyncio.Task[None] | None = None
         self._thread: _ModelThread | None = None
         self.completed = 0
@@ -212,12 +213,16 @@ class GenerationWorker:
     def accepting(self) -> bool:
         return not self._closed
 
-    def start(self) -> None:
-        if self._consumer is not None:
-            return
+    def start(self) -> asyncio.Future[None]:
+        """Start the model thread and the consumer (call inside the running loop). Takes effect at once;
+        the returned future is already done, so both `worker.start()` and `await worker.start()` work."""
         loop = asyncio.get_running_loop()
-        self._thread = _ModelThread(self.generator, loop, self._release)
-        self._consumer = loop.create_task(self._consume(), name="ghostbot-generation-consumer")
+        if self._consumer is None and not self._closed:
+            self._thread = _ModelThread(self.generator, loop, self._release)
+            self._consumer = loop.create_task(self._consume(), name="ghostbot-generation-consumer")
+        done: asyncio.Future[None] = loop.create_future()
+        done.set_result(None)
+        return done
 
     def estimate_wait(self, position: int) -> float:
         """Seconds until a request at `position` (1 = next) starts, from the moving average."""
@@ -261,7 +266,10 @@ class GenerationWorker:
         return owner in self._by_owner
 
     async def shutdown(self, *, drain: bool = True, timeout: float = 30.0) -> None:
-        """Stop accepting; finish (drain) or cancel what is queued and running; stop the thread."""
+        """Stop accepting; finish (drain) or cancel what is queued and running; stop the thread.
+        Safe to call more than once. The generator is not closed: whoever built it owns it."""
+        if self._closed and self._shut_down:
+            return
         self._closed = True
         if drain:
             try:
@@ -281,7 +289,7 @@ class GenerationWorker:
             joined = await asyncio.to_thread(self._thread.join, max(1.0, timeout))
             if not joined:
                 logger.warning("generation thread still running at shutdown (daemon; exits with the process)")
-        self.generator.close()
+        self._shut_down = True
 
     # --- internals -------------------------------------------------------------------------------------
     def _cancel_all(self) -> None:

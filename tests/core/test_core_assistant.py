@@ -49,3 +49,10 @@ async def test_ask_reports_model_errors_and_timeouts(bpe_tokenizer) -> None:
     slow = BPEGenerator(bpe_tokenizer, answer=" ".join(["w"] * 500), delay_s=0.02)
     answer = await Assistant(ListRetriever(KB), slow, settings(request_timeout_seconds=0.2)).ask("xss?")
     assert answer.finish_reason == "timeout" and 0 < len(answer.text.split()) < 500
+
+
+async def test_ask_with_a_closed_worker_says_so(bpe_tokenizer) -> None:
+    gen = BPEGenerator(bpe_tokenizer)
+    worker = GenerationWorker(gen)
+    answer = await Assistant(ListRetriever(KB), gen, settings(), worker=worker).ask("what is xss?")
+    assert answer.finish_reason == "error" and "restarting" in answer.text and gen.calls == []

@@ -32,6 +32,11 @@ def text_of(events: list[object]) -> str:
     return "".join(e.text for e in events if isinstance(e, Piece))
 
 
+async def test_submit_before_start_is_refused(bpe_generator: BPEGenerator) -> None:
+    with pytest.raises(WorkerClosed):
+        GenerationWorker(bpe_generator).submit("u", SPEC, PARAMS)
+
+
 async def test_streams_pieces_in_a_thread(bpe_generator: BPEGenerator) -> None:
     worker = GenerationWorker(bpe_generator, queue_size=4, timeout_s=10)
     worker.start()
@@ -43,13 +48,14 @@ async def test_streams_pieces_in_a_thread(bpe_generator: BPEGenerator) -> None:
     assert bpe_generator.threads == {"ghostbot-generation"}
     assert threading.current_thread().name not in bpe_generator.threads
     await worker.shutdown(drain=True, timeout=5)
-    assert bpe_generator.closed
+    await worker.shutdown(drain=True, timeout=5)  # idempotent (the CLI and the composition root both call it)
+    assert not bpe_generator.closed  # the composition root owns and closes the generator
 
 
 async def test_event_loop_keeps_ticking_while_model_runs(bpe_tokenizer) -> None:
     gen = BPEGenerator(bpe_tokenizer, answer="a b c d e f", delay_s=0.05)
     worker = GenerationWorker(gen, timeout_s=10)
-    worker.start()
+    await worker.start()  # awaitable too
     ticks = 0
     stop = asyncio.Event()
 
@@ -191,7 +197,6 @@ async def test_shutdown_drain_finishes_queued_work(bpe_tokenizer) -> None:
     for task, h in zip(collectors, handles):
         assert text_of(await task).split() == ["a", "b", "c"]
         assert h.finish_reason == "stop"
-    assert gen.closed
 
 
 async def test_shutdown_cancel_stops_in_flight(bpe_tokenizer) -> None:
