@@ -253,6 +253,10 @@ def build_summary(results: Sequence[dict[str, str]], criteria: Sequence[Criterio
             "items": len(item_means),
             "mean": round(statistics.fmean(item_means), 4) if item_means else None,
             "std": round(statistics.pstdev(item_means), 4) if item_means else None,
+            # Normal-approximation 95% interval of the mean over items: two runs whose intervals overlap
+            # widely are not reliably different.
+            "ci95": (round(1.96 * statistics.stdev(item_means) / math.sqrt(len(item_means)), 4)
+                     if len(item_means) > 1 else None),
             "mean_within_item_std": _mean_of(results, f"{c.name}_std"),
             "score_counts": {str(s): all_scores.count(s) for s in range(1, 6)},
         }
@@ -356,11 +360,12 @@ async def judge_file(input_path: str | Path, out: str | Path, *, judge: Judge, r
 
 def format_summary(summary: dict) -> str:
     """A short human-readable table for the terminal."""
-    lines = [f"{'criterion':<14} {'mean':>6} {'std':>6} {'items':>6}"]
+    lines = [f"{'criterion':<14} {'mean':>6} {'±95%':>6} {'std':>6} {'items':>6}"]
     for name, c in summary["criteria"].items():
         mean = "-" if c["mean"] is None else f"{c['mean']:.2f}"
         std = "-" if c["std"] is None else f"{c['std']:.2f}"
-        lines.append(f"{name:<14} {mean:>6} {std:>6} {c['items']:>6}")
+        ci = "-" if c["ci95"] is None else f"{c['ci95']:.2f}"
+        lines.append(f"{name:<14} {mean:>6} {ci:>6} {std:>6} {c['items']:>6}")
     overall = "-" if summary["overall_mean"] is None else f"{summary['overall_mean']:.2f}"
     lines.append(f"overall mean {overall}; {summary['needs_review']} of {summary['items']} rows need review; "
                  f"{summary['unparsed_replies']} judge replies unparsed")

@@ -102,8 +102,12 @@ async def test_noisy_repeats_exact_statistics_and_review_flags(tmp_path, fake_se
     src = write_csv(tmp_path / "q.csv", ["question", "answer"], [["Q1", "A1"], ["Q2", "A2"]])
     out = tmp_path / "r.csv"
     crit = RUBRICS.select(["accuracy", "safety"])
-    await judge_file(src, out, judge=make_judge(), rubrics=RUBRICS, criteria=crit, cfg=cfg(repeats=5))
+    summary = await judge_file(src, out, judge=make_judge(), rubrics=RUBRICS, criteria=crit, cfg=cfg(repeats=5))
     rows = {r["question"]: r for r in read_rows(out)}
+    acc = summary["criteria"]["accuracy"]
+    assert acc["mean"] == pytest.approx(3.6) and acc["std"] == pytest.approx(0.6)  # over item means 3.0 and 4.2
+    assert acc["ci95"] == pytest.approx(1.96 * statistics.stdev([3.0, 4.2]) / 2 ** 0.5, abs=1e-4)
+    assert summary["needs_review"] == 2
     for q, per in noisy.items():
         for c, scores in per.items():
             assert float(rows[q][f"{c}_mean"]) == pytest.approx(sum(scores) / 5, abs=1e-4)
