@@ -1,11 +1,25 @@
-"""Shared fixtures for the conversation-core tests."""
+"""Shared fixtures for the conversation-core tests: a real database (migrated once, copied per test), a
+real worker and manager, and test doubles only for the model and the retriever."""
 
 from __future__ import annotations
+
+import asyncio
+import itertools
+import shutil
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from tokenizers import ByteLevelBPETokenizer
 
-from tests.core.core_doubles import BPEGenerator, train_tokenizer
+from core.generators.base import Generator
+from core.manager import ConversationManager
+from core.settings import Settings
+from core.types import ChatKind, Incoming, Source
+from core.worker import GenerationWorker
+from storage import Base, Database
+from tests.core.core_doubles import BPEGenerator, ListRetriever, RecordingSink, train_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -18,20 +32,6 @@ def bpe_generator(bpe_tokenizer: ByteLevelBPETokenizer) -> BPEGenerator:
     return BPEGenerator(bpe_tokenizer)
 
 
-import itertools
-import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import Any
-
-from core.generators.base import Generator
-from core.manager import ConversationManager
-from core.settings import Settings
-from core.types import ChatKind, Incoming, Source
-from core.worker import GenerationWorker
-from storage import Base, Database
-from tests.core.core_doubles import ListRetriever, RecordingSink
-
 KB = [
     Source(0, "CWE-79", "cwe", "Cross-site Scripting", "https://cwe.mitre.org/data/definitions/79.html",
            "xss cross-site scripting injects script into pages viewed by other users"),
@@ -43,8 +43,6 @@ KB = [
 @pytest.fixture(scope="session")
 def db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Migrate once; every test copies the file (migrations are the slow part of opening)."""
-    import asyncio
-
     path = tmp_path_factory.mktemp("core-db") / "template.db"
 
     async def build() -> None:
@@ -128,8 +126,6 @@ async def make_harness(db: Database, bpe_tokenizer, clock: FakeClock) -> AsyncIt
         values: dict[str, Any] = {"rate_limit_per_minute": 600.0, "rate_limit_burst": 100}
         values.update(overrides)
         settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
-        from tests.core.core_doubles import BPEGenerator
-
         h = Harness(db, generator or BPEGenerator(bpe_tokenizer), settings, clock)
         made.append(h)
         return h
