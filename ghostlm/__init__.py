@@ -6,6 +6,7 @@ A standalone library: imports nothing from the rest of the bot. See model.py for
 from .checkpoint import CheckpointError, load_model, save_safetensors
 from .config import PRESETS, GhostLMConfig
 from .engine import Engine, GenerationStream, TrimInfo, full_recompute_generate
+from .mcq import option_logprob, option_logprobs, score_token_distribution
 from .model import GhostLM, KVCache
 from .sampling import GREEDY, SamplingParams
 from .tokenizer import (
@@ -25,5 +26,6 @@ __all__ = [
     "CheckpointError", "load_model", "save_safetensors", "PRESETS", "GhostLMConfig", "Engine", "GenerationStream",
     "TrimInfo", "full_recompute_generate", "GhostLM", "KVCache", "GREEDY", "SamplingParams", "END_ID",
     "GPT2_SPECIAL", "GPT2Tokenizer", "HFTokenizer", "SpecialIds", "StreamDecoder", "Tokenizer",
-    "TokenizerUnavailableError", "load_tokenizer", "train_tokenizer",
+    "TokenizerUnavailableError", "load_tokenizer", "train_tokenizer", "option_logprob", "option_logprobs",
+    "score_token_distribution",
 ]

@@ -45,7 +45,9 @@ class GhostLMConfig:
     use_flash_attention: bool = False  # upstream switch; we always use SDPA (matches within ~4e-7)
     n_kv_heads: int | None = None  # None -> n_heads (plain multi-head attention)
     use_qk_norm: bool = False
-    # The next options exist upstream but are not implemented here; load_model refuses them.
+    # attn_gate / value_residual / use_moe exist upstream but are not implemented: GhostLM() refuses them
+    # (NotImplementedError, surfaced by load_model as CheckpointError) rather than silently mis-computing.
+    # intra_doc_mask only changes training (attention blocked across EOS inside packed sequences); ignored here.
     attn_gate: bool = False
     value_residual: bool = False
     intra_doc_mask: bool = False

@@ -255,7 +255,8 @@ class GhostLM(nn.Module):
         return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, past_kv: PastKV = None,
-                use_cache: bool = False, *, last_only: bool = False):
+                use_cache: bool = False, *, last_only: bool = False,
+                ) -> tuple[torch.Tensor, torch.Tensor | None] | tuple[torch.Tensor, torch.Tensor | None, list[LayerKV] | KVCache]:
         """Upstream-compatible forward.
 
         Returns ``(logits, loss)``, or ``(logits, loss, presents)`` when ``use_cache``. ``presents`` is a list of
