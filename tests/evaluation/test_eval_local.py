@@ -196,3 +196,26 @@ async def test_hf_directory_judge_and_option_scores_match_its_logits(tmp_path):
         logp = torch.log_softmax(model(input_ids=torch.tensor([prompt_ids + opt])).logits[0].double(), dim=-1)
     manual = sum(float(logp[len(prompt_ids) - 1 + k, t]) for k, t in enumerate(opt)) / len(opt)
     assert lm.option_logprobs("port", [" 443"])[0] == pytest.approx(manual, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_hf_chat_template_is_used_when_present(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["system user assistant hello"] * 10,
+                            trainers.BpeTrainer(vocab_size=280, special_tokens=["<|endoftext|>"], show_progress=False,
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    fast.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
+                          "{% if add_generation_prompt %}<assistant>{% endif %}")
+    fast.save_pretrained(tmp_path)
+    GPT2LMHeadModel(GPT2Config(vocab_size=fast.vocab_size, n_positions=64, n_embd=8, n_layer=1, n_head=1)
+                    ).save_pretrained(tmp_path)
+    lm = load_local_lm(tmp_path)
+    ids = lm.chat_ids("sys", "hello")
+    assert all(isinstance(i, int) for i in ids)
+    assert lm.decode(ids) == "<system>sys\n<user>hello\n<assistant>"
