@@ -132,20 +132,25 @@ class Indexer:
 
     async def index_pack(self, name: str, progress: bool = True) -> IndexReport:
         """Index a built-in pack ("cwe" or "attack"); entries that left the data are removed."""
-        started = time.perf_counter()
-        report = IndexReport()
         pack = open_pack(name)
         entries = await asyncio.to_thread(lambda: list(pack.entries()))
-        report.version = pack.version
+        return await self.index_entries(name, entries, version=pack.version, progress=progress)
+
+    async def index_entries(
+        self, source: str, entries: Sequence[PackEntry], *, version: str = "", progress: bool = True
+    ) -> IndexReport:
+        """Make `source` hold exactly these entries (a pack, or a slice of one), incrementally."""
+        started = time.perf_counter()
+        report = IndexReport(version=version)
         documents = [self._pack_document(entry) for entry in entries]
         for start in tqdm(
             range(0, len(documents), SAVE_BATCH),
-            desc=f"indexing {name}",
+            desc=f"indexing {source}",
             unit="batch",
             disable=not progress,
         ):
-            await self._save(name, documents[start : start + SAVE_BATCH], report)
-        report.removed = await self._repo.delete_missing(name, (d.locator for d in documents))
+            await self._save(source, documents[start : start + SAVE_BATCH], report)
+        report.removed = await self._repo.delete_missing(source, (d.locator for d in documents))
         report.embedded = await self._sync_dense(progress)
         report.seconds = time.perf_counter() - started
         return report
