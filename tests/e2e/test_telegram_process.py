@@ -70,10 +70,19 @@ class BotProcess:
         )
         self._drain = asyncio.create_task(self._read_stderr())
         polls = len(self.fake.calls_to("getUpdates"))
-        try:
-            await self.fake.wait_for(lambda: len(self.fake.calls_to("getUpdates")) > polls, timeout=60)
-        except AssertionError:
-            raise AssertionError(f"bot did not start polling:\n{self.stderr.decode(errors='replace')[-3000:]}")
+        polling = asyncio.create_task(
+            self.fake.wait_for(lambda: len(self.fake.calls_to("getUpdates")) > polls, timeout=90))
+        exited = asyncio.create_task(self.proc.wait())
+        await asyncio.wait({polling, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if not polling.done() or polling.exception() is not None:
+            polling.cancel()
+            if not exited.done():
+                self.proc.kill()
+            await self.proc.wait()
+            await self._drain
+            raise AssertionError(
+                f"bot did not start polling (exit {self.proc.returncode}):\n{self.stderr.decode(errors='replace')[-3000:]}")
+        exited.cancel()
 
     async def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
