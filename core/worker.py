@@ -6,6 +6,7 @@ Policy (documented for users and adapters):
   `AlreadyPending`; the user can `/cancel` the first.
 - Each request yields events in order: `Queued` (when it waits, and again whenever its position moves),
   `Started`, `Piece`…; when iteration ends `handle.finish_reason` is "stop", "cancelled", "timeout" or "error".
+- The per-request timeout counts from the moment generation starts (waiting in the queue does not count).
 - Cancel and timeout end the request for the caller at once; the model thread stops at its next
   `should_stop` poll, and the next request starts only after it has (there is only one model instance).
 """
