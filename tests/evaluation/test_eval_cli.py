@@ -253,3 +253,45 @@ def test_export_feedback_is_a_judge_input(tmp_path, capsys):
     assert all(r["created_at"] for r in table.rows)
     assert main(["eval", "export-feedback", "--out", str(out), "--database-url", url, "--only", "down"]) == 0
     assert [r["question"] for r in read_table(out).rows] == ["What is CSRF?"]
+
+
+async def test_answers_come_from_the_real_pipeline_with_retrieval(tmp_path, fake_server):
+    """The real Assistant (FTS retrieval + extractive generator) answers; its sources are recorded."""
+    from core.assistant import Assistant
+    from core.generators import build_generator
+    from core.retrieval import create_retrieval
+    from storage import Database
+
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    (kb / "xss.md").write_text("# Cross-site scripting\nCWE-79: untrusted input placed in a page runs as script. "
+                               "Prevent it with output encoding and a Content Security Policy.\n", encoding="utf-8")
+    settings = Settings(generator="extractive", dense_retrieval=False, packs=[], data_dir=tmp_path,
+                        database_url=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
+
+    @asynccontextmanager
+    async def open_app(s):
+        db = await Database.open(s.database_url)
+        try:
+            retriever, indexer = create_retrieval(s, db.sessions)
+            await indexer.index_paths([kb])
+            app = FakeApp()
+            app.generator = build_generator(s)
+            app.assistant = Assistant(retriever, app.generator, s)
+            yield app
+        finally:
+            await db.close()
+
+    fake_server.set_reply(ScriptedJudge(lambda q, c: [rating(4)]))
+    src = tmp_path / "q.csv"
+    src.write_text("question\nHow do I prevent cross-site scripting?\n", encoding="utf-8")
+    out = tmp_path / "r.csv"
+    args = build_parser().parse_args(["eval", "judge", "--input", str(src), "--out", str(out), "--judge-url",
+                                      fake_server.base_url, "--repeats", "1", "--criteria", "hallucination",
+                                      "--no-progress"])
+    assert await run_eval(args, settings, open_app) == 0
+    (row,) = csv.DictReader(open(out, encoding="utf-8"))
+    assert "Content Security Policy" in row["answer"]
+    assert json.loads(row["sources"])[0]["title"] == "Cross-site scripting"
+    judge_prompt = next(r for r in fake_server.requests if r.body and "messages" in r.body).messages[-1]["content"]
+    assert "RETRIEVED PASSAGES" in judge_prompt and "CWE-79: untrusted input" in judge_prompt
