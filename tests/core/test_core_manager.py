@@ -279,6 +279,7 @@ async def test_sink_failure_frees_the_model(make_harness, bpe_tokenizer) -> None
     await h.manager.handle(h.incoming("q"), sink)
     assert sink.notices() == [ERROR_NOTICE]
     assert not h.worker.pending("telegram:1")
+    gen.answer = "short"
     assert (await h.send("q again")).finals()
 
 
