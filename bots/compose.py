@@ -12,7 +12,7 @@ from core.assistant import Assistant
 from core.generators import build_generator
 from core.generators.base import Generator
 from core.manager import ConversationManager
-from core.retrieval import Indexer, Retriever
+from core.retrieval import Indexer, Retriever, create_retrieval
 from core.settings import Settings
 from core.worker import GenerationWorker
 from storage import Database
@@ -63,8 +63,7 @@ async def open_app(
     worker: GenerationWorker | None = None
     owned_generator = generator is None
     try:
-        indexer = Indexer(db, settings)
-        retriever = Retriever(db, settings)
+        retriever, indexer = create_retrieval(settings, db.sessions)
         if build_packs and settings.packs:
             await ensure_packs(indexer, list(settings.packs))
         if generator is None:
@@ -77,7 +76,8 @@ async def open_app(
         )
         await worker.start()
         manager = ConversationManager(db, retriever, worker, generator, settings)
-        assistant = Assistant(retriever, generator, settings)
+        # One model, one consumer: one-shot questions (ask, eval, HTTP API) queue like chat messages.
+        assistant = Assistant(retriever, generator, settings, worker=worker)
         yield App(settings, db, indexer, retriever, generator, worker, manager, assistant)
     finally:
         if worker is not None:
