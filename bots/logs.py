@@ -59,6 +59,6 @@ def setup_logging(settings: Settings) -> SecretRedactor:
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
     # httpx logs every request URL at INFO, and Telegram URLs contain the bot token.
-    for noisy in ("httpx", "httpcore", "telegram.ext.ExtBot", "discord.http", "discord.gateway"):
+    for noisy in ("httpx", "httpcore", "telegram.ext.ExtBot", "discord.http", "discord.gateway", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return redactor
