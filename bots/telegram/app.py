@@ -41,6 +41,8 @@ PLATFORM = "telegram"
 RATE_LIMIT_RETRIES = 5  # 429s are waited out (retry_after + 0.1 s) this many times per request
 POLL_TIMEOUT_S = 10  # long-poll length; getUpdates' read timeout is this plus PTB's own
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
+DM_EDIT_INTERVAL_S = 1.0
+GROUP_EDIT_INTERVAL_S = 3.0
 WEBHOOK_SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 NOT_TEXT_REPLY = "I can only read text messages. Please type your question."
 ERROR_REPLY = "Sorry, something went wrong while answering. Please try again."
@@ -132,6 +134,8 @@ class TelegramHandlers:
             message.chat.id,
             thread_id=message.message_thread_id if message.is_topic_message else None,
             reply_to=None if dm else message.message_id,  # in groups, show which message is answered
+            # Telegram allows ~20 messages a minute in a group (edits included): stream slower there.
+            min_interval=DM_EDIT_INTERVAL_S if dm else GROUP_EDIT_INTERVAL_S,
         )
 
     # --- callbacks ------------------------------------------------------------------------------

@@ -72,6 +72,7 @@ class TelegramSink:
         self._io = asyncio.Lock()  # one write at a time; the final waits for an edit in flight
         self._done = False
         self._started_at: float | None = None
+        self._edit_task: asyncio.Task[None] | None = None
         self._typing: asyncio.Task[None] | None = None
         self._editor = ThrottledEditor(self._stream_edit, min_interval=min_interval, min_growth=min_growth)
 
@@ -110,8 +111,12 @@ class TelegramSink:
             self._typing = asyncio.create_task(self._keep_typing(), name=f"typing:{self._chat_id}")
 
     async def partial(self, text_so_far: str) -> None:
-        if not self._done:
-            await self._editor.update(text_so_far)
+        # Edits run beside the stream, so a slow Telegram (or a 429 pause) never holds up the
+        # reply; while one is in flight, newer text waits for the next partial or the final.
+        if self._done or (self._edit_task is not None and not self._edit_task.done()):
+            return
+        self._edit_task = asyncio.create_task(self._editor.update(text_so_far), name=f"edit:{self._chat_id}")
+        self._edit_task.add_done_callback(_log_failure)
 
     async def final(self, answer: Answer) -> Sequence[str]:
         self._done = True  # from here on, stream edits still queued in the editor are dropped
@@ -273,6 +278,11 @@ class TelegramSink:
             return result  # a Message for bot messages (True only for inline messages)
 
         return edit
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("stream edit failed: %s", type(task.exception()).__name__)
 
 
 def _html_escape(text: str) -> str:
