@@ -442,3 +442,18 @@ async def test_message_not_modified_is_not_an_error(tg_fake: FakeTelegramAPI) ->
         ids = await sink.final(Answer(text="done"))
     assert [c.status for c in fake.calls_to("editMessageText")] == [400, 200]
     assert fake.bot_messages(ALICE)[0].text == "done" and ids == [str(fake.bot_messages(ALICE)[0].message_id)]
+
+
+async def test_stop_lets_a_reply_in_flight_finish(bot_factory: Any) -> None:
+    words = " ".join(f"part{i}" for i in range(80))
+    generator = ScriptedGenerator(script=lambda spec: words, delay=0.02)
+    async with bot_factory(generator=generator) as h:
+        fake = h.fake
+        update_id = fake.send_text(chat=fake.private_chat(ALICE), user=fake.user(ALICE), text="answer before you go")
+        await fake.wait_for(lambda: len(generator.specs) == 1)  # generating now
+        await h.adapter.stop()  # what SIGTERM does, after the worker has drained
+        assert fake.bot_messages(ALICE)[-1].text == words
+        assert fake.bot_messages(ALICE)[-1].reply_markup is not None
+        assert await h.app.db.conversations.is_processed("telegram", str(update_id))
+        # the last getUpdates confirmed the update: Telegram will not hand it out again
+        assert int(fake.calls_to("getUpdates")[-1].params["offset"]) > update_id
