@@ -98,7 +98,7 @@ def make_settings(fake: FakeTelegramAPI, tmp_path: Path, **overrides: Any) -> Se
 class Harness:
     fake: FakeTelegramAPI
     settings: Settings
-    app: RealApp
+    app: Any  # bots.compose.App
     adapter: Any  # bots.telegram.TelegramAdapter
     generator: ScriptedGenerator
 
@@ -121,38 +121,6 @@ async def tg_fake() -> AsyncIterator[FakeTelegramAPI]:
         await fake.stop()
 
 
-@dataclass
-class RealApp:
-    settings: Settings
-    db: Any
-    indexer: Any
-    retriever: Any
-    worker: Any
-    manager: Any
-
-
-@asynccontextmanager
-async def real_app(settings: Settings, generator: ScriptedGenerator) -> AsyncIterator[RealApp]:
-    """Storage, retrieval, worker and manager: the real pieces, wired as the composition root does."""
-    from core.manager import ConversationManager
-    from core.retrieval import create_retrieval
-    from core.worker import GenerationWorker
-    from storage import Database
-
-    db = await Database.open(settings.database_url)
-    try:
-        retriever, indexer = create_retrieval(settings, db.sessions)
-        worker = GenerationWorker(generator, queue_size=settings.queue_size, timeout_s=settings.request_timeout_seconds)
-        worker.start()
-        try:
-            manager = ConversationManager(db, retriever, worker, generator, settings)
-            yield RealApp(settings, db, indexer, retriever, worker, manager)
-        finally:
-            await worker.shutdown(drain=True, timeout=settings.request_timeout_seconds)
-    finally:
-        await db.close()
-
-
 @asynccontextmanager
 async def running_bot(
     fake: FakeTelegramAPI,
@@ -165,11 +133,12 @@ async def running_bot(
 
     `index` ({filename: text}) is written to a folder and indexed, so answers carry sources.
     """
+    from bots.compose import open_app
     from bots.telegram import TelegramAdapter
 
     settings = make_settings(fake, tmp_path, **overrides)
     generator = generator or ScriptedGenerator()
-    async with real_app(settings, generator) as app:
+    async with open_app(settings, generator=generator, build_packs=False) as app:
         if index:
             folder = tmp_path / "docs"
             folder.mkdir(exist_ok=True)
