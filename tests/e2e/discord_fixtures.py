@@ -140,12 +140,8 @@ async def running_discord(
     **overrides: Any,
 ) -> AsyncIterator[DiscordHarness]:
     """The real app from `bots.compose.open_app` with the Discord adapter connected to the fake."""
+    from bots.compose import open_app
     from bots.discord import DiscordAdapter
-
-    try:
-        from bots.compose import open_app
-    except ImportError:
-        open_app = _open_core
 
     settings = discord_settings(world, tmp_path, **overrides)
     generator = generator or SlowScript()
@@ -163,29 +159,6 @@ async def running_discord(
             yield DiscordHarness(world, settings, app, adapter, generator)
         finally:
             await adapter.stop(grace=5)
-
-
-@asynccontextmanager
-async def _open_core(settings: Settings, *, generator: Any, build_packs: bool = False) -> AsyncIterator[Any]:
-    """Interim composition while bots.compose cannot import yet (same objects, same order)."""
-    from types import SimpleNamespace
-
-    from core.manager import ConversationManager
-    from core.retrieval import create_retrieval
-    from core.worker import GenerationWorker
-    from storage import Database
-
-    db = await Database.open(settings.database_url)
-    retriever, indexer = create_retrieval(settings, db.sessions)
-    worker = GenerationWorker(generator, queue_size=settings.queue_size, timeout_s=settings.request_timeout_seconds)
-    worker.start()
-    manager = ConversationManager(db, retriever, worker, generator, settings)
-    try:
-        yield SimpleNamespace(settings=settings, db=db, indexer=indexer, retriever=retriever,
-                              generator=generator, worker=worker, manager=manager)
-    finally:
-        await worker.shutdown(drain=True, timeout=10)
-        await db.close()
 
 
 @pytest.fixture
