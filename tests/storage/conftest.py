@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,19 @@ import pytest
 from storage import Database
 
 _PG_ENV = "GHOSTBOT_TEST_POSTGRES"
+# Runs beside pytest; if pytest dies without its teardown (killed, timed out), it stops the server anyway.
+_WATCHDOG = """
+import os, shutil, subprocess, sys, time
+parent, root, *stop = sys.argv[1:]
+while True:
+    try:
+        os.kill(int(parent), 0)
+    except ProcessLookupError:
+        break
+    time.sleep(0.5)
+subprocess.run(stop, capture_output=True, timeout=60)
+shutil.rmtree(root, ignore_errors=True)
+"""
 _db_numbers = itertools.count()
 
 
@@ -53,6 +67,7 @@ class _Cluster:
         self.data = self.root / "data"
         self.port = _free_port()
         self.prefix: list[str] = []
+        self.watchdog: subprocess.Popen[bytes] | None = None
         if os.geteuid() == 0:
             runuser = shutil.which("runuser")
             if runuser is None:
@@ -70,6 +85,10 @@ class _Cluster:
         )
         # Durability off: a test cluster, thrown away afterwards; this keeps commits fast.
         options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -F -c synchronous_commit=off -c full_page_writes=off"
+        stop = [*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"]
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.root), *stop], start_new_session=True
+        )
         self._run(
             str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"),
             "-w", "-t", "30", "start",
@@ -82,6 +101,9 @@ class _Cluster:
                 self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+            if self.watchdog is not None:
+                self.watchdog.terminate()
+                self.watchdog.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -120,3 +120,16 @@ async def test_url_for_logs_hides_password() -> None:
     finally:
         await db.close()
 
+
+
+async def test_two_processes_starting_at_once_migrate_once(db_url: str) -> None:
+    import asyncio
+
+    first, second = await asyncio.gather(Database.open(db_url), Database.open(db_url))
+    try:
+        assert await first.revision() == await second.revision() == head_revision()
+        assert await first.conversations.mark_processed("telegram", "1")
+        assert not await second.conversations.mark_processed("telegram", "1")
+    finally:
+        await first.close()
+        await second.close()
