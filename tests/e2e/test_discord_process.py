@@ -13,12 +13,13 @@ import pytest
 
 from storage import ConversationKey, Database
 from tests.e2e.discord_fixtures import feedback_buttons, world  # noqa: F401  (fixture)
+from tests.fakes.openai_server import FakeOpenAIServer, Reply
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "process-test-token-do-not-log"
 
 
-async def start_bot(world, tmp_path: Path) -> asyncio.subprocess.Process:
+async def start_bot(world, tmp_path: Path, **extra_env: str) -> asyncio.subprocess.Process:
     env = {
         key: value for key, value in os.environ.items()
         if not key.upper().endswith("_PROXY") and not key.startswith(("DISCORD_", "TELEGRAM_"))
@@ -38,6 +39,7 @@ async def start_bot(world, tmp_path: Path) -> asyncio.subprocess.Process:
         HTTP_PORT="0",
         LOG_LEVEL="INFO",
     )
+    env.update(extra_env)
     # cwd = tmp_path: no developer .env leaks into the test.
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bots.cli", "run", cwd=tmp_path, env=env,
@@ -106,3 +108,23 @@ async def test_ghostbot_run_answers_stops_on_sigterm_and_resumes_exactly_once(wo
     finally:
         await db.close()
     assert [m.text for m in history if m.role == "user"] == ["what is cwe-79?", "and cwe-89?"]
+
+
+@pytest.mark.slow
+async def test_sigterm_mid_answer_finishes_the_answer_then_exits_cleanly(world, tmp_path) -> None:
+    fake = world.fake
+    words = [f"word{i}" for i in range(30)]
+    with FakeOpenAIServer(Reply(" ".join(words), chunk_delay=0.1)) as model:  # ~3 s of streaming
+        process = await start_bot(world, tmp_path, GENERATOR="openai", OPENAI_BASE_URL=model.base_url,
+                                  SHUTDOWN_GRACE_SECONDS="20")
+        try:
+            await fake.wait_for(running(process, lambda: fake.identifies and world.guild["id"] in fake.commands), 60)
+            state = await fake.push_slash("ask", world.channel, world.alice, {"question": "explain XSS"},
+                                          roles=[world.member_role])
+            await fake.wait_for(running(process, lambda: any(
+                "word" in content for _, content in state.original_edits)), 30)  # streaming has begun
+        finally:
+            await stop_bot(process)  # SIGTERM while the answer is still streaming
+    final = state.original
+    assert final["content"].split() == words  # drained: the whole answer, not a fragment
+    assert feedback_buttons(final) == ["fb:+1", "fb:-1"]
