@@ -6,7 +6,9 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import StatementError
 
 from storage import ConversationKey, Database, UserRef
 from storage.repositories import message_refs
@@ -187,3 +189,15 @@ async def test_awkward_text_is_stored(db: Database) -> None:
     assert "\x00" not in stored and "<|ghost_end|>" in stored and "🛡️" in stored
     assert stored.endswith("x" * 20000)
     stored.encode("utf-8")  # lone surrogate replaced, not an error
+
+
+async def test_failed_commit_writes_nothing(db: Database) -> None:
+    # A source that cannot be stored fails after the event row and the user turn were written: all of it must
+    # roll back, so the redelivered event is answered again instead of being skipped with no history.
+    unstorable = [{"ref": "CWE-79", "bad": object()}]
+    with pytest.raises(StatementError, match="not JSON serializable"):
+        await exchange(db, "77", sources=unstorable)
+    assert not await db.conversations.is_processed("telegram", "77")
+    assert await db.conversations.history(DM) == []
+    assert (await db.stats.global_stats())["users"] == 0
+    assert await exchange(db, "77")  # the redelivery goes through
