@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import secrets
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -175,7 +175,12 @@ class TelegramHandlers:
         error = context.error
         detail = error.message if isinstance(error, TelegramError) else type(error).__name__
         update_id = update.update_id if isinstance(update, Update) else None
-        log.error("telegram error (update %s): %s: %s", update_id, type(error).__name__, detail)
+        # A Telegram/network error is described by its message; anything else is a bug: keep the traceback
+        # (the logging setup redacts secrets in it).
+        log.error(
+            "telegram error (update %s): %s: %s", update_id, type(error).__name__, detail,
+            exc_info=None if isinstance(error, TelegramError) else error,
+        )
 
 
 def _command(message: Message) -> tuple[str, str] | None:
