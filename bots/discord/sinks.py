@@ -111,6 +111,11 @@ class DiscordSink:
     async def final(self, answer: Answer) -> Sequence[str]:
         async with self._lock:
             self._final = True  # a streaming edit that is still queued must not overwrite this
+        if answer.finish_reason not in ("stop", "length") and not self._editor.sent_text:
+            # Nothing of an answer was shown: the failure is a notice for the asker only.
+            for text in (answer.text, *answer.notices):
+                await self.notice(text, ephemeral=True)
+            return []
         parts = split_message(render_answer(answer), LIMIT) or [EMPTY_ANSWER]
         rated = answer.finish_reason in ("stop", "length") and bool(answer.text.strip())
         ids: list[int] = []

@@ -150,6 +150,18 @@ async def test_retry_regenerates_publicly_and_cancel_answers_privately(discord_b
         assert cancel.defer_ephemeral and cancel.visible() and all(is_ephemeral(m) for m in cancel.visible())
 
 
+def crashing_model(spec) -> str:
+    raise RuntimeError("model crashed")
+
+
+async def test_a_model_failure_is_reported_privately_and_leaves_nothing_public(discord_bot) -> None:
+    async with discord_bot(generator=SlowScript(script=crashing_model)) as h:
+        state = await slash(h, "ask", {"question": "will this work?"})
+        assert state.visible() and all(is_ephemeral(m) for m in state.visible())
+        assert "model crashed" not in "\n".join(contents(state))  # no internals shown to users
+        assert await h.app.db.conversations.history(channel_key(h, h.world.alice)) == []
+
+
 async def test_bad_settings_arguments_get_a_polite_answer_and_change_nothing(discord_bot) -> None:
     async with discord_bot() as h:
         state = await slash(h, "settings", {"key": "temperature", "value": "hot"})
