@@ -270,13 +270,14 @@ class ConversationRepository(_Repository):
         Returns False, writing nothing, when the event id was already processed (also when another process
         commits the same event concurrently).
         """
+        user_ids = [str(user_platform_message_id)] if user_platform_message_id else []
         return await self._run.write(
             self._commit_exchange,
             platform,
             event_id,
             key,
             user,
-            (clean_text(user_text), int(user_tokens), [str(user_platform_message_id)] if user_platform_message_id else []),
+            (clean_text(user_text), int(user_tokens), user_ids),
             (clean_text(assistant_text), int(assistant_tokens), [str(x) for x in assistant_platform_message_ids]),
             list(sources),
         )

@@ -20,7 +20,6 @@ from storage.engine import IMMEDIATE
 
 P = ParamSpec("P")
 T = TypeVar("T")
-Operation = Callable[Concatenate[Connection, P], T]
 
 
 def _bind(fn: Callable[..., T], args: tuple[object, ...], kw: dict[str, object]) -> Callable[[Connection], T]:

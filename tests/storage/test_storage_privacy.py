@@ -15,7 +15,9 @@ SHARED = ConversationKey("telegram", "-50", None)
 ALICE_IN_GROUP = ConversationKey("telegram", "-50", "100", "topic")
 
 
-async def _exchange(db: Database, event: str, key: ConversationKey, user: UserRef, q: str, a: str, ids: list[str]) -> None:
+async def _exchange(
+    db: Database, event: str, key: ConversationKey, user: UserRef, q: str, a: str, ids: list[str]
+) -> None:
     assert await db.conversations.commit_exchange(
         platform="telegram", event_id=event, key=key, user=user, user_text=q, user_tokens=3,
         assistant_text=a, assistant_tokens=4, sources=[], user_platform_message_id=ids[0],
