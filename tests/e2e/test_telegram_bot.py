@@ -208,15 +208,18 @@ async def test_group_answers_only_when_addressed(bot_factory: Any) -> None:
         assert replied[-1].text.startswith("Answer to: and CSRF?")
         asked = await ask(h, group, bob, "/ask what is SSRF?")
         assert "what is SSRF?" in asked[-1].text
+        fake.send_text(chat=group, user=alice, text="a reply to Bob, not to the bot", reply_to=8)
+        targeted = await ask(h, group, alice, f"/ask@{fake.username} what is RCE?")
+        assert "what is RCE?" in targeted[-1].text
 
-        # only the three addressed messages were answered, nothing else was stored
+        # only the addressed messages were answered, nothing else was stored
         texts = [spec.question for spec in h.generator.specs]
-        assert texts == ["what is XSS?", "and CSRF?", "what is SSRF?"]
+        assert texts == ["what is XSS?", "and CSRF?", "what is SSRF?", "what is RCE?"]
         alice_rows = await history(h, ConversationKey("telegram", str(GROUP), str(ALICE)))
-        assert [r.text for r in alice_rows if r.role == "user"] == ["what is XSS?"]
-        # each answer quotes the question it answers (messages 4, 6 and 8 of the group)
+        assert [r.text for r in alice_rows if r.role == "user"] == ["what is XSS?", "what is RCE?"]
+        # each answer quotes the question it answers (messages 4, 6, 8 and 11 of the group)
         quoted = [c.params["reply_parameters"]["message_id"] for c in fake.calls_to("sendMessage", GROUP)]
-        assert quoted == [4, 6, 8]
+        assert quoted == [4, 6, 8, 11]
 
 
 async def test_unaddressed_group_message_makes_no_call_and_stores_nothing(bot_factory: Any) -> None:
