@@ -39,6 +39,8 @@ async def test_mention_and_reply_are_answered_unaddressed_messages_are_ignored(d
         assert answer["content"].startswith("Answer to: what is CSRF? (history turns: 0)")
         assert answer["message_reference"]["message_id"] == asked["id"]  # a reply to the question
         assert f"<@{h.fake.bot_user['id']}>" not in h.generator.specs[0].question
+        [post] = h.fake.calls_to("POST", rf"/channels/{world.channel['id']}/messages")
+        assert post.body["allowed_mentions"] == {"parse": [], "replied_user": False}  # pings nobody
         key = ConversationKey("discord", world.channel["id"], world.alice["id"])
         history = await h.app.db.conversations.history(key)
         assert [m.text for m in history if m.role == "user"] == ["what is CSRF?"]  # nothing of the chatter

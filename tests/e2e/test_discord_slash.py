@@ -104,6 +104,8 @@ async def test_long_answer_is_split_into_followups_with_the_code_block_intact(di
         assert all(not feedback_buttons(m) for m in state.visible()[:-1])
         history = await h.app.db.conversations.history(channel_key(h, h.world.alice))
         assert history[-1].platform_message_ids == [str(m["id"]) for m in state.visible()]
+        sends = [c for c in h.fake.calls if c.path.startswith("/webhooks/") and c.method in ("POST", "PATCH")]
+        assert sends and all(c.body["allowed_mentions"] == {"parse": []} for c in sends)  # model text pings nobody
 
 
 async def test_every_other_command_answers_ephemerally(discord_bot) -> None:
