@@ -117,7 +117,13 @@ async def run_bots(settings: Settings) -> int:
         log.info("ghostbot is running (%s)", ", ".join(type(a).__name__ for a in adapters))
         await stop.wait()
         log.info("shutting down: finishing queued answers")
-        # Finish (or, past the timeout, cancel) queued answers while the adapters can still deliver them.
+        # Stop taking updates first (Telegram would otherwise confirm updates that then meet a closed
+        # worker), then finish — or, past the grace period, cancel — queued answers while the adapters
+        # can still deliver them, then close the adapters.
+        for adapter in adapters:
+            stop_receiving = getattr(adapter, "stop_receiving", None)
+            if stop_receiving is not None:
+                await stop_receiving()
         await app.worker.shutdown(drain=True, timeout=settings.shutdown_grace_seconds)
         for adapter in reversed(adapters):
             try:
