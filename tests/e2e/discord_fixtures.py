@@ -17,6 +17,7 @@ from core.settings import Settings
 from tests.fakes.discord_api import DiscordFake
 
 Script = Callable[[PromptSpec], str]
+TOKEN = "discord-test-token"
 
 
 def echo(spec: PromptSpec) -> str:
@@ -99,7 +100,7 @@ class DiscordHarness:
 
 def discord_settings(world: World, tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
-        discord_bot_token="discord-test-token",
+        discord_bot_token=TOKEN,
         discord_api_base_url=world.fake.api_base,
         discord_gateway_url=world.fake.gateway_url,
         discord_guild_ids=world.guild["id"],
@@ -120,6 +121,7 @@ def discord_settings(world: World, tmp_path: Path, **overrides: Any) -> Settings
 @pytest.fixture
 async def world() -> AsyncIterator[World]:
     fake = DiscordFake(heartbeat_interval_ms=200)
+    fake.token = TOKEN
     guild = fake.add_guild("security", roles=("member",))
     channel = fake.add_channel(guild, "general")
     thread = fake.add_thread(channel, "xss questions")

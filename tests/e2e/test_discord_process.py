@@ -20,6 +20,7 @@ TOKEN = "process-test-token-do-not-log"
 
 
 async def start_bot(world, tmp_path: Path, **extra_env: str) -> asyncio.subprocess.Process:
+    world.fake.token = TOKEN
     env = {
         key: value for key, value in os.environ.items()
         if not key.upper().endswith("_PROXY") and not key.startswith(("DISCORD_", "TELEGRAM_"))

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import threading
 
+import discord
+import pytest
+
 from storage import ConversationKey
 from tests.e2e.discord_fixtures import (
     SlowScript,
@@ -237,3 +240,17 @@ async def test_rate_limited_edit_is_retried_not_lost(discord_bot) -> None:
         limited = [c for c in h.fake.calls if c.status == 429]
         assert len(limited) == 1
         assert contents(state)[0].startswith("Answer to: still there?")
+
+
+async def test_a_wrong_token_fails_start_without_revealing_it(world, tmp_path) -> None:
+    from bots.discord import DiscordAdapter
+    from tests.e2e.discord_fixtures import discord_settings
+
+    world.fake.token = "the-right-token"
+    settings = discord_settings(world, tmp_path, discord_bot_token="wrong-secret-token")
+    adapter = DiscordAdapter(settings, manager=None)  # type: ignore[arg-type]  (never reached)
+    with pytest.raises(discord.LoginFailure) as failure:
+        await adapter.start()
+    assert "wrong-secret-token" not in str(failure.value) and "wrong-secret-token" not in repr(failure.value)
+    assert adapter.client is None
+    assert [c.status for c in world.fake.calls] == [401]

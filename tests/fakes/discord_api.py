@@ -78,6 +78,7 @@ class DiscordFake:
         self.commands: dict[str, list[dict[str, Any]]] = {}  # "global" or guild id → synced commands
         self.interactions: dict[str, InteractionState] = {}  # token → state
         self.resume_gateway_url: str | None = None  # None: this fake
+        self.token: str | None = None  # when set, REST calls must carry "Bot <token>" (else 401)
         self._rate_limits: list[list[Any]] = []  # [method, regex, retry_after, remaining]
         self._seq = 0
         self._ws: web.WebSocketResponse | None = None
@@ -345,6 +346,10 @@ class DiscordFake:
         body = await self._read_body(request)
         call = Call(time.monotonic(), request.method, path, dict(request.query), body)
         self.calls.append(call)
+        bot_route = not path.startswith(("/webhooks/", "/interactions/"))  # those authenticate by their token
+        if self.token is not None and bot_route and request.headers.get("Authorization") != f"Bot {self.token}":
+            call.status = 401
+            return self._json({"message": "401: Unauthorized", "code": 0}, 401)
         for limit in self._rate_limits:
             method, pattern, retry_after, remaining = limit
             if remaining > 0 and method == request.method and pattern.fullmatch(path):
