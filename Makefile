@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install run chat test test-fast bench clean
+.PHONY: install system-deps run chat test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,17 @@ run: install
 chat: install
 	$(BIN)/ghostbot chat
 
+## Debian packages the tests use: a PostgreSQL server (the storage tests start a throwaway cluster on
+## 127.0.0.1). Installed when missing and we may (root with apt-get); otherwise those tests skip.
+system-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+	   && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing postgresql (Debian) for the storage tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	fi
+
 ## The whole test suite (unit + end-to-end against loopback fakes)
-test: install
+test: install system-deps
 	NO_PROXY=127.0.0.1,localhost $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install

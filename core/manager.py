@@ -31,7 +31,7 @@ from core.ratelimit import RateLimiter, slow_down_message
 from core.settings import Settings
 from core.types import Answer, ChatKind, Incoming, ReplySink, Source
 from core.worker import AlreadyPending, GenerationWorker, Piece, Queued, QueueFull, Started, WorkerClosed
-from storage import ConversationKey, Database, StoredMessage, UserRef
+from storage import ConversationKey, Database, StoredMessage, UnknownMessage, UserRef
 
 logger = logging.getLogger(__name__)
 _PREFS_CACHE_SIZE = 10_000
@@ -139,7 +139,10 @@ class ConversationManager:
         message = await self.db.conversations.find_by_platform_message(platform, chat_id, platform_message_id)
         if message is None or message.role != "assistant":
             return False
-        await self.db.feedback.record(platform=platform, user_id=user_id, message_id=message.id, rating=rating)
+        try:
+            await self.db.feedback.record(platform=platform, user_id=user_id, message_id=message.id, rating=rating)
+        except UnknownMessage:  # deleted by /forget or /reset between the lookup and the write
+            return False
         return True
 
     def conversation_key(self, incoming: Incoming) -> ConversationKey:
