@@ -53,8 +53,9 @@ class ExtractiveGenerator:
     name = "extractive"
 
     def __init__(self, *, context_length: int = 4096, max_passages: int = 3, sentences_per_passage: int = 2,
-                 max_sentence_words: int = 60) -> None:
+                 max_sentence_words: int = 60, lead_sentences: int = 3) -> None:
         self.context_length = context_length
+        self.lead_sentences = lead_sentences
         self.max_passages = max_passages
         self.sentences_per_passage = sentences_per_passage
         self.max_sentence_words = max_sentence_words
@@ -77,20 +78,43 @@ class ExtractiveGenerator:
         chosen = sorted(i for _, i in best)  # keep the passage's own order so the quote reads naturally
         return sum(score for score, _ in best), [sentences[i] for i in chosen]
 
+    def _lead(self, text: str, terms: set[str]) -> list[str]:
+        """The top passage opens with its definition: quote its lead, plus its best-matching sentences."""
+        sentences = split_sentences(text)
+        lead = set(range(min(self.lead_sentences, len(sentences))))
+        _, best = self._best_sentences(text, terms)
+        chosen = sorted(lead | {sentences.index(s) for s in best})[: self.lead_sentences + 1]
+        return [sentences[i] for i in chosen]
+
     def answer_blocks(self, spec: PromptSpec, max_tokens: int) -> list[str]:
-        """The quote blocks (without the intro) for `spec`, within roughly `max_tokens` tokens."""
-        terms = query_terms(spec.question)
-        scored = [(number, *self._best_sentences(p.text, terms)) for number, p in enumerate(spec.passages, 1)]
-        if scored and not any(score for _, score, _ in scored):
-            # No word overlap anywhere: retrieval still ranked passage 1 best (e.g. a dense match), quote its lead.
-            scored = [(1, 1, split_sentences(spec.passages[0].text)[: self.sentences_per_passage])]
+        """The quote blocks (without the intro) for `spec`, within roughly `max_tokens` tokens.
+
+        Passage 1 is retrieval's best match and is always quoted from its lead. Later passages are quoted
+        only when they share an informative term with the question — one that not every passage contains
+        (so "CWE" in "What is CWE-79?" does not pull in every other CWE).
+        """
+        if not spec.passages:
+            return []
+        all_terms = query_terms(spec.question)
+        terms = all_terms
+        if len(spec.passages) > 1:
+            per_passage = [query_terms(p.text) for p in spec.passages]
+            terms = {t for t in all_terms if not all(t in seen for seen in per_passage)}
+        # Quote passage 1 when it matches at all, or when nothing does (e.g. a purely dense match).
+        lead_first = self._best_sentences(spec.passages[0].text, all_terms)[0] > 0 or not any(
+            self._best_sentences(p.text, terms)[0] for p in spec.passages[1:]
+        )
         blocks: list[str] = []
         used = self.count_tokens(INTRO)
-        for number, score, sentences in scored:
+        for number, passage in enumerate(spec.passages, 1):
             if len(blocks) >= self.max_passages:
                 break
-            if score == 0:
-                continue
+            if number == 1 and lead_first:
+                sentences = self._lead(passage.text, all_terms)
+            else:
+                score, sentences = self._best_sentences(passage.text, terms)
+                if score == 0:
+                    continue
             if not sentences:
                 continue
             quote = " ".join(_shorten(s, self.max_sentence_words) for s in sentences)

@@ -59,3 +59,15 @@ def test_should_stop_and_counts():
 
 def test_identifier_terms_match():
     assert {"cwe-79", "cwe", "79"} <= query_terms("Tell me about CWE-79")
+
+
+def test_id_question_quotes_the_definition_and_not_unrelated_entries():
+    cwe79 = Source(1, "CWE-79", "cwe", "Cross-site Scripting", None,
+                   "CWE-79: Improper Neutralization of Input During Web Page Generation. The product does not "
+                   "neutralize user-controllable input before it is placed in output served to other users. "
+                   "Abstraction: Base.")
+    cwe185 = Source(2, "CWE-185", "cwe", "Incorrect Regular Expression", None,
+                    "CWE-185: Incorrect Regular Expression. The product specifies a regular expression badly.")
+    text = answer("What is CWE-79?", [cwe79, cwe185])
+    assert "does not neutralize user-controllable input" in text  # the definition, not just the title
+    assert "[1]" in text and "[2]" not in text
