@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import (
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -89,6 +90,8 @@ class Document(Base):
     title: Mapped[str] = mapped_column(Text, default="")
     url: Mapped[str | None] = mapped_column(Text, nullable=True)
     content_hash: Mapped[str] = mapped_column(String(64))
+    # How often practitioners meet this entry (0..1, from the pack data itself); a ranking prior.
+    prior: Mapped[float] = mapped_column(Float, default=0.0)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
@@ -133,6 +136,7 @@ class DocumentData:
     content_hash: str
     url: str | None = None
     chunks: Sequence[ChunkData] = field(default_factory=tuple)
+    prior: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,7 @@ class ChunkRecord:
     title: str
     url: str | None
     text: str
+    prior: float = 0.0
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -227,7 +232,7 @@ class KnowledgeRepository:
         async with self._sessions.begin() as session:
             for doc in documents:
                 document_id, status = await self._upsert(
-                    session, source, doc.locator, doc.title, doc.url, doc.content_hash
+                    session, source, doc.locator, doc.title, doc.url, doc.content_hash, doc.prior
                 )
                 if status != "unchanged":
                     await self._replace(session, document_id, doc.chunks)
@@ -267,6 +272,7 @@ class KnowledgeRepository:
         title: str,
         url: str | None,
         content_hash: str,
+        prior: float = 0.0,
     ) -> tuple[int, str]:
         existing = (
             await session.execute(
@@ -275,14 +281,20 @@ class KnowledgeRepository:
         ).scalar_one_or_none()
         if existing is None:
             doc = Document(
-                source=source, locator=locator, title=title, url=url, content_hash=content_hash
+                source=source,
+                locator=locator,
+                title=title,
+                url=url,
+                content_hash=content_hash,
+                prior=prior,
             )
             session.add(doc)
             await session.flush()
             return doc.id, "added"
         if existing.content_hash == content_hash and existing.title == title and existing.url == url:
+            existing.prior = prior  # ranking only: never a reason to rewrite chunks
             return existing.id, "unchanged"
-        existing.title, existing.url = title, url
+        existing.title, existing.url, existing.prior = title, url, prior
         existing.content_hash, existing.updated_at = content_hash, _utcnow()
         await session.flush()
         return existing.id, "updated"
@@ -424,6 +436,7 @@ class KnowledgeRepository:
                 Chunk.title,
                 Chunk.url,
                 Chunk.text,
+                Document.prior,
             )
             .join(Document, Chunk.document_id == Document.id)
             .where(condition)  # type: ignore[arg-type]

@@ -164,8 +164,8 @@ class Indexer:
                 ref=entry.ref,
                 title=entry.title,
                 url=entry.url,
-                # Later chunks say which section they come from; the first one starts with the name.
-                text=chunk.text if i == 0 or chunk.heading == "Overview" else f"{chunk.heading}: {chunk.text}",
+                # Later chunks say which section they come from; the summary starts with the name.
+                text=chunk.text if chunk.heading == "Summary" else f"{chunk.heading}: {chunk.text}",
                 aliases=aliases,
             )
             for i, chunk in enumerate(chunk_sections(entry.sections))
@@ -176,6 +176,7 @@ class Indexer:
             url=entry.url,
             content_hash=entry.content_hash(),
             chunks=chunks,
+            prior=entry.prior,
         )
 
     # --- shared ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -20,7 +21,7 @@ from core.retrieval.loaders import Section
 
 PACK_NAMES = ("cwe", "attack")
 # Bump when the text built from the data changes, so every entry is re-indexed once.
-PACK_FORMAT = "2"
+PACK_FORMAT = "3"
 
 
 @dataclass
@@ -30,6 +31,7 @@ class PackEntry:
     url: str
     sections: list[Section]
     aliases: list[str] = field(default_factory=list)
+    prior: float = 0.0  # 0..1: how prominent the entry is in the data (Top 25 lists, procedure examples)
 
     def content_hash(self) -> str:
         digest = hashlib.sha256(PACK_FORMAT.encode())
@@ -79,10 +81,30 @@ class CwePack:
         root = ET.parse(self.xml_path or cwe_xml_path()).getroot()
         self.version = root.get("Version", "")
         owasp = self._owasp_categories(root)
+        top25 = self._top25_counts(root)
         for weakness in root.iter(f"{_CWE_NS}Weakness"):
             if weakness.get("Status") == "Deprecated":
                 continue
-            yield self._entry(weakness, owasp.get(weakness.get("ID", ""), []))
+            entry = self._entry(weakness, owasp.get(weakness.get("ID", ""), []))
+            examples = len(weakness.findall(f"{_CWE_NS}Observed_Examples/{_CWE_NS}Observed_Example"))
+            entry.prior = round(
+                0.6 * min(1.0, top25.get(weakness.get("ID", ""), 0) / 4)
+                + 0.2 * bool(owasp.get(weakness.get("ID", "")))
+                + 0.2 * min(1.0, math.log1p(examples) / math.log1p(10)),
+                4,
+            )
+            yield entry
+
+    @staticmethod
+    def _top25_counts(root: ET.Element) -> dict[str, int]:
+        """CWE id → in how many of the catalogue's "Top 25" views it appears."""
+        counts: dict[str, int] = defaultdict(int)
+        for view in root.iter(f"{_CWE_NS}View"):
+            if "Top 25" not in view.get("Name", ""):
+                continue
+            for member in view.iter(f"{_CWE_NS}Has_Member"):
+                counts[member.get("CWE_ID", "")] += 1
+        return counts
 
     @staticmethod
     def _owasp_categories(root: ET.Element) -> dict[str, list[str]]:
@@ -115,17 +137,22 @@ class CwePack:
             for rel in w.iterfind(f"{ns}Related_Weaknesses/{ns}Related_Weakness")
             if rel.get("Nature") == "ChildOf" and rel.get("View_ID") == "1000"
         ]
-        overview = [f"{ref}: {name}."]
+        # A short first chunk (name, aliases, definition) gives each entry one focused passage
+        # and one focused embedding; long extended descriptions would dilute both.
+        summary = [f"{ref}: {name}."]
         if aliases:
-            overview.append("Also known as: " + ", ".join(aliases) + ".")
-        overview.append(text_of(f"{ns}Description"))
-        overview.append(text_of(f"{ns}Extended_Description"))
+            summary.append("Also known as: " + ", ".join(aliases) + ".")
+        summary.append(text_of(f"{ns}Description"))
+        sections = [Section("Summary", " ".join(p for p in summary if p))]
+        details = [text_of(f"{ns}Extended_Description")]
         abstraction = w.get("Abstraction", "")
         if abstraction:
-            overview.append(f"Abstraction: {abstraction}.")
+            details.append(f"Abstraction: {abstraction}.")
         if parents:
-            overview.append("Child of " + ", ".join(dict.fromkeys(parents)) + ".")
-        sections = [Section("Overview", " ".join(p for p in overview if p))]
+            details.append("Child of " + ", ".join(dict.fromkeys(parents)) + ".")
+        details_text = " ".join(p for p in details if p)
+        if details_text:
+            sections.append(Section("Details", details_text))
 
         consequences = []
         for c in w.iterfind(f"{ns}Common_Consequences/{ns}Consequence"):
@@ -237,12 +264,19 @@ class AttackPack:
                     mid, _ = _attack_id(source)
                     mitigations[rel["target_ref"]].append(f"{mid} {source.get('name', '')}".strip())
         techniques = {o["id"]: o for o in live if o["type"] == "attack-pattern"}
+        # Procedure examples: groups, software and campaigns recorded as using the technique.
+        uses: dict[str, int] = defaultdict(int)
+        for rel in live:
+            if rel["type"] == "relationship" and rel.get("relationship_type") == "uses":
+                uses[rel.get("target_ref", "")] += 1
         names = {_attack_id(o)[0]: o.get("name", "") for o in techniques.values()}
         for stix_id, obj in techniques.items():
             ref, _ = _attack_id(obj)
             if not ref:
                 continue
-            yield self._entry(obj, ref, names, tactic_names, sorted(set(mitigations[stix_id])))
+            entry = self._entry(obj, ref, names, tactic_names, sorted(set(mitigations[stix_id])))
+            entry.prior = round(min(1.0, math.log1p(uses[stix_id]) / math.log1p(300)), 4)
+            yield entry
 
     @staticmethod
     def _entry(
@@ -262,16 +296,20 @@ class AttackPack:
             for p in obj.get("kill_chain_phases", [])
             if p.get("kill_chain_name") == "mitre-attack"
         ]
-        overview = [f"{ref}: {title}."]
+        summary = [f"{ref}: {title}."]
         if parent_ref:
-            overview.append(f"Sub-technique of {parent_ref} {names.get(parent_ref, '')}.")
+            summary.append(f"Sub-technique of {parent_ref} {names.get(parent_ref, '')}.")
         if tactics:
-            overview.append("Tactics: " + ", ".join(tactics) + ".")
+            summary.append("Tactics: " + ", ".join(tactics) + ".")
         platforms = obj.get("x_mitre_platforms", [])
         if platforms:
-            overview.append("Platforms: " + ", ".join(platforms) + ".")
-        overview.append(_clean_stix_text(obj.get("description", "")))
-        sections = [Section("Overview", " ".join(p for p in overview if p))]
+            summary.append("Platforms: " + ", ".join(platforms) + ".")
+        # The first paragraph defines the technique; the rest (examples, variants) is its own section.
+        paragraphs = [p for p in (_clean_stix_text(p) for p in obj.get("description", "").split("\n\n")) if p]
+        summary.extend(paragraphs[:1])
+        sections = [Section("Summary", " ".join(p for p in summary if p))]
+        if paragraphs[1:]:
+            sections.append(Section("Description", " ".join(paragraphs[1:])))
         detection = _clean_stix_text(obj.get("x_mitre_detection", ""))
         sources = obj.get("x_mitre_data_sources", [])
         if sources:

@@ -30,6 +30,7 @@ async def test_exact_ids_come_first_in_free_text(packed) -> None:  # type: ignor
     assert sources[0].ref == "CWE-79"
     assert sources[0].url == "https://cwe.mitre.org/data/definitions/79.html"
     assert sources[0].source == "cwe" and "Cross-site Scripting" in sources[0].title
+    assert sources[0].text.startswith("CWE-79: Improper Neutralization")  # the summary passage
     assert [s.index for s in sources] == [1, 2, 3]
     assert len({s.ref for s in sources}) == 3  # one passage per entry
 

@@ -51,6 +51,7 @@ def upgrade() -> None:
         sa.Column("title", sa.Text(), nullable=False),
         sa.Column("url", sa.Text(), nullable=True),
         sa.Column("content_hash", sa.String(length=64), nullable=False),
+        sa.Column("prior", sa.Float(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_knowledge_documents")),
         sa.UniqueConstraint("source", "locator", name=op.f("uq_knowledge_documents_source")),
