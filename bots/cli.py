@@ -43,17 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks that print JSON")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
-    generate = bench_sub.add_parser("generate", help="GhostLM generation speed: full recompute vs KV cache vs HF")
-    generate.add_argument("bench_args", nargs=argparse.REMAINDER)
+    # The benchmark's own parser owns its flags (--new-tokens, --preset, …): see main().
+    bench_sub.add_parser(
+        "generate", help="GhostLM generation speed: full recompute vs KV cache vs HF (flags: see --help)", add_help=False
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
     if args.command == "bench":
         from ghostlm.bench import main as bench_main
 
-        return bench_main(args.bench_args)
+        return bench_main(extra)
+    if extra:
+        build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
 
     settings = Settings()
     from bots.logs import setup_logging
