@@ -112,16 +112,25 @@ def _fit_prefix(text: str, width: int, measure: Callable[[str], int]) -> int:
     return low
 
 
-def sources_footer(sources: Sequence[Source]) -> str:
-    """Plain-text list of the cited sources, one line each."""
+def sources_footer(
+    sources: Sequence[Source],
+    *,
+    heading: str = "Sources:",
+    escape: Callable[[str], str] = str,
+    link: Callable[[str], str] = str,
+) -> str:
+    """The cited sources, one line each: `[n] Title (REF) — URL`.
+
+    Adapters pass their platform's `escape` for titles and `link` format (Discord wraps URLs in <> so
+    they get no preview cards)."""
     if not sources:
         return ""
-    lines = ["Sources:"]
+    lines = [heading]
     for source in sources:
-        label = f"[{source.index}] {source.title}"
+        label = f"[{source.index}] {escape(source.title)}"
         if source.ref and source.ref not in source.title:
             label += f" ({source.ref})"
         if source.url:
-            label += f" — {source.url}"
+            label += f" — {link(source.url)}"
         lines.append(label)
     return "\n".join(lines)

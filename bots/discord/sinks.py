@@ -13,6 +13,7 @@ from typing import Protocol, Sequence
 
 import discord
 
+from bots import render
 from bots.render import split_message
 from bots.streaming import ThrottledEditor
 from core.types import Answer, Source
@@ -32,17 +33,9 @@ def render_answer(answer: Answer) -> str:
 
 
 def sources_footer(sources: Sequence[Source]) -> str:
-    if not sources:
-        return ""
-    lines = ["**Sources**"]
-    for source in sources:
-        label = f"[{source.index}] {discord.utils.escape_markdown(source.title)}"
-        if source.ref and source.ref not in source.title:
-            label += f" ({source.ref})"
-        if source.url:
-            label += f" — <{source.url}>"
-        lines.append(label)
-    return "\n".join(lines)
+    return render.sources_footer(
+        sources, heading="**Sources**", escape=discord.utils.escape_markdown, link=lambda url: f"<{url}>"
+    )
 
 
 def preview(text: str) -> str:

@@ -14,6 +14,7 @@ import pytest
 
 from core.generators.base import GenerationParams, PromptSpec
 from core.settings import Settings
+from tests.e2e.common import e2e_settings
 from tests.fakes.telegram_api import FakeTelegramAPI
 
 Script = Callable[[PromptSpec], str]
@@ -80,18 +81,8 @@ def make_settings(fake: FakeTelegramAPI, tmp_path: Path, **overrides: Any) -> Se
         telegram_bot_token=fake.token,
         telegram_api_base_url=fake.base_url,
         telegram_file_base_url=fake.file_base_url,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
-        data_dir=tmp_path / "data",
-        packs=[],
-        dense_retrieval=False,  # BM25 only: no encoder to load in end-to-end tests
-        generator="extractive",
-        rate_limit_per_minute=600.0,
-        rate_limit_burst=100,
-        request_timeout_seconds=30.0,
-        http_port=0,
     )
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return e2e_settings(tmp_path, **{**values, **overrides})
 
 
 @dataclass

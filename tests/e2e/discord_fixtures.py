@@ -14,6 +14,7 @@ import pytest
 
 from core.generators.base import GenerationParams, PromptSpec
 from core.settings import Settings
+from tests.e2e.common import e2e_settings
 from tests.fakes.discord_api import DiscordFake
 
 Script = Callable[[PromptSpec], str]
@@ -104,18 +105,8 @@ def discord_settings(world: World, tmp_path: Path, **overrides: Any) -> Settings
         discord_api_base_url=world.fake.api_base,
         discord_gateway_url=world.fake.gateway_url,
         discord_guild_ids=world.guild["id"],
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
-        data_dir=tmp_path / "data",
-        packs=[],
-        dense_retrieval=False,  # BM25 only: no encoder to load in end-to-end tests
-        generator="extractive",
-        rate_limit_per_minute=600.0,
-        rate_limit_burst=100,
-        request_timeout_seconds=30.0,
-        http_port=0,
     )
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return e2e_settings(tmp_path, **{**values, **overrides})
 
 
 @pytest.fixture
