@@ -162,6 +162,17 @@ class ChunkRecord:
     prior: float = 0.0
 
 
+@dataclass(frozen=True)
+class ChunkMeta:
+    """What ranking needs of a chunk (no text: cheap to fetch for many candidates)."""
+
+    id: int
+    source: str
+    ord: int
+    ref: str
+    prior: float
+
+
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Question words and glue: OR-ing them would match nearly every chunk and only add noise and time.
 STOPWORDS = frozenset(
@@ -381,6 +392,20 @@ class KnowledgeRepository:
                     found[record.id] = record
         return [found[i] for i in ids if i in found]
 
+    async def get_chunk_meta(self, ids: Sequence[int]) -> dict[int, ChunkMeta]:
+        """Ranking metadata of chunks by id; ids that no longer exist are absent."""
+        found: dict[int, ChunkMeta] = {}
+        async with self._sessions() as session:
+            for start in range(0, len(ids), 500):
+                stmt = (
+                    select(Chunk.id, Document.source, Chunk.ord, Chunk.ref, Document.prior)
+                    .join(Document, Chunk.document_id == Document.id)
+                    .where(Chunk.id.in_(list(ids[start : start + 500])))
+                )
+                for row in (await session.execute(stmt)).all():
+                    found[int(row[0])] = ChunkMeta(int(row[0]), row[1], int(row[2]), row[3], float(row[4]))
+        return found
+
     async def find_by_ref(self, ref: str) -> list[ChunkRecord]:
         """Chunks whose ref is exactly `ref` (case-insensitive), in document order."""
         async with self._sessions() as session:
@@ -447,6 +472,7 @@ class KnowledgeRepository:
 __all__ = [
     "Chunk",
     "ChunkData",
+    "ChunkMeta",
     "ChunkRecord",
     "Document",
     "DocumentData",

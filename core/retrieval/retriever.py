@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol, TypeVar
 
 from core.retrieval.dense import DenseIndex
 from core.retrieval.embedder import Embedder, EmbedderError
 from core.retrieval.ids import find_ids
 from core.types import Source
-from storage.knowledge import ChunkRecord, KnowledgeRepository
+from storage.knowledge import ChunkMeta, ChunkRecord, KnowledgeRepository
 
 log = logging.getLogger(__name__)
 
@@ -80,24 +80,40 @@ class Retriever:
         return [self._to_source(i, record) for i, record in enumerate(picked, start=1)]
 
     async def _hybrid(self, query: str, k: int, mode: Mode) -> list[ChunkRecord]:
-        lists, records = await self.candidates(query, mode)
-        return fuse(lists, records, self.fusion)[:k]
+        lists, meta = await self.candidates(query, mode)
+        cfg = self.fusion
+        if mode != "hybrid":
+            # A single signal ranks on its own (the baselines the fusion is measured against).
+            cfg = replace(cfg, prior_weight=0.0, summary_weight=0.0)
+        best = [m.id for m in fuse(lists, meta, cfg)[:k]]
+        return await self._repo.get_chunks(best)  # texts only for the winners
 
     async def candidates(
         self, query: str, mode: Mode = "hybrid"
-    ) -> tuple[list[tuple[float, list[int]]], dict[int, ChunkRecord]]:
+    ) -> tuple[list[tuple[float, list[int]]], dict[int, ChunkMeta]]:
         """The ranked chunk-id lists to fuse, each with its weight, and the chunks they name."""
         cfg = self.fusion
+        # BM25 runs in the database driver's thread while the encoder runs in another.
+        bm25 = (
+            asyncio.ensure_future(self._repo.fts_search(query, cfg.candidates))
+            if mode in ("hybrid", "bm25")
+            else None
+        )
+        dense_hits: list[tuple[int, float]] | None = None
+        bm25_hits: list[tuple[int, float]] | None = None
+        try:
+            if mode in ("hybrid", "dense") and self._embedder is not None:
+                dense_hits = await asyncio.to_thread(self._dense_search, query, cfg.candidates)
+        finally:
+            if bm25 is not None:
+                bm25_hits = await bm25  # never left pending, even when the dense side failed
         lists: list[tuple[float, list[int]]] = []
-        if mode in ("hybrid", "bm25"):
-            hits = await self._repo.fts_search(query, cfg.candidates)
-            lists.append((cfg.bm25_weight, [cid for cid, _ in hits]))
-        if mode in ("hybrid", "dense") and self._embedder is not None:
-            hits = await asyncio.to_thread(self._dense_search, query, cfg.candidates)
-            lists.append((cfg.dense_weight, [cid for cid, _ in hits]))
+        if bm25_hits is not None:
+            lists.append((cfg.bm25_weight, [cid for cid, _ in bm25_hits]))
+        if dense_hits is not None:
+            lists.append((cfg.dense_weight, [cid for cid, _ in dense_hits]))
         ids = list(dict.fromkeys(cid for _, ranked in lists for cid in ranked))
-        records = {r.id: r for r in await self._repo.get_chunks(ids)}
-        return lists, records
+        return lists, await self._repo.get_chunk_meta(ids)
 
     def _dense_search(self, query: str, limit: int) -> list[tuple[int, float]]:
         assert self._embedder is not None and self._dense is not None
@@ -122,9 +138,23 @@ class Retriever:
         )
 
 
-def fuse(
-    lists: Sequence[tuple[float, Sequence[int]]], records: dict[int, ChunkRecord], cfg: FusionConfig
-) -> list[ChunkRecord]:
+class _Rankable(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def ref(self) -> str: ...
+    @property
+    def ord(self) -> int: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def prior(self) -> float: ...
+
+
+R = TypeVar("R", bound=_Rankable)
+
+
+def fuse(lists: Sequence[tuple[float, Sequence[int]]], records: dict[int, R], cfg: FusionConfig) -> list[R]:
     """Reciprocal rank fusion at the entry level, best first, with each entry's best chunk.
 
     An entry (a ref) ranks in each list by its best chunk; its fused score is scaled up by its prior
@@ -162,7 +192,7 @@ def fuse(
     return [records[best_chunk[ref]] for ref in sorted(final, key=lambda ref: -final[ref])]
 
 
-def _is_summary(record: ChunkRecord) -> bool:
+def _is_summary(record: _Rankable) -> bool:
     return record.ord == 0 and record.source != "file"
 
 
