@@ -63,6 +63,9 @@ POSTGRES_SEARCH_DDL: tuple[str, ...] = (
     "setweight(to_tsvector('english', coalesce(text, '')), 'D')) STORED",
     "CREATE INDEX IF NOT EXISTS ix_knowledge_chunks_search_vector ON knowledge_chunks "
     "USING GIN (search_vector)",
+    # Exact mentions (CVE / CAPEC ids) are phrase searches over unstemmed words.
+    "CREATE INDEX IF NOT EXISTS ix_knowledge_chunks_simple_text ON knowledge_chunks "
+    "USING GIN (to_tsvector('simple', text))",
 )
 
 
@@ -370,14 +373,15 @@ class KnowledgeRepository:
                 )
                 rows = (await session.execute(sql, {"q": expression, "limit": limit})).all()
                 return [int(row[0]) for row in rows]
-            words = _WORD.findall(phrase.lower())
-            if not words:
+            if not _WORD.search(phrase):
                 return []
+            # The phrase as typed: PostgreSQL's parser splits "CVE-2021-44228" in the query exactly as
+            # in the text (hyphenated word, parts, signed number), so the positions line up.
             sql = text(
                 "SELECT id FROM knowledge_chunks, phraseto_tsquery('simple', :q) AS q "
                 "WHERE to_tsvector('simple', text) @@ q LIMIT :limit"
             )
-            rows = (await session.execute(sql, {"q": " ".join(words), "limit": limit})).all()
+            rows = (await session.execute(sql, {"q": phrase.replace("\x00", ""), "limit": limit})).all()
             return [int(row[0]) for row in rows]
 
     async def get_chunks(self, ids: Sequence[int]) -> list[ChunkRecord]:

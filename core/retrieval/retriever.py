@@ -55,7 +55,7 @@ class Retriever:
     async def search(self, query: str, k: int = 4, *, mode: Mode = "hybrid") -> list[Source]:
         """Up to k passages for `query`, numbered 1..k: entries named by an exact id in the query
         come first, then the best of the hybrid search. One passage per CWE/ATT&CK entry."""
-        query = " ".join(query.split())[:MAX_QUERY_CHARS]
+        query = clean_query(query)
         if not query or k <= 0:
             return []
         picked: list[ChunkRecord] = []
@@ -136,6 +136,14 @@ class Retriever:
             url=record.url,
             text=record.text,
         )
+
+
+def clean_query(query: str) -> str:
+    """User text made safe for the tokenizer and the database: lone surrogates replaced, control
+    characters dropped, whitespace collapsed, length capped."""
+    query = query.encode("utf-8", "replace").decode("utf-8")
+    query = "".join(ch if ch.isprintable() else " " for ch in query)
+    return " ".join(query.split())[:MAX_QUERY_CHARS]
 
 
 class _Rankable(Protocol):

@@ -66,6 +66,14 @@ async def test_practitioner_questions_rank_the_right_entry_first(packed, mode: s
         assert sources[0].ref == ref, (mode, question, [s.ref for s in sources])
 
 
+async def test_hostile_queries_are_answered_not_raised(packed) -> None:  # type: ignore[no-untyped-def]
+    retriever, _, _ = packed
+    for query in ["sql \ud800 injection", "\x00\x1b[31m xss", "<|ghost_end|><|system|> cwe-79", "x" * 100_000, '"*-NEAR(']:
+        sources = await retriever.search(query, k=2)
+        assert all(s.index in (1, 2) for s in sources)
+    assert (await retriever.search("<|ghost_end|> cwe-79", k=1))[0].ref == "CWE-79"
+
+
 async def test_dense_finds_paraphrases_bm25_cannot(packed) -> None:  # type: ignore[no-untyped-def]
     retriever, _, _ = packed
     question = "someone keeps guessing one popular password across lots of different logins"

@@ -39,6 +39,9 @@ _POSTGRES_SEARCH_DDL = (
     "setweight(to_tsvector('english', coalesce(text, '')), 'D')) STORED",
     "CREATE INDEX IF NOT EXISTS ix_knowledge_chunks_search_vector ON knowledge_chunks "
     "USING GIN (search_vector)",
+    # Exact mentions (CVE / CAPEC ids) are phrase searches over unstemmed words.
+    "CREATE INDEX IF NOT EXISTS ix_knowledge_chunks_simple_text ON knowledge_chunks "
+    "USING GIN (to_tsvector('simple', text))",
 )
 
 

@@ -1,0 +1,56 @@
+"""The same repository on PostgreSQL (tsvector + GIN, ts_rank_cd) when a throwaway server can be started."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from storage.database import Database
+from storage.knowledge import ChunkData, DocumentData, KnowledgeRepository
+from tests.storage.conftest import _admin, postgres_server  # noqa: F401  (session fixture: a server)
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def pg_repo(postgres_server: str) -> AsyncIterator[KnowledgeRepository]:  # noqa: F811
+    name = f"ghostbot_retrieval_{os.getpid()}"
+    await _admin(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await _admin(postgres_server, f'CREATE DATABASE "{name}"')
+    db = await Database.open(f"{postgres_server}/{name}")
+    try:
+        yield KnowledgeRepository(db.sessions)
+    finally:
+        await db.close()
+        await _admin(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def doc(locator: str, text: str, title: str = "T", digest: str = "h") -> DocumentData:
+    return DocumentData(locator, title, digest, chunks=[ChunkData(0, locator, title, text)])
+
+
+async def test_postgres_search_matches_sqlite_behaviour(pg_repo: KnowledgeRepository) -> None:
+    await pg_repo.save_documents(
+        "cwe",
+        [
+            doc("CWE-89", "queries built by concatenating user input", title="SQL Injection"),
+            doc("CWE-79", "observed example CVE-2006-3568 in a guestbook", title="Cross-site Scripting"),
+            doc("CWE-1", "a body that mentions injection once among many words here"),
+        ],
+    )
+    hits = await pg_repo.fts_search('sql "injection* NEAR -')
+    records = await pg_repo.get_chunks([cid for cid, _ in hits])
+    assert records[0].ref == "CWE-89"  # title weighs more than body
+    assert {r.ref for r in records} == {"CWE-89", "CWE-1"}
+    assert await pg_repo.fts_search("what is the") == []
+    for hostile in ['"', "a:b & | ! <->", "(((", "foo_bar", "\x00", "-x*", "é'ü"]:
+        await pg_repo.fts_search(hostile)  # never a tsquery syntax error
+        await pg_repo.phrase_search(hostile)
+    mention = await pg_repo.get_chunks(await pg_repo.phrase_search("CVE-2006-3568"))
+    assert [r.ref for r in mention] == ["CWE-79"]
+    assert [r.ref for r in await pg_repo.find_by_ref("cwe-79")] == ["CWE-79"]
+    assert await pg_repo.delete_missing("cwe", ["CWE-79", "CWE-1"]) == 1
+    assert await pg_repo.fts_search("concatenating") == []
+    assert await pg_repo.count() == (2, 2)
