@@ -8,6 +8,7 @@ on the default engine and a generated `tsvector` column with a GIN index on Post
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -186,6 +187,43 @@ STOPWORDS = frozenset(
 )
 MAX_QUERY_TERMS = 32
 
+# Large indexes only: FTS5 scores every chunk that contains any query term (~3 µs each), so a term
+# found in a big share of the chunks costs a lot of time while adding little to BM25 (its IDF is
+# near zero). Such terms are dropped from the query; the rarest few are always kept.
+PRUNE_MIN_CHUNKS = 20_000
+PRUNE_MAX_DF = 0.02
+PRUNE_KEEP = 3
+VOCABULARY_TTL_S = 600.0
+
+
+@dataclass
+class _Vocabulary:
+    """Document frequency per indexed (Porter-stemmed) term, loaded from the FTS index."""
+
+    chunks: int
+    df: dict[str, int]
+    loaded_at: float
+
+    def df_of(self, word: str) -> int | None:
+        """The word's frequency via its stem: Porter stems are (nearly always) prefixes of the word,
+        so try the word and then up to four characters shorter. None when unknown."""
+        for cut in range(0, min(4, len(word) - 3) + 1):
+            found = self.df.get(word[: len(word) - cut] if cut else word)
+            if found is not None:
+                return found
+        return None
+
+    def prune(self, terms: list[str]) -> list[str]:
+        if self.chunks < PRUNE_MIN_CHUNKS or len(terms) <= PRUNE_KEEP:
+            return terms
+        known = {t: self.df_of(t) for t in terms}
+        limit = PRUNE_MAX_DF * self.chunks
+        kept = [t for t in terms if (known[t] or 0) <= limit]
+        if len(kept) < PRUNE_KEEP:
+            by_rarity = sorted(terms, key=lambda t: known[t] or 0)
+            kept = [t for t in terms if t in set(by_rarity[:PRUNE_KEEP])]
+        return kept
+
 
 def fts_terms(query: str) -> list[str]:
     """The searchable words of free text: lower-cased, stopwords dropped, de-duplicated, in order."""
@@ -224,6 +262,7 @@ class KnowledgeRepository:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
+        self._vocabulary: _Vocabulary | None = None
 
     # --- writing -------------------------------------------------------------------------
 
@@ -341,9 +380,11 @@ class KnowledgeRepository:
         higher score is better. Any user text is safe here."""
         async with self._sessions() as session:
             if session.bind.dialect.name == "sqlite":
-                expression = sqlite_match_expression(query)
-                if expression is None:
+                terms = fts_terms(query)
+                if not terms:
                     return []
+                terms = (await self._sqlite_vocabulary(session)).prune(terms)
+                expression = " OR ".join(f'"{term}"' for term in terms)
                 weights = ", ".join(str(w) for w in FTS_WEIGHTS)
                 sql = text(
                     f"SELECT rowid, bm25({FTS_TABLE}, {weights}) AS score FROM {FTS_TABLE} "
@@ -360,6 +401,27 @@ class KnowledgeRepository:
             )
             rows = (await session.execute(sql, {"q": tsquery, "limit": limit})).all()
             return [(int(row[0]), float(row[1])) for row in rows]
+
+    async def _sqlite_vocabulary(self, session: AsyncSession) -> _Vocabulary:
+        """The cached term frequencies, reloaded every few minutes (they drift slowly; only big
+        indexes load them at all)."""
+        vocabulary = self._vocabulary
+        now = time.monotonic()
+        if vocabulary is not None and now - vocabulary.loaded_at < VOCABULARY_TTL_S:
+            return vocabulary
+        chunks = int((await session.execute(select(func.count(Chunk.id)))).scalar_one())
+        df: dict[str, int] = {}
+        if chunks >= PRUNE_MIN_CHUNKS:
+            await session.execute(
+                text(
+                    "CREATE VIRTUAL TABLE IF NOT EXISTS temp.knowledge_vocab "
+                    f"USING fts5vocab(main, {FTS_TABLE}, row)"
+                )
+            )
+            rows = await session.execute(text("SELECT term, doc FROM temp.knowledge_vocab"))
+            df = {str(term): int(doc) for term, doc in rows}
+        self._vocabulary = _Vocabulary(chunks, df, now)
+        return self._vocabulary
 
     async def phrase_search(self, phrase: str, limit: int = 10) -> list[int]:
         """Chunks that mention `phrase` (e.g. a CVE or CAPEC id) as consecutive words."""

@@ -110,3 +110,27 @@ async def test_role_token_strings_in_documents_are_plain_data(repo: KnowledgeRep
     await repo.save_documents("file", [doc("/x.md", hostile)])
     hits = await repo.fts_search("<|system|> evil")
     assert [r.text for r in await repo.get_chunks([cid for cid, _ in hits])] == [hostile]
+
+
+async def test_large_indexes_drop_very_common_terms(repo: KnowledgeRepository, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import storage.knowledge as knowledge
+
+    monkeypatch.setattr(knowledge, "PRUNE_MIN_CHUNKS", 10)
+    monkeypatch.setattr(knowledge, "PRUNE_MAX_DF", 0.2)
+    monkeypatch.setattr(knowledge, "PRUNE_KEEP", 1)
+    docs = [doc(f"/d{i}.md", f"common filler words number {i}") for i in range(20)]
+    docs.append(doc("/rare.md", "common kerberoasting"))
+    await repo.save_documents("file", docs)
+    hits = await repo.get_chunks([cid for cid, _ in await repo.fts_search("common kerberoasting")])
+    assert [r.ref for r in hits] == ["/rare.md"]  # "common" (in every chunk) was not searched
+    only_common = await repo.fts_search("common filler")
+    assert len(only_common) == 20  # nothing rare: the rarest term ("filler", 20 chunks) is kept
+
+
+def test_vocabulary_matches_porter_stems_by_prefix() -> None:
+    from storage.knowledge import _Vocabulary
+
+    vocabulary = _Vocabulary(100_000, {"past": 10, "credenti": 50_000, "sql": 900}, 0.0)
+    assert vocabulary.df_of("pasting") == 10 and vocabulary.df_of("credentials") == 50_000
+    assert vocabulary.df_of("unknown") is None
+    assert vocabulary.prune(["credentials", "pasting", "sql", "unknown"]) == ["pasting", "sql", "unknown"]
