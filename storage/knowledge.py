@@ -473,9 +473,10 @@ class KnowledgeRepository:
         return found
 
     async def find_by_ref(self, ref: str) -> list[ChunkRecord]:
-        """Chunks whose ref is exactly `ref` (case-insensitive), in document order."""
+        """Chunks whose ref is `ref` as given or upper-cased (pack refs are canonical upper case:
+        `cwe-79` finds CWE-79), in document order. Uses the ref index, unlike a case-folding scan."""
         async with self._sessions() as session:
-            records = await self._select_records(session, func.upper(Chunk.ref) == ref.upper())
+            records = await self._select_records(session, Chunk.ref.in_(sorted({ref, ref.upper()})))
         return sorted(records, key=lambda r: (r.document_id, r.ord))
 
     async def content_hashes(self, source: str) -> dict[str, str]:
