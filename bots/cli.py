@@ -10,9 +10,12 @@ import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from core.retrieval import IndexReport
 
 log = logging.getLogger("ghostbot")
 
@@ -175,14 +178,27 @@ async def index(settings: Settings, paths: list[Path], packs: list[str]) -> int:
     if missing:
         print(f"Not found: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
+    failed = False
     async with open_app(settings, build_packs=False) as app:
         for pack in packs:
             report = await app.indexer.index_pack(pack)
-            print(f"pack {pack}: {report}")
+            print(f"pack {pack}{' ' + report.version if report.version else ''}: {_describe(report)}")
+            failed |= bool(report.failed)
         if paths:
             report = await app.indexer.index_paths(paths)
-            print(f"files: {report}")
-    return 0
+            print(f"files: {_describe(report)}")
+            failed |= bool(report.failed)
+    return 1 if failed else 0
+
+
+def _describe(report: IndexReport) -> str:
+    text = (
+        f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, {report.removed} removed; "
+        f"{report.chunks} chunks written, {report.embedded} embedded, in {report.seconds:.1f} s"
+    )
+    for failure in report.failed:
+        text += f"\n  skipped {failure}"
+    return text
 
 
 if __name__ == "__main__":

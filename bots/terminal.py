@@ -58,6 +58,8 @@ async def run_terminal_chat(settings: Settings, *, stdin: TextIO = sys.stdin, st
     from bots.compose import open_app
 
     user = getpass.getuser() or "local"
+    # The terminal belongs to whoever runs the bot: no rate limit, admin statistics.
+    settings = settings.model_copy(update={"admin_users": settings.admin_users | {f"cli:{user}"}})
     stdout.write("GhostLM Bots — terminal chat. /help lists commands; Ctrl-D quits.\n")
     async with open_app(settings) as app:
         stdout.write(f"(generator: {app.generator.name})\n")

@@ -37,7 +37,7 @@ def test_index_then_ask_json(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     notes.mkdir()
     (notes / "kerberos.md").write_text(NOTE, encoding="utf-8")
     assert main(["index", str(notes)]) == 0
-    assert "added" in capsys.readouterr().out
+    assert "1 added, 0 updated, 0 unchanged, 0 removed" in capsys.readouterr().out
 
     assert main(["ask", "--json", "How do attackers crack service tickets offline?"]) == 0
     payload = json.loads(capsys.readouterr().out)
