@@ -29,10 +29,17 @@ _STOPWORDS = frozenset(
 )
 
 
+_ID = re.compile(r"(?:cwe|capec|cve)-[\d-]+|t\d{4}(?:\.\d{3})?")
+
+
 def query_terms(text: str) -> set[str]:
     terms = set()
     for raw in _TERM.findall(text.lower()):
-        for term in {raw, *re.split(r"[.\-]", raw)}:  # "cwe-79" matches "CWE-79" and "79"
+        if _ID.fullmatch(raw):
+            # An id matches only itself (and a sub-technique its parent): "CWE-79" must not match "CAPEC-79".
+            terms.update({raw, raw.split(".")[0]})
+            continue
+        for term in {raw, *re.split(r"[.\-]", raw)}:  # "cross-site" matches "cross-site", "cross", "site"
             if term and term not in _STOPWORDS and (len(term) > 1 or term.isdigit()):
                 terms.add(term)
     return terms
@@ -42,9 +49,13 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
+_MARKDOWN_HEADING = re.compile(r"(?:^|\s)#{1,6}\s+")
+
+
 def _shorten(sentence: str, max_words: int) -> str:
-    words = sentence.split()
-    return sentence if len(words) <= max_words else " ".join(words[:max_words]) + " …"
+    # Source text may carry markdown heading marks ("### Windows"): inside a quote they are noise.
+    words = _MARKDOWN_HEADING.sub(" ", sentence).split()
+    return " ".join(words) if len(words) <= max_words else " ".join(words[:max_words]) + " …"
 
 
 class ExtractiveGenerator:

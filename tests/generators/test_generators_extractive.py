@@ -58,7 +58,7 @@ def test_should_stop_and_counts():
 
 
 def test_identifier_terms_match():
-    assert {"cwe-79", "cwe", "79"} <= query_terms("Tell me about CWE-79")
+    assert {"cwe-79"} == query_terms("Tell me about CWE-79")
 
 
 def test_id_question_quotes_the_definition_and_not_unrelated_entries():
@@ -71,3 +71,12 @@ def test_id_question_quotes_the_definition_and_not_unrelated_entries():
     text = answer("What is CWE-79?", [cwe79, cwe185])
     assert "does not neutralize user-controllable input" in text  # the definition, not just the title
     assert "[1]" in text and "[2]" not in text
+
+
+def test_ids_match_whole_ids_only_and_heading_marks_are_dropped():
+    assert "79" not in query_terms("What is CWE-79?") and "cwe-79" in query_terms("What is CWE-79?")
+    assert {"t1059.001", "t1059"} <= query_terms("explain T1059.001")
+    cwe79 = Source(1, "CWE-79", "cwe", "XSS", None, "CWE-79: Cross-site scripting. ### Details Output is not encoded.")
+    capec = Source(2, "CWE-73", "cwe", "Path", None, "CWE-73: Path control. Related attack patterns: CAPEC-79.")
+    text = answer("What is CWE-79?", [cwe79, capec])
+    assert "[2]" not in text and "###" not in text
