@@ -10,12 +10,9 @@ import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from core.settings import Settings
-
-if TYPE_CHECKING:
-    from core.retrieval import IndexReport
 
 log = logging.getLogger("ghostbot")
 
@@ -169,6 +166,7 @@ async def ask(settings: Settings, question: str, *, as_json: bool) -> int:
 
 
 async def index(settings: Settings, paths: list[Path], packs: list[str]) -> int:
+    from bots.compose import describe_index_report as _describe
     from bots.compose import open_app
 
     if not paths and not packs:
@@ -189,16 +187,6 @@ async def index(settings: Settings, paths: list[Path], packs: list[str]) -> int:
             print(f"files: {_describe(report)}")
             failed |= bool(report.failed)
     return 1 if failed else 0
-
-
-def _describe(report: IndexReport) -> str:
-    text = (
-        f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, {report.removed} removed; "
-        f"{report.chunks} chunks written, {report.embedded} embedded, in {report.seconds:.1f} s"
-    )
-    for failure in report.failed:
-        text += f"\n  skipped {failure}"
-    return text
 
 
 if __name__ == "__main__":

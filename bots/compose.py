@@ -12,7 +12,7 @@ from core.assistant import Assistant
 from core.generators import build_generator
 from core.generators.base import Generator
 from core.manager import ConversationManager
-from core.retrieval import Indexer, Retriever, create_retrieval
+from core.retrieval import Indexer, IndexReport, Retriever, create_retrieval
 from core.settings import Settings
 from core.worker import GenerationWorker
 from storage import Database
@@ -32,11 +32,22 @@ class App:
     assistant: Assistant
 
 
+def describe_index_report(report: IndexReport) -> str:
+    """One line a person can read (plus one line per skipped file)."""
+    text = (
+        f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, {report.removed} removed; "
+        f"{report.chunks} chunks written, {report.embedded} embedded, in {report.seconds:.1f} s"
+    )
+    for failure in report.failed:
+        text += f"\n  skipped {failure}"
+    return text
+
+
 async def ensure_packs(indexer: Indexer, packs: list[str]) -> None:
     """Build the configured knowledge packs; unchanged packs are skipped by content hash."""
     for pack in packs:
         report = await indexer.index_pack(pack)
-        log.info("knowledge pack %s: %s", pack, report)
+        log.info("knowledge pack %s %s: %s", pack, report.version, describe_index_report(report))
 
 
 def _prepare(generator: Generator) -> None:
