@@ -49,6 +49,12 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
+# Catalogue metadata lines: true, but not what "explain X" wants first.
+_METADATA = re.compile(
+    r"(?:tactics|platforms|abstraction|status|data sources|detection|mitigations?|related [\w ]+|"
+    r"permissions required|defense bypassed|version)\s*:|(?:sub-technique|child|parent) of\b",
+    re.IGNORECASE,
+)
 _MARKDOWN_HEADING = re.compile(r"(?:^|\s)#{1,6}\s+")
 
 
@@ -90,9 +96,11 @@ class ExtractiveGenerator:
         return sum(score for score, _ in best), [sentences[i] for i in chosen]
 
     def _lead(self, text: str, terms: set[str]) -> list[str]:
-        """The top passage opens with its definition: quote its lead, plus its best-matching sentences."""
+        """The top passage opens with its definition: quote its title sentence and the first sentences
+        that are prose rather than metadata ("Tactics: …", "Platforms: …"), plus its best-matching ones."""
         sentences = split_sentences(text)
-        lead = set(range(min(self.lead_sentences, len(sentences))))
+        prose = [i for i, sentence in enumerate(sentences) if i == 0 or not _METADATA.match(sentence)]
+        lead = set(prose[: self.lead_sentences])
         _, best = self._best_sentences(text, terms)
         chosen = sorted(lead | {sentences.index(s) for s in best})[: self.lead_sentences + 1]
         return [sentences[i] for i in chosen]

@@ -80,3 +80,13 @@ def test_ids_match_whole_ids_only_and_heading_marks_are_dropped():
     capec = Source(2, "CWE-73", "cwe", "Path", None, "CWE-73: Path control. Related attack patterns: CAPEC-79.")
     text = answer("What is CWE-79?", [cwe79, capec])
     assert "[2]" not in text and "###" not in text
+
+
+def test_lead_skips_catalogue_metadata_for_the_definition():
+    t1059 = Source(1, "T1059", "attack", "Command and Scripting Interpreter", None,
+                   "T1059: Command and Scripting Interpreter. Tactics: Execution. Platforms: Linux, Windows. "
+                   "Adversaries may abuse command and script interpreters to execute commands. "
+                   "These interfaces are common across platforms.")
+    text = answer("Explain MITRE ATT&CK technique T1059", [t1059])
+    assert "Adversaries may abuse command and script interpreters" in text
+    assert "Tactics:" not in text and "Platforms:" not in text
