@@ -177,7 +177,12 @@ class HttpAdapter:
             raise _bad_request('Send {"message_id": "…", "session": "…", "rating": 1 or -1}.')
         session = str(payload.get("session") or request.remote or "web")[:64]
         stored = await self._app.manager.record_feedback(
-            platform="web", chat_id=session, user_id=session, platform_message_id=payload["message_id"], rating=rating
+            platform="web",
+            chat_id=session,
+            user_id=session,
+            platform_message_id=payload["message_id"],
+            rating=rating,
+            chat_kind=ChatKind.DM,
         )
         return web.json_response({"recorded": stored}, status=200 if stored else 404)
 

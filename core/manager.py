@@ -131,10 +131,26 @@ class ConversationManager:
             self._inflight.discard(event)
 
     async def record_feedback(
-        self, *, platform: str, chat_id: str, user_id: str, platform_message_id: str, rating: int
+        self,
+        *,
+        platform: str,
+        chat_id: str,
+        user_id: str,
+        platform_message_id: str,
+        rating: int,
+        chat_kind: ChatKind = ChatKind.GROUP,
+        guild_id: str | None = None,
+        role_ids: tuple[str, ...] = (),
     ) -> bool:
-        """Rate the stored answer that `platform_message_id` belongs to. False when unknown or not allowed."""
-        if rating not in (1, -1) or not self.access.user_allowed(platform, user_id):
+        """Rate the stored answer that `platform_message_id` belongs to. False when unknown or not allowed.
+
+        The same access policy as a question applies (a button click in a public channel must not let a
+        stranger past a guild/channel/role allow list)."""
+        clicker = Incoming(
+            platform=platform, event_id="feedback", chat_id=chat_id, chat_kind=chat_kind, user_id=user_id,
+            user_name="", text="", guild_id=guild_id, role_ids=role_ids,
+        )
+        if rating not in (1, -1) or not self.access.check(clicker).allowed:
             return False
         message = await self.db.conversations.find_by_platform_message(platform, chat_id, platform_message_id)
         if message is None or message.role != "assistant":

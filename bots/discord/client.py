@@ -15,7 +15,7 @@ from bots.discord import convert
 from bots.discord.sinks import DiscordSink, InteractionTarget, MessageTarget
 from core.commands import COMMANDS
 from core.settings import Settings
-from core.types import Incoming, ReplySink
+from core.types import ChatKind, Incoming, ReplySink
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,16 @@ class Manager(Protocol):
     async def handle(self, incoming: Incoming, sink: ReplySink) -> None: ...
 
     async def record_feedback(
-        self, *, platform: str, chat_id: str, user_id: str, platform_message_id: str, rating: int
+        self,
+        *,
+        platform: str,
+        chat_id: str,
+        user_id: str,
+        platform_message_id: str,
+        rating: int,
+        chat_kind: ChatKind = ...,
+        guild_id: str | None = None,
+        role_ids: tuple[str, ...] = (),
     ) -> bool: ...
 
 
@@ -238,7 +247,7 @@ class GhostClient(discord.Client):
         if message is None:
             await interaction.response.send_message("That answer is gone.", ephemeral=True)
             return
-        chat_id, _, _ = convert.location(interaction.channel, interaction.guild_id)
+        chat_id, _, chat_kind = convert.location(interaction.channel, interaction.guild_id)
         if interaction.channel is None and interaction.channel_id is not None:
             chat_id = str(interaction.channel_id)
         saved = await self.manager.record_feedback(
@@ -247,6 +256,9 @@ class GhostClient(discord.Client):
             user_id=str(interaction.user.id),
             platform_message_id=str(message.id),
             rating=rating,
+            chat_kind=chat_kind,
+            guild_id=str(interaction.guild_id) if interaction.guild_id else None,
+            role_ids=convert.role_ids(interaction.user),
         )
         reply = "Thanks for the feedback!" if saved else "I couldn't find that answer any more, so nothing was saved."
         await interaction.response.send_message(reply, ephemeral=True)

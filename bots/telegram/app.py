@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 from telegram import BotCommand, Message, Update
+from telegram.constants import ChatType
 from telegram.error import TelegramError
 from telegram.ext import (
     AIORateLimiter,
@@ -55,7 +56,14 @@ class Manager(Protocol):
     async def handle(self, incoming: Incoming, sink: ReplySink) -> Any: ...
 
     async def record_feedback(
-        self, *, platform: str, chat_id: str, user_id: str, platform_message_id: str, rating: int
+        self,
+        *,
+        platform: str,
+        chat_id: str,
+        user_id: str,
+        platform_message_id: str,
+        rating: int,
+        chat_kind: ChatKind = ...,
     ) -> bool: ...
 
 
@@ -167,6 +175,7 @@ class TelegramHandlers:
             user_id=str(query.from_user.id),
             platform_message_id=str(query.message.message_id),
             rating=1 if query.data == FEEDBACK_UP else -1,
+            chat_kind=ChatKind.DM if query.message.chat.type == ChatType.PRIVATE else ChatKind.GROUP,
         )
         await query.answer("Thanks for the feedback" if recorded else "Sorry, I no longer have that answer.")
 

@@ -300,3 +300,17 @@ def test_manager_takes_explicit_dependencies() -> None:
     params = list(inspect.signature(ConversationManager).parameters)
     assert params[:5] == ["db", "retriever", "worker", "generator", "settings"]
     assert ChatKind.DM.value == "dm"
+
+
+async def test_feedback_obeys_the_same_allow_lists_as_questions(make_harness) -> None:
+    h = make_harness(discord_allowed_roles="analyst")
+    sink = await h.send("what is xss?", platform="discord", chat="chan", group=True, guild_id="g", role_ids=("analyst",))
+    [message_id] = [m for m in (await h.db.conversations.history(ConversationKey("discord", "chan", "1")))[1].platform_message_ids]
+    assert sink.finals()
+    common = dict(platform="discord", chat_id="chan", platform_message_id=message_id, rating=1,
+                  chat_kind=ChatKind.GROUP, guild_id="g")
+    # A stranger without the role clicks 👍 under the public answer: nothing is stored.
+    assert not await h.manager.record_feedback(user_id="2", role_ids=("guest",), **common)
+    assert await h.db.feedback.export() == []
+    assert await h.manager.record_feedback(user_id="3", role_ids=("analyst",), **common)
+    assert [r.rating for r in await h.db.feedback.export()] == [1]
