@@ -40,6 +40,7 @@ SHORTENED_NOTICE = "Your message was longer than I can read at once, so I only u
 PENDING_NOTICE = "I'm still working on your previous question — wait for it to finish, or send /cancel to stop it."
 CANCELLED_NOTICE = "Cancelled — nothing was stored."
 TIMEOUT_NOTICE = "That took too long, so I stopped. Please try a shorter question, or try again later."
+LENGTH_NOTICE = "The answer reached its length limit; /settings max_tokens N allows longer answers."
 ERROR_NOTICE = "Sorry — something went wrong while answering. Please try again in a moment."
 CLOSED_NOTICE = "I'm restarting right now — please send that again in a minute."
 EMPTY_ANSWER_NOTICE = "I couldn't produce an answer this time. Please rephrase your question."
@@ -304,8 +305,10 @@ class ConversationManager:
                 self.worker.cancel(owner)
 
         notices = [SHORTENED_NOTICE] if fit.question_truncated else []
+        if handle.finish_reason == "length":
+            notices.append(LENGTH_NOTICE)
         answer_text = text.strip()
-        if handle.finish_reason != "stop" or not answer_text:
+        if handle.finish_reason not in ("stop", "length") or not answer_text:
             reason = handle.finish_reason if handle.finish_reason != "stop" else "error"
             message = {
                 "cancelled": CANCELLED_NOTICE,
@@ -328,7 +331,7 @@ class ConversationManager:
             text=answer_text,
             sources=sources if prefs["sources"] == "on" else [],
             notices=notices,
-            finish_reason="stop",
+            finish_reason=handle.finish_reason,  # type: ignore[arg-type]
         )
         delivered = await sink.final(answer)
         return await self.db.conversations.commit_exchange(

@@ -5,7 +5,7 @@ Policy (documented for users and adapters):
 - One pending request per owner (user): a second submit while one waits or runs is REFUSED with
   `AlreadyPending`; the user can `/cancel` the first.
 - Each request yields events in order: `Queued` (when it waits, and again whenever its position moves),
-  `Started`, `Piece`…; when iteration ends `handle.finish_reason` is "stop", "cancelled", "timeout" or "error".
+  `Started`, `Piece`…; when iteration ends `handle.finish_reason` is "stop", "length" (hit max_new_tokens), "cancelled", "timeout" or "error".
 - The per-request timeout counts from the moment generation starts (waiting in the queue does not count).
 - Cancel and timeout end the request for the caller at once; the model thread stops at its next
   `should_stop` poll, and the next request starts only after it has (there is only one model instance).
@@ -26,7 +26,7 @@ from core.generators.base import GenerationParams, Generator, PromptSpec
 
 logger = logging.getLogger(__name__)
 
-FinishReason = Literal["stop", "cancelled", "timeout", "error"]
+FinishReason = Literal["stop", "length", "cancelled", "timeout", "error"]
 
 
 class QueueFull(Exception):
@@ -151,6 +151,9 @@ class _ModelThread:
                         break
                     if piece:
                         self._call(handle._push, Piece(piece))
+                # Backends report why they stopped; only this thread runs the generator, so it is ours.
+                if getattr(self._generator, "last_finish_reason", None) == "length":
+                    reason = "length"
             except Exception as exc:  # the model's failure is the request's failure, never the worker's
                 reason, error = "error", exc
             self._call(self._complete, handle, fut, reason, error)
@@ -333,7 +336,7 @@ class GenerationWorker:
                 self._release(handle)
                 self._running = None
                 self._update_idle()
-            if handle.finish_reason == "stop":
+            if handle.finish_reason in ("stop", "length"):
                 elapsed = time.monotonic() - started
                 self._avg_duration = 0.7 * self._avg_duration + 0.3 * elapsed
                 self.completed += 1

@@ -314,3 +314,17 @@ async def test_feedback_obeys_the_same_allow_lists_as_questions(make_harness) ->
     assert await h.db.feedback.export() == []
     assert await h.manager.record_feedback(user_id="3", role_ids=("analyst",), **common)
     assert [r.rating for r in await h.db.feedback.export()] == [1]
+
+
+async def test_an_answer_cut_at_max_tokens_is_stored_and_the_user_is_told(make_harness, bpe_tokenizer) -> None:
+    class LengthLimited(BPEGenerator):
+        def stream(self, spec, params, should_stop):  # type: ignore[no-untyped-def]
+            yield from super().stream(spec, params, should_stop)
+            self.last_finish_reason = "length"
+
+    h = make_harness(LengthLimited(bpe_tokenizer, answer="a long answer that stops mid"))
+    sink = await h.send("explain everything")
+    [answer] = sink.finals()
+    assert answer.finish_reason == "length"
+    assert any("length limit" in notice for notice in answer.notices)
+    assert [m.role for m in await h.db.conversations.history(DM)] == ["user", "assistant"]
