@@ -4,8 +4,9 @@ plus the packs' build time from scratch.
     python benchmarks/retrieval_latency.py [--workdir DIR] [--chunks 100000] [--repeat 3]
 
 The 100k index is the pack index plus synthetic documents whose text is real pack words shuffled
-(so FTS posting lists look like real ones) and whose embeddings are random unit vectors (encoding
-100k chunks would take hours on a CPU; the dense search cost does not depend on the values).
+(so FTS posting lists look like real ones) and whose embeddings — chunk and entry-name vectors — are
+random unit vectors (encoding 100k chunks would take hours on a CPU; the search cost does not depend
+on the values).
 Every timed search embeds its query with the real encoder. Prints JSON.
 """
 
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.retrieval_common import DEFAULT_WORKDIR, open_pack_index  # noqa: E402
 from core.retrieval import DenseIndex, Embedder, Retriever, dense_directory  # noqa: E402
-from core.retrieval.indexer import content_key  # noqa: E402
+from core.retrieval.indexer import NAME_ORD, content_key  # noqa: E402
 from storage.database import Database  # noqa: E402
 from storage.knowledge import ChunkData, DocumentData, KnowledgeRepository  # noqa: E402
 
@@ -98,7 +99,24 @@ async def build_synthetic(workdir: Path, total: int) -> tuple[Database, Retrieve
         )
         meta.write_text(json.dumps({"total": total}))
         info["synthetic_build_s"] = round(time.perf_counter() - started, 1)
+    entries = await repo.entry_names()
+    if len(dense.names) != len(entries):
+        # One name vector per entry, as the indexer keeps: the pack's real ones, random for the rest.
+        pack_names = DenseIndex(dense_directory(workdir, embedder)).names
+        ids, _, vectors = pack_names.rows_for([cid for cid, _, _, _ in entries])
+        known = set(ids.tolist())
+        rest = [cid for cid, _, _, _ in entries if cid not in known]
+        rand = np.random.default_rng(8).standard_normal((len(rest), vectors.shape[1]), dtype=np.float32)
+        rand /= np.linalg.norm(rand, axis=1, keepdims=True)
+        all_ids = np.concatenate([ids, np.array(rest, dtype=np.int64)])
+        key_of = {cid: content_key(digest, NAME_ORD) for cid, digest, _, _ in entries}
+        dense.names.write(
+            all_ids,
+            np.array([key_of[int(c)] for c in all_ids], dtype=np.int64),
+            np.concatenate([vectors, rand.astype(np.float16)]),
+        )
     info["chunks"] = (await repo.count())[1]
+    info["entry_names"] = len(dense.names)
     return db, Retriever(repo, embedder, dense), info
 
 

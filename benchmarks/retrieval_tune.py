@@ -25,10 +25,9 @@ HERE = Path(__file__).resolve().parent
 def score(gathered, questions, cfg: FusionConfig) -> dict[str, float]:  # type: ignore[no-untyped-def]
     r1 = r5 = 0
     for (lists, records), q in zip(gathered, questions):
-        weighted = [
-            (w * (cfg.bm25_weight if i == 0 else cfg.dense_weight), ids[: cfg.candidates])
-            for i, (w, ids) in enumerate(lists)
-        ]
+        # Gathered in the order BM25, dense chunks, dense names (all at weight 1).
+        weights = (cfg.bm25_weight, cfg.dense_weight, cfg.name_weight)
+        weighted = [(w * weights[i], ids[: cfg.candidates]) for i, (w, ids) in enumerate(lists)]
         refs = [r.ref for r in fuse(weighted, records, cfg)[:5]]
         r1 += bool(set(refs[:1]) & set(q["refs"]))
         r5 += bool(set(refs) & set(q["refs"]))
@@ -41,7 +40,9 @@ async def main() -> None:
     args = parser.parse_args()
     questions = [json.loads(line) for line in (HERE / "retrieval_questions.jsonl").read_text().splitlines() if line.strip()]
     db, retriever, _ = await open_pack_index(args.workdir)
-    retriever.fusion = replace(retriever.fusion, bm25_weight=1.0, dense_weight=1.0, candidates=100)
+    retriever.fusion = replace(
+        retriever.fusion, bm25_weight=1.0, dense_weight=1.0, name_weight=1.0, candidates=100
+    )
     try:
         gathered = [await retriever.candidates(q["question"]) for q in questions]
     finally:
@@ -49,15 +50,22 @@ async def main() -> None:
     tune_q, tune_g = questions[0::2], gathered[0::2]
     held_q, held_g = questions[1::2], gathered[1::2]
     grid = itertools.product(
-        [50, 100], [20.0, 60.0], [0.5, 0.75, 1.0], [1.0], [0.0, 0.25, 0.5, 1.0], [0.0, 0.5, 1.0, 2.0]
+        [50, 100],
+        [5.0, 10.0, 20.0, 60.0],
+        [0.5, 0.75, 1.0, 1.25],
+        [1.0],
+        [0.0, 0.5, 0.75, 1.0, 1.5],
+        [0.0, 0.5, 1.0, 1.5],
+        [0.0, 0.5, 1.0],
     )
     results = []
-    for candidates, rrf_k, bm25_w, dense_w, prior_w, summary_w in grid:
+    for candidates, rrf_k, bm25_w, dense_w, name_w, prior_w, summary_w in grid:
         cfg = FusionConfig(
             candidates=candidates,
             rrf_k=rrf_k,
             bm25_weight=bm25_w,
             dense_weight=dense_w,
+            name_weight=name_w,
             prior_weight=prior_w,
             summary_weight=summary_w,
         )

@@ -7,6 +7,7 @@ on the default engine and a generated `tsvector` column with a GIN index on Post
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -193,6 +194,9 @@ MAX_QUERY_TERMS = 32
 PRUNE_MIN_CHUNKS = 20_000
 PRUNE_MAX_DF = 0.02
 PRUNE_KEEP = 3
+# ...and the kept terms together may name at most this share of the chunks (rarest terms first):
+# a long question of many mid-frequency words would otherwise still score thousands of rows.
+PRUNE_MAX_POSTINGS = 0.05
 VOCABULARY_TTL_S = 600.0
 
 
@@ -216,13 +220,16 @@ class _Vocabulary:
     def prune(self, terms: list[str]) -> list[str]:
         if self.chunks < PRUNE_MIN_CHUNKS or len(terms) <= PRUNE_KEEP:
             return terms
-        known = {t: self.df_of(t) for t in terms}
-        limit = PRUNE_MAX_DF * self.chunks
-        kept = [t for t in terms if (known[t] or 0) <= limit]
-        if len(kept) < PRUNE_KEEP:
-            by_rarity = sorted(terms, key=lambda t: known[t] or 0)
-            kept = [t for t in terms if t in set(by_rarity[:PRUNE_KEEP])]
-        return kept
+        known = {t: self.df_of(t) or 0 for t in terms}
+        limit, budget = PRUNE_MAX_DF * self.chunks, PRUNE_MAX_POSTINGS * self.chunks
+        chosen: set[str] = set()
+        postings = 0
+        for rank, term in enumerate(sorted(terms, key=lambda t: known[t])):
+            if rank >= PRUNE_KEEP and (known[term] > limit or postings + known[term] > budget):
+                break
+            chosen.add(term)
+            postings += known[term]
+        return [t for t in terms if t in chosen]
 
 
 def fts_terms(query: str) -> list[str]:
@@ -255,6 +262,13 @@ def sqlite_phrase_expression(phrase: str) -> str | None:
 def postgres_tsquery(query: str) -> str | None:
     terms = fts_terms(query)
     return " | ".join(terms) if terms else None
+
+
+_SQLITE_META = text(
+    "SELECT c.id, d.source, c.ord, c.ref, d.prior FROM knowledge_chunks AS c "
+    "JOIN knowledge_documents AS d ON d.id = c.document_id "
+    "WHERE c.id IN (SELECT value FROM json_each(:ids))"
+)
 
 
 class KnowledgeRepository:
@@ -461,7 +475,16 @@ class KnowledgeRepository:
     async def get_chunk_meta(self, ids: Sequence[int]) -> dict[int, ChunkMeta]:
         """Ranking metadata of chunks by id; ids that no longer exist are absent."""
         found: dict[int, ChunkMeta] = {}
+        if not ids:
+            return found
         async with self._sessions() as session:
+            if session.bind.dialect.name == "sqlite":
+                # One statement with one JSON parameter: every search asks for a few hundred ids, and
+                # building and binding an expanding IN per call cost more than the query itself.
+                rows = await session.execute(_SQLITE_META, {"ids": json.dumps([int(i) for i in ids])})
+                for row in rows.all():
+                    found[int(row[0])] = ChunkMeta(int(row[0]), row[1], int(row[2]), row[3], float(row[4]))
+                return found
             for start in range(0, len(ids), 500):
                 stmt = (
                     select(Chunk.id, Document.source, Chunk.ord, Chunk.ref, Document.prior)
@@ -496,6 +519,18 @@ class KnowledgeRepository:
                 .order_by(Chunk.id)
             )
             return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+    async def entry_names(self) -> list[tuple[int, str, str, str]]:
+        """(summary chunk id, content hash, title, aliases) of every pack entry (not user files):
+        what the entry-name vectors are built from."""
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(Chunk.id, Document.content_hash, Chunk.title, Chunk.aliases)
+                .join(Document, Chunk.document_id == Document.id)
+                .where(Chunk.ord == 0, Document.source != "file")
+                .order_by(Chunk.id)
+            )
+            return [(int(r[0]), str(r[1]), str(r[2]), str(r[3] or "")) for r in rows]
 
     async def chunk_ids(self) -> list[int]:
         async with self._sessions() as session:

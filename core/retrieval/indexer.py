@@ -38,6 +38,7 @@ class IndexReport:
     removed: int = 0
     chunks: int = 0  # chunks written (of added and updated documents)
     embedded: int = 0  # chunks sent through the encoder
+    names_embedded: int = 0  # entry names (title + aliases) sent through the encoder
     seconds: float = 0.0
     failed: list[str] = field(default_factory=list)  # "path: reason"
     version: str = ""  # pack data version, when indexing a pack
@@ -49,6 +50,15 @@ class IndexReport:
 def embedding_text(title: str, text: str) -> str:
     """What the encoder sees for a chunk: its title gives context to passages deep in a document."""
     return f"{title}\n{text}" if title else text
+
+
+def name_text(title: str, aliases: str) -> str:
+    """What the encoder sees for an entry's name: "Title (alias, alias)"."""
+    names = ", ".join(a.strip() for a in aliases.split(";") if a.strip())
+    return f"{title} ({names})" if names else title
+
+
+NAME_ORD = -1  # content key position of an entry's name vector (chunks use 0, 1, ...)
 
 
 class Indexer:
@@ -117,6 +127,7 @@ class Indexer:
         if prefixes:
             report.removed = await self._repo.delete_missing(FILE_SOURCE, seen, under=prefixes)
         report.embedded = await self._sync_dense(progress)
+        report.names_embedded = await self._sync_names()  # drops names of entries gone meanwhile
         report.seconds = time.perf_counter() - started
         return report
 
@@ -152,6 +163,7 @@ class Indexer:
             await self._save(source, documents[start : start + SAVE_BATCH], report)
         report.removed = await self._repo.delete_missing(source, (d.locator for d in documents))
         report.embedded = await self._sync_dense(progress)
+        report.names_embedded = await self._sync_names()
         report.seconds = time.perf_counter() - started
         return report
 
@@ -194,6 +206,31 @@ class Indexer:
                 report.unchanged += 1
                 continue
             report.chunks += len(by_locator[result.locator].chunks)
+
+    async def _sync_names(self) -> int:
+        """Make the name matrix hold exactly one vector per pack entry (keyed by its summary chunk id),
+        encoding only names that are new or changed. Returns how many were encoded."""
+        if self._embedder is None or self._dense is None:
+            return 0
+        names = self._dense.names
+        entries = await self._repo.entry_names()
+        wanted = {cid: content_key(digest, NAME_ORD) for cid, digest, _, _ in entries}
+        have = await asyncio.to_thread(names.entries)
+        missing = [(cid, title, aliases) for cid, _, title, aliases in entries if have.get(cid) != wanted[cid]]
+        keep = [cid for cid, key in wanted.items() if have.get(cid) == key]
+        if not missing and len(keep) == len(have):
+            return 0
+        kept_ids, kept_keys, kept_vectors = await asyncio.to_thread(names.rows_for, keep)
+        ids, keys, vectors = [kept_ids], [kept_keys], [kept_vectors] if kept_ids.size else []
+        for start in range(0, len(missing), EMBED_BATCH):
+            batch = missing[start : start + EMBED_BATCH]
+            encoded = await asyncio.to_thread(self._embedder.encode, [name_text(t, a) for _, t, a in batch])
+            ids.append(np.array([cid for cid, _, _ in batch], dtype=np.int64))
+            keys.append(np.array([wanted[cid] for cid, _, _ in batch], dtype=np.int64))
+            vectors.append(encoded.astype(np.float16))
+        matrix = np.concatenate(vectors) if vectors else np.zeros((0, 0), dtype=np.float16)
+        await asyncio.to_thread(names.write, np.concatenate(ids), np.concatenate(keys), matrix)
+        return len(missing)
 
     async def _sync_dense(self, progress: bool) -> int:
         """Make the embedding matrix hold exactly the stored chunks, encoding only chunks whose

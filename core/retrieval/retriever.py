@@ -1,4 +1,5 @@
-"""Search the knowledge base: exact ids first, then BM25 and dense cosine fused by reciprocal rank."""
+"""Search the knowledge base: exact ids first, then BM25, dense cosine over chunks and dense cosine over
+entry names, fused by reciprocal rank."""
 
 from __future__ import annotations
 
@@ -27,11 +28,14 @@ class FusionConfig:
     Defaults were chosen by benchmarks/retrieval_tune.py on the tuning half of the practitioner
     questions only (ties broken towards fewer knobs); the other half is the held-out check."""
 
-    candidates: int = 100  # chunk hits taken from each list
-    rrf_k: float = 20.0
+    candidates: int = 50  # chunk hits taken from each list (100 scored the same, and costs more)
+    rrf_k: float = 5.0
     bm25_weight: float = 1.0
     dense_weight: float = 1.0
-    prior_weight: float = 0.5
+    # Questions often paraphrase an entry's name ("accepts any TLS certificate" ~ "Improper
+    # Certificate Validation"), which long passages dilute: the query against names alone.
+    name_weight: float = 1.0
+    prior_weight: float = 1.0
     summary_weight: float = 0.0  # extra lists: each list's ranking of pack summaries alone
 
 
@@ -84,7 +88,7 @@ class Retriever:
         cfg = self.fusion
         if mode != "hybrid":
             # A single signal ranks on its own (the baselines the fusion is measured against).
-            cfg = replace(cfg, prior_weight=0.0, summary_weight=0.0)
+            cfg = replace(cfg, prior_weight=0.0, summary_weight=0.0, name_weight=0.0)
         best = [m.id for m in fuse(lists, meta, cfg)[:k]]
         return await self._repo.get_chunks(best)  # texts only for the winners
 
@@ -99,11 +103,15 @@ class Retriever:
             if mode in ("hybrid", "bm25")
             else None
         )
-        dense_hits: list[tuple[int, float]] | None = None
+        dense_hits: tuple[list[int], list[int]] | None = None
         bm25_hits: list[tuple[int, float]] | None = None
         try:
-            if mode in ("hybrid", "dense") and self._embedder is not None:
-                dense_hits = await asyncio.to_thread(self._dense_search, query, cfg.candidates)
+            embedder = self._embedder
+            if mode in ("hybrid", "dense") and embedder is not None:
+                with_names = mode == "hybrid" and cfg.name_weight > 0
+                dense_hits = await asyncio.get_running_loop().run_in_executor(
+                    embedder.query_executor, self._dense_search, query, cfg.candidates, with_names
+                )
         finally:
             if bm25 is not None:
                 bm25_hits = await bm25  # never left pending, even when the dense side failed
@@ -111,20 +119,29 @@ class Retriever:
         if bm25_hits is not None:
             lists.append((cfg.bm25_weight, [cid for cid, _ in bm25_hits]))
         if dense_hits is not None:
-            lists.append((cfg.dense_weight, [cid for cid, _ in dense_hits]))
+            chunks, names = dense_hits
+            lists.append((cfg.dense_weight, chunks))
+            if names:
+                lists.append((cfg.name_weight, names))
         ids = list(dict.fromkeys(cid for _, ranked in lists for cid in ranked))
         return lists, await self._repo.get_chunk_meta(ids)
 
-    def _dense_search(self, query: str, limit: int) -> list[tuple[int, float]]:
-        assert self._embedder is not None and self._dense is not None
+    def _dense_search(self, query: str, limit: int, with_names: bool) -> tuple[list[int], list[int]]:
+        """(chunk ids by cosine, summary chunk ids by cosine of their entry's name), best first;
+        runs on the encoder's own query thread."""
+        embedder, dense = self._embedder, self._dense
+        if embedder is None or dense is None:
+            return [], []
         try:
-            vector = self._embedder.encode([query])[0]
+            vector = embedder.encode([query])[0]
         except EmbedderError:
             # Broken weights must not take answers down: keep BM25 and exact ids, say why once.
             log.exception("dense retrieval disabled")
             self._embedder = None
-            return []
-        return self._dense.search(vector, limit)
+            return [], []
+        chunks = [cid for cid, _ in dense.search(vector, limit)]
+        names = [cid for cid, _ in dense.names.search(vector, limit)] if with_names else []
+        return chunks, names
 
     @staticmethod
     def _to_source(index: int, record: ChunkRecord) -> Source:
