@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -190,14 +192,40 @@ MAX_QUERY_TERMS = 32
 
 # Large indexes only: FTS5 scores every chunk that contains any query term (~3 µs each), so a term
 # found in a big share of the chunks costs a lot of time while adding little to BM25 (its IDF is
-# near zero). Such terms are dropped from the query; the rarest few are always kept.
+# near zero). Such terms are dropped from the query; the rarest is always kept.
 PRUNE_MIN_CHUNKS = 20_000
 PRUNE_MAX_DF = 0.02
-PRUNE_KEEP = 3
+PRUNE_KEEP = 1
 # ...and the kept terms together may name at most this share of the chunks (rarest terms first):
 # a long question of many mid-frequency words would otherwise still score thousands of rows.
 PRUNE_MAX_POSTINGS = 0.05
 VOCABULARY_TTL_S = 600.0
+STEM_MEMO_SIZE = 100_000
+
+
+class _Stemmer:
+    """Index terms of a word exactly as the FTS index makes them (SQLite's own porter tokenizer on a
+    private in-memory table), memoised: `memory` → ["memori"], `__proto__` → ["proto"]."""
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect(":memory:", check_same_thread=False)
+        self._db.execute("CREATE VIRTUAL TABLE words USING fts5(word, tokenize='porter unicode61')")
+        self._db.execute("CREATE VIRTUAL TABLE words_terms USING fts5vocab(words, instance)")
+        self._lock = threading.Lock()
+        self._memo: dict[str, tuple[str, ...]] = {}
+
+    def terms(self, word: str) -> tuple[str, ...]:
+        found = self._memo.get(word)
+        if found is not None:
+            return found
+        with self._lock:
+            self._db.execute("DELETE FROM words")
+            self._db.execute("INSERT INTO words(word) VALUES (?)", (word,))
+            rows = self._db.execute("SELECT term FROM words_terms ORDER BY offset").fetchall()
+        found = tuple(str(row[0]) for row in rows)
+        if len(self._memo) < STEM_MEMO_SIZE:
+            self._memo[word] = found
+        return found
 
 
 @dataclass
@@ -207,20 +235,17 @@ class _Vocabulary:
     chunks: int
     df: dict[str, int]
     loaded_at: float
+    stemmer: _Stemmer = field(default_factory=_Stemmer)
 
-    def df_of(self, word: str) -> int | None:
-        """The word's frequency via its stem: Porter stems are (nearly always) prefixes of the word,
-        so try the word and then up to four characters shorter. None when unknown."""
-        for cut in range(0, min(4, len(word) - 3) + 1):
-            found = self.df.get(word[: len(word) - cut] if cut else word)
-            if found is not None:
-                return found
-        return None
+    def df_of(self, word: str) -> int:
+        """How many chunks the word's index terms are in (the most common of them, for a word the
+        tokenizer splits); 0 when absent, as then it costs nothing to search."""
+        return max((self.df.get(term, 0) for term in self.stemmer.terms(word)), default=0)
 
     def prune(self, terms: list[str]) -> list[str]:
         if self.chunks < PRUNE_MIN_CHUNKS or len(terms) <= PRUNE_KEEP:
             return terms
-        known = {t: self.df_of(t) or 0 for t in terms}
+        known = {t: self.df_of(t) for t in terms}
         limit, budget = PRUNE_MAX_DF * self.chunks, PRUNE_MAX_POSTINGS * self.chunks
         chosen: set[str] = set()
         postings = 0
@@ -434,7 +459,8 @@ class KnowledgeRepository:
             )
             rows = await session.execute(text("SELECT term, doc FROM temp.knowledge_vocab"))
             df = {str(term): int(doc) for term, doc in rows}
-        self._vocabulary = _Vocabulary(chunks, df, now)
+        stemmer = vocabulary.stemmer if vocabulary is not None else _Stemmer()
+        self._vocabulary = _Vocabulary(chunks, df, now, stemmer)
         return self._vocabulary
 
     async def phrase_search(self, phrase: str, limit: int = 10) -> list[int]:

@@ -117,3 +117,11 @@ def test_large_index_bm25_keeps_the_rarest_terms_within_a_postings_budget() -> N
     ]
     small = _Vocabulary(5_000, {"user": 4_000}, 0.0)
     assert small.prune(["user", "service", "account", "ticket"]) == ["user", "service", "account", "ticket"]
+
+
+def test_vocabulary_stems_words_like_the_index() -> None:
+    vocabulary = _Vocabulary(100_000, {"memori": 30_000, "us": 80_000, "proto": 12, "lsass": 900}, 0.0)
+    # Porter stems that are not prefixes of the word, and words the tokenizer splits differently.
+    assert vocabulary.df_of("memory") == 30_000 and vocabulary.df_of("using") == 80_000
+    assert vocabulary.df_of("__proto__") == 12 and vocabulary.df_of("LSASS") == 900
+    assert vocabulary.prune(["using", "memory", "lsass", "__proto__"]) == ["lsass", "__proto__"]

@@ -132,5 +132,5 @@ def test_vocabulary_matches_porter_stems_by_prefix() -> None:
 
     vocabulary = _Vocabulary(100_000, {"past": 10, "credenti": 50_000, "sql": 900}, 0.0)
     assert vocabulary.df_of("pasting") == 10 and vocabulary.df_of("credentials") == 50_000
-    assert vocabulary.df_of("unknown") is None
+    assert vocabulary.df_of("unknown") == 0  # absent: costs nothing to search
     assert vocabulary.prune(["credentials", "pasting", "sql", "unknown"]) == ["pasting", "sql", "unknown"]
