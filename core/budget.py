@@ -129,7 +129,6 @@ class ContextBudget:
 
     def fit(self, spec: PromptSpec, *, budget: int) -> FitResult:
         gen = self.generator
-        count = self.count
 
         # 1. System text and the newest user turn are kept; the question is shortened only if it alone overflows.
         question = spec.question

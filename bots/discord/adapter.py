@@ -11,7 +11,8 @@ import discord.gateway
 import discord.http
 import yarl
 
-from bots.discord.client import GhostClient, Manager
+from bots.discord.client import GhostClient
+from core.manager import ConversationManager
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class DiscordAdapter:
     commands and connects the gateway in a background task; `await stop()` stops taking new
     events, lets replies in flight finish for up to `grace` seconds, then closes."""
 
-    def __init__(self, settings: Settings, manager: Manager, *, guild_ready_timeout: float = 2.0) -> None:
+    def __init__(self, settings: Settings, manager: ConversationManager, *, guild_ready_timeout: float = 2.0) -> None:
         if settings.discord_bot_token is None:
             raise ValueError("DISCORD_BOT_TOKEN is not set")
         self._settings = settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Awaitable, Callable, Iterator, Protocol
+from typing import Awaitable, Callable, Iterator
 
 import discord
 import yarl
@@ -14,8 +14,9 @@ from discord import app_commands
 from bots.discord import convert
 from bots.discord.sinks import DiscordSink, InteractionTarget, MessageTarget
 from core.commands import COMMANDS
+from core.manager import ConversationManager
 from core.settings import Settings
-from core.types import ChatKind, Incoming, ReplySink
+from core.types import Incoming
 
 log = logging.getLogger(__name__)
 
@@ -24,25 +25,6 @@ FAILURE = "Sorry, something went wrong while answering. Please try again in a mo
 UNREADABLE = (
     "I can't read replies that don't ping me. Mention me, keep \"@ON\" (ping) when replying, or use /ask."
 )
-
-
-class Manager(Protocol):
-    """What the adapter needs from `core.manager.ConversationManager`."""
-
-    async def handle(self, incoming: Incoming, sink: ReplySink) -> None: ...
-
-    async def record_feedback(
-        self,
-        *,
-        platform: str,
-        chat_id: str,
-        user_id: str,
-        platform_message_id: str,
-        rating: int,
-        chat_kind: ChatKind = ...,
-        guild_id: str | None = None,
-        role_ids: tuple[str, ...] = (),
-    ) -> bool: ...
 
 
 class FeedbackView(discord.ui.View):
@@ -78,7 +60,7 @@ def _describe(name: str, fallback: str) -> str:
 
 
 class GhostClient(discord.Client):
-    def __init__(self, settings: Settings, manager: Manager, *, guild_ready_timeout: float = 2.0) -> None:
+    def __init__(self, settings: Settings, manager: ConversationManager, *, guild_ready_timeout: float = 2.0) -> None:
         intents = discord.Intents.default()
         # Privileged, so off unless asked for: Discord delivers the text of DMs, mentions and
         # pinging replies without it; only replies with "ping" switched off need it.

@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import secrets
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -33,8 +33,9 @@ from telegram.ext import (
 from bots.logs import SecretRedactor
 from bots.telegram.sink import FEEDBACK_DOWN, FEEDBACK_UP, TelegramSink
 from core.commands import COMMANDS
+from core.manager import ConversationManager
 from core.settings import Settings
-from core.types import ChatKind, Incoming, ReplySink
+from core.types import ChatKind, Incoming
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +51,6 @@ ERROR_REPLY = "Sorry, something went wrong while answering. Please try again."
 _COMMAND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 
 
-class Manager(Protocol):
-    """What the adapter needs of `core.manager.ConversationManager`."""
-
-    async def handle(self, incoming: Incoming, sink: ReplySink) -> Any: ...
-
-    async def record_feedback(
-        self,
-        *,
-        platform: str,
-        chat_id: str,
-        user_id: str,
-        platform_message_id: str,
-        rating: int,
-        chat_kind: ChatKind = ...,
-    ) -> bool: ...
-
-
 def bot_commands(commands: dict[str, str]) -> list[BotCommand]:
     """core.commands.COMMANDS (name → description) as Telegram BotCommands (names as Telegram allows)."""
     out: list[BotCommand] = []
@@ -80,7 +64,7 @@ def bot_commands(commands: dict[str, str]) -> list[BotCommand]:
 class TelegramHandlers:
     """The handler callbacks, bound to the manager they forward to."""
 
-    def __init__(self, manager: Manager, commands: frozenset[str]) -> None:
+    def __init__(self, manager: ConversationManager, commands: frozenset[str]) -> None:
         self._manager = manager
         self._commands = commands  # the core's command names, without "/"
 
@@ -218,7 +202,7 @@ def _keep_token_out_of_logs(token: str) -> None:
             logger.addFilter(SecretRedactor([token]))
 
 
-def build_application(settings: Settings, manager: Manager) -> Application:
+def build_application(settings: Settings, manager: ConversationManager) -> Application:
     """The PTB Application for `settings`, forwarding to `manager`. Not started."""
     if settings.telegram_bot_token is None:
         raise ValueError("TELEGRAM_BOT_TOKEN is not set")
@@ -259,7 +243,7 @@ class TelegramAdapter:
     (the secret token header is checked on every request) and `setWebhook` registers it.
     """
 
-    def __init__(self, settings: Settings, manager: Manager, *, drain_timeout: float | None = None) -> None:
+    def __init__(self, settings: Settings, manager: ConversationManager, *, drain_timeout: float | None = None) -> None:
         self.settings = settings
         self.application = build_application(settings, manager)
         self._drain_timeout = drain_timeout if drain_timeout is not None else settings.request_timeout_seconds + 10
