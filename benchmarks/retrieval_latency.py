@@ -51,6 +51,24 @@ async def time_searches(retriever: Retriever, questions: list[str], repeat: int,
     }
 
 
+async def time_encoder(embedder: Embedder, questions: list[str], repeat: int) -> dict[str, float]:
+    """The query encoder alone, on its query thread: the floor of a dense or hybrid search, and a
+    gauge of how busy the machine was during this run (compare runs by it)."""
+    loop = asyncio.get_running_loop()
+    samples = []
+    for _ in range(repeat):
+        for q in questions:
+            started = time.perf_counter()
+            await loop.run_in_executor(embedder.query_executor, embedder.encode, [q])
+            samples.append(1000 * (time.perf_counter() - started))
+    samples.sort()
+    return {
+        "p50_ms": round(statistics.median(samples), 2),
+        "p95_ms": round(samples[int(0.95 * (len(samples) - 1))], 2),
+        "n": len(samples),
+    }
+
+
 async def build_synthetic(workdir: Path, total: int) -> tuple[Database, Retriever, dict[str, object]]:
     """Copy the pack index and grow it to `total` chunks."""
     target = workdir / "synthetic"
@@ -143,6 +161,7 @@ async def main() -> None:
         result["pack_index"] = {"chunks": pack_chunks}
         for mode in ("hybrid", "bm25", "dense"):
             result["pack_index"][mode] = await time_searches(retriever, questions, args.repeat, mode)  # type: ignore[index]
+        result["query_encoder_only"] = await time_encoder(retriever.embedder, questions, args.repeat)  # type: ignore[arg-type]
     finally:
         await db.close()
     big_db, big, info = await build_synthetic(args.workdir, args.chunks)

@@ -295,6 +295,12 @@ _SQLITE_META = text(
     "WHERE c.id IN (SELECT value FROM json_each(:ids))"
 )
 
+_SQLITE_RECORDS = text(
+    "SELECT c.id, c.document_id, d.source, d.locator, c.ord, c.ref, c.title, c.url, c.text, d.prior "
+    "FROM knowledge_chunks AS c JOIN knowledge_documents AS d ON d.id = c.document_id "
+    "WHERE c.id IN (SELECT value FROM json_each(:ids))"
+)
+
 
 class KnowledgeRepository:
     """Documents, chunks and full-text search."""
@@ -492,6 +498,10 @@ class KnowledgeRepository:
             return []
         found: dict[int, ChunkRecord] = {}
         async with self._sessions() as session:
+            if session.bind.dialect.name == "sqlite":
+                rows = await session.execute(_SQLITE_RECORDS, {"ids": json.dumps([int(i) for i in ids])})
+                found = {int(row[0]): ChunkRecord(*row) for row in rows.all()}
+                return [found[i] for i in ids if i in found]
             for start in range(0, len(ids), 500):
                 batch = list(ids[start : start + 500])
                 for record in await self._select_records(session, Chunk.id.in_(batch)):

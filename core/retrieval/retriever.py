@@ -53,6 +53,11 @@ class Retriever:
         self.fusion = fusion
 
     @property
+    def embedder(self) -> Embedder | None:
+        """The query encoder (None when dense retrieval is off or was disabled)."""
+        return self._embedder
+
+    @property
     def dense_enabled(self) -> bool:
         return self._embedder is not None
 
@@ -97,14 +102,11 @@ class Retriever:
     ) -> tuple[list[tuple[float, list[int]]], dict[int, ChunkMeta]]:
         """The ranked chunk-id lists to fuse, each with its weight, and the chunks they name."""
         cfg = self.fusion
-        # BM25 runs in the database driver's thread while the encoder runs in another.
-        bm25 = (
-            asyncio.ensure_future(self._repo.fts_search(query, cfg.candidates))
-            if mode in ("hybrid", "bm25")
-            else None
-        )
+        # BM25, and the ranking metadata of its hits, run in the database driver's thread while the
+        # encoder runs in its own: only the dense hits' metadata is fetched after encoding.
+        bm25 = asyncio.ensure_future(self._bm25(query, cfg.candidates)) if mode in ("hybrid", "bm25") else None
         dense_hits: tuple[list[int], list[int]] | None = None
-        bm25_hits: list[tuple[int, float]] | None = None
+        bm25_hits: tuple[list[int], dict[int, ChunkMeta]] | None = None
         try:
             embedder = self._embedder
             if mode in ("hybrid", "dense") and embedder is not None:
@@ -116,15 +118,23 @@ class Retriever:
             if bm25 is not None:
                 bm25_hits = await bm25  # never left pending, even when the dense side failed
         lists: list[tuple[float, list[int]]] = []
+        meta: dict[int, ChunkMeta] = {}
         if bm25_hits is not None:
-            lists.append((cfg.bm25_weight, [cid for cid, _ in bm25_hits]))
+            lists.append((cfg.bm25_weight, bm25_hits[0]))
+            meta.update(bm25_hits[1])
         if dense_hits is not None:
             chunks, names = dense_hits
             lists.append((cfg.dense_weight, chunks))
             if names:
                 lists.append((cfg.name_weight, names))
-        ids = list(dict.fromkeys(cid for _, ranked in lists for cid in ranked))
-        return lists, await self._repo.get_chunk_meta(ids)
+            missing = list(dict.fromkeys(cid for cid in (*chunks, *names) if cid not in meta))
+            if missing:
+                meta.update(await self._repo.get_chunk_meta(missing))
+        return lists, meta
+
+    async def _bm25(self, query: str, limit: int) -> tuple[list[int], dict[int, ChunkMeta]]:
+        ids = [cid for cid, _ in await self._repo.fts_search(query, limit)]
+        return ids, await self._repo.get_chunk_meta(ids)
 
     def _dense_search(self, query: str, limit: int, with_names: bool) -> tuple[list[int], list[int]]:
         """(chunk ids by cosine, summary chunk ids by cosine of their entry's name), best first;
