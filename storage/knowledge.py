@@ -447,6 +447,31 @@ class KnowledgeRepository:
             rows = (await session.execute(sql, {"q": tsquery, "limit": limit})).all()
             return [(int(row[0]), float(row[1])) for row in rows]
 
+    async def fts_search_meta(self, query: str, limit: int = 50) -> list[ChunkMeta]:
+        """`fts_search`'s hits, best first, with their ranking metadata: on SQLite one statement
+        (a search's first half runs while the query is being encoded; fewer round trips is less
+        contention for the two cores)."""
+        async with self._sessions() as session:
+            if session.bind.dialect.name == "sqlite":
+                terms = fts_terms(query)
+                if not terms:
+                    return []
+                terms = (await self._sqlite_vocabulary(session)).prune(terms)
+                expression = " OR ".join(f'"{term}"' for term in terms)
+                weights = ", ".join(str(w) for w in FTS_WEIGHTS)
+                sql = text(
+                    "SELECT c.id, d.source, c.ord, c.ref, d.prior FROM ("
+                    f"SELECT rowid, bm25({FTS_TABLE}, {weights}) AS score FROM {FTS_TABLE} "
+                    f"WHERE {FTS_TABLE} MATCH :q ORDER BY score LIMIT :limit) AS hits "
+                    "JOIN knowledge_chunks AS c ON c.id = hits.rowid "
+                    "JOIN knowledge_documents AS d ON d.id = c.document_id ORDER BY hits.score"
+                )
+                rows = (await session.execute(sql, {"q": expression, "limit": limit})).all()
+                return [ChunkMeta(int(r[0]), r[1], int(r[2]), r[3], float(r[4])) for r in rows]
+        ids = [cid for cid, _ in await self.fts_search(query, limit)]
+        meta = await self.get_chunk_meta(ids)
+        return [meta[cid] for cid in ids if cid in meta]
+
     async def _sqlite_vocabulary(self, session: AsyncSession) -> _Vocabulary:
         """The cached term frequencies, reloaded every few minutes (they drift slowly; only big
         indexes load them at all)."""

@@ -133,8 +133,8 @@ class Retriever:
         return lists, meta
 
     async def _bm25(self, query: str, limit: int) -> tuple[list[int], dict[int, ChunkMeta]]:
-        ids = [cid for cid, _ in await self._repo.fts_search(query, limit)]
-        return ids, await self._repo.get_chunk_meta(ids)
+        hits = await self._repo.fts_search_meta(query, limit)
+        return [m.id for m in hits], {m.id: m for m in hits}
 
     def _dense_search(self, query: str, limit: int, with_names: bool) -> tuple[list[int], list[int]]:
         """(chunk ids by cosine, summary chunk ids by cosine of their entry's name), best first;

@@ -125,3 +125,14 @@ def test_vocabulary_stems_words_like_the_index() -> None:
     assert vocabulary.df_of("memory") == 30_000 and vocabulary.df_of("using") == 80_000
     assert vocabulary.df_of("__proto__") == 12 and vocabulary.df_of("LSASS") == 900
     assert vocabulary.prune(["using", "memory", "lsass", "__proto__"]) == ["lsass", "__proto__"]
+
+
+async def test_fts_search_meta_matches_fts_search(
+    repo: KnowledgeRepository, pack_slices: dict[str, list[PackEntry]]
+) -> None:
+    await Indexer(repo).index_entries("cwe", pack_slices["cwe"], progress=False)
+    for query in ("sql injection in a login form", "path traversal ../", "", "<|ghost_end|>"):
+        ids = [cid for cid, _ in await repo.fts_search(query, 20)]
+        hits = await repo.fts_search_meta(query, 20)
+        assert [m.id for m in hits] == ids
+        assert {m.id: m for m in hits} == await repo.get_chunk_meta(ids)
