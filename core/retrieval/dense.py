@@ -21,8 +21,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # From this many rows on, a float32 scan (bandwidth-bound: ~15 ms per 100k rows on the dev box)
-# costs more than the sign-bit prefilter plus an exact rescoring of the shortlist.
-PREFILTER_MIN_ROWS = 50_000
+# costs more than the sign-bit prefilter plus an exact rescoring of the shortlist (~1 ms per 25k
+# rows). On real MiniLM vectors a 4 % shortlist kept the exact top hit for all 70 eval questions and
+# 98 % of the top 20 (measured on the pack matrix).
+PREFILTER_MIN_ROWS = 20_000
 SHORTLIST_FACTOR = 20  # shortlist = this × the hits asked for (at least SHORTLIST_MIN)
 SHORTLIST_MIN = 2_000
 
