@@ -44,7 +44,10 @@ async def test_postgres_search_matches_sqlite_behaviour(pg_repo: KnowledgeReposi
     records = await pg_repo.get_chunks([cid for cid, _ in hits])
     assert records[0].ref == "CWE-89"  # title weighs more than body
     assert {r.ref for r in records} == {"CWE-89", "CWE-1"}
+    with_meta = await pg_repo.fts_search_meta('sql "injection* NEAR -')
+    assert [m.id for m in with_meta] == [cid for cid, _ in hits] and with_meta[0].source == "cwe"
     assert await pg_repo.fts_search("what is the") == []
+    assert await pg_repo.entry_names() and await pg_repo.get_chunk_meta([]) == {}
     for hostile in ['"', "a:b & | ! <->", "(((", "foo_bar", "\x00", "-x*", "é'ü"]:
         await pg_repo.fts_search(hostile)  # never a tsquery syntax error
         await pg_repo.phrase_search(hostile)
