@@ -9,6 +9,8 @@ This module is the ONE place that defines the special-token names and the GPT-2 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import logging
 import os
 from dataclasses import dataclass
@@ -71,20 +73,20 @@ class Tokenizer(Protocol):
     def encode_chat(self, turns: Iterable[Turn]) -> tuple[list[int], list[int]]: ...
 
 
-class BaseTokenizer:
+class BaseTokenizer(ABC):
     """Shared chat layout. Subclasses provide ``encode`` (plain text only), ``decode`` and ``special``."""
 
     special: SpecialIds
 
     @property
-    def vocab_size(self) -> int:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def vocab_size(self) -> int: ...
 
-    def encode(self, text: str) -> list[int]:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def encode(self, text: str) -> list[int]: ...
 
-    def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str: ...
 
     def encode_chat(self, turns: Iterable[Turn]) -> tuple[list[int], list[int]]:
         """Upstream layout: user -> USER text END (mask 0); assistant -> ASSISTANT text END (mask 0,1..1,1).
