@@ -36,20 +36,9 @@ class SecretRedactor(logging.Filter):
         return True
 
 
-def secret_values(settings: Settings) -> list[str]:
-    values = [
-        settings.telegram_bot_token,
-        settings.discord_bot_token,
-        settings.openai_api_key,
-        settings.http_api_key,
-        settings.telegram_webhook_secret,
-    ]
-    return [v.get_secret_value() for v in values if v is not None]
-
-
 def setup_logging(settings: Settings) -> SecretRedactor:
     """Configure the root logger once for the process; returns the redactor (tests use it)."""
-    redactor = SecretRedactor(secret_values(settings))
+    redactor = SecretRedactor(settings.secret_values())
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(redactor)

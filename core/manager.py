@@ -99,17 +99,7 @@ class ConversationManager:
         self._clock = clock
         self._prefs_cache: OrderedDict[tuple[str, str], tuple[float, dict[str, str]]] = OrderedDict()
         self._inflight: set[tuple[str, str]] = set()
-        self._secrets = [
-            s.get_secret_value()
-            for s in (
-                settings.telegram_bot_token,
-                settings.discord_bot_token,
-                settings.openai_api_key,
-                settings.http_api_key,
-                settings.telegram_webhook_secret,
-            )
-            if s is not None and s.get_secret_value()
-        ]
+        self._secrets = settings.secret_values()
 
     # --- entry points -----------------------------------------------------------------------------------
     async def handle(self, incoming: Incoming, sink: ReplySink) -> None:

@@ -88,6 +88,17 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for redaction from logs and messages."""
+        secrets = (
+            self.telegram_bot_token,
+            self.discord_bot_token,
+            self.openai_api_key,
+            self.http_api_key,
+            self.telegram_webhook_secret,
+        )
+        return [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
+
     @field_validator(
         "discord_guild_ids",
         "discord_allowed_guilds",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from bots.logs import SecretRedactor, secret_values
+from bots.logs import SecretRedactor
 from core.settings import Settings
 
 TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
@@ -17,7 +17,7 @@ def _record(message: str, *args: object, exc: BaseException | None = None) -> lo
 
 def test_configured_secrets_and_token_shapes_are_redacted() -> None:
     settings = Settings(_env_file=None, telegram_bot_token=TOKEN, openai_api_key="sk-very-secret-key")
-    redactor = SecretRedactor(secret_values(settings))
+    redactor = SecretRedactor(settings.secret_values())
     record = _record("POST https://api.telegram.org/bot%s/getMe key=%s", TOKEN, "sk-very-secret-key")
     redactor.filter(record)
     text = record.getMessage()
