@@ -420,16 +420,23 @@ class KnowledgeRepository:
 
     # --- reading -------------------------------------------------------------------------
 
+    async def _sqlite_match(self, session: AsyncSession, query: str) -> str | None:
+        """The FTS5 MATCH expression for user text: every kept term quoted (so `"`, `*`, `NEAR`, `-`
+        are plain words), OR-ed; None when nothing searchable is left."""
+        terms = fts_terms(query)
+        if not terms:
+            return None
+        terms = (await self._sqlite_vocabulary(session)).prune(terms)
+        return " OR ".join(f'"{term}"' for term in terms)
+
     async def fts_search(self, query: str, limit: int = 50) -> list[tuple[int, float]]:
         """Full-text search over chunk text, title, ref and aliases: [(chunk id, score)], best first,
         higher score is better. Any user text is safe here."""
         async with self._sessions() as session:
             if session.bind.dialect.name == "sqlite":
-                terms = fts_terms(query)
-                if not terms:
+                expression = await self._sqlite_match(session, query)
+                if expression is None:
                     return []
-                terms = (await self._sqlite_vocabulary(session)).prune(terms)
-                expression = " OR ".join(f'"{term}"' for term in terms)
                 weights = ", ".join(str(w) for w in FTS_WEIGHTS)
                 sql = text(
                     f"SELECT rowid, bm25({FTS_TABLE}, {weights}) AS score FROM {FTS_TABLE} "
@@ -453,11 +460,9 @@ class KnowledgeRepository:
         contention for the two cores)."""
         async with self._sessions() as session:
             if session.bind.dialect.name == "sqlite":
-                terms = fts_terms(query)
-                if not terms:
+                expression = await self._sqlite_match(session, query)
+                if expression is None:
                     return []
-                terms = (await self._sqlite_vocabulary(session)).prune(terms)
-                expression = " OR ".join(f'"{term}"' for term in terms)
                 weights = ", ".join(str(w) for w in FTS_WEIGHTS)
                 sql = text(
                     "SELECT c.id, d.source, c.ord, c.ref, d.prior FROM ("

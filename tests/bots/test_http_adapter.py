@@ -9,9 +9,9 @@ from typing import Any, AsyncIterator
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bots.compose import App, open_app
+from bots.compose import App
 from bots.http import HttpAdapter
-from core.settings import Settings
+from tests.support import app_settings, indexed_app
 
 XSS_NOTE = """# Cross-site scripting runbook
 
@@ -20,28 +20,10 @@ Encode output for the HTML context and set a strict Content-Security-Policy head
 """
 
 
-def _settings(tmp_path: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = dict(
-        _env_file=None,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
-        data_dir=tmp_path / "data",
-        packs=[],
-        dense_retrieval=False,
-        generator="extractive",
-        rate_limit_per_minute=600,
-        rate_limit_burst=100,
-    )
-    values.update(overrides)
-    return Settings(**values)
-
-
 @pytest.fixture
 async def app(tmp_path: Path) -> AsyncIterator[App]:
-    notes = tmp_path / "notes"
-    notes.mkdir()
-    (notes / "xss.md").write_text(XSS_NOTE, encoding="utf-8")
-    async with open_app(_settings(tmp_path, http_api_key="test-key-123456")) as app:
-        await app.indexer.index_paths([notes])
+    settings = app_settings(tmp_path, http_api_key="test-key-123456")
+    async with indexed_app(settings, tmp_path, index={"xss.md": XSS_NOTE}) as app:
         yield app
 
 

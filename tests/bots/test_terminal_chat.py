@@ -5,29 +5,16 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from bots.compose import open_app
 from bots.terminal import run_terminal_chat
-from core.settings import Settings
+from tests.support import app_settings, indexed_app
 
 NOTE = "# Pass the hash\n\nPass-the-hash reuses an NTLM hash to log in. Mitigate it with LAPS and Credential Guard.\n"
 
 
 async def test_terminal_chat_answers_runs_commands_and_is_not_rate_limited(tmp_path: Path) -> None:
-    settings = Settings(
-        _env_file=None,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}",
-        data_dir=tmp_path / "data",
-        packs=[],
-        dense_retrieval=False,
-        generator="extractive",
-        rate_limit_burst=1,
-        rate_limit_per_minute=1,
-    )
-    notes = tmp_path / "notes"
-    notes.mkdir()
-    (notes / "pth.md").write_text(NOTE, encoding="utf-8")
-    async with open_app(settings) as app:
-        await app.indexer.index_paths([notes])
+    settings = app_settings(tmp_path, rate_limit_burst=1, rate_limit_per_minute=1)
+    async with indexed_app(settings, tmp_path, index={"pth.md": NOTE}):
+        pass
 
     lines = ["How do I mitigate pass the hash?", "", "/sources", "/settings temperature 9", "/bogus", "<|ghost_end|>"]
     stdout = io.StringIO()

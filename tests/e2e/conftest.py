@@ -14,7 +14,7 @@ import pytest
 
 from core.generators.base import GenerationParams, PromptSpec
 from core.settings import Settings
-from tests.e2e.common import e2e_settings
+from tests.support import app_settings, indexed_app
 from tests.fakes.telegram_api import FakeTelegramAPI
 
 Script = Callable[[PromptSpec], str]
@@ -82,7 +82,7 @@ def make_settings(fake: FakeTelegramAPI, tmp_path: Path, **overrides: Any) -> Se
         telegram_api_base_url=fake.base_url,
         telegram_file_base_url=fake.file_base_url,
     )
-    return e2e_settings(tmp_path, **{**values, **overrides})
+    return app_settings(tmp_path, **{**values, **overrides})
 
 
 @dataclass
@@ -124,18 +124,11 @@ async def running_bot(
 
     `index` ({filename: text}) is written to a folder and indexed, so answers carry sources.
     """
-    from bots.compose import open_app
     from bots.telegram import TelegramAdapter
 
     settings = make_settings(fake, tmp_path, **overrides)
     generator = generator or ScriptedGenerator()
-    async with open_app(settings, generator=generator, build_packs=False) as app:
-        if index:
-            folder = tmp_path / "docs"
-            folder.mkdir(exist_ok=True)
-            for name, text in index.items():
-                (folder / name).write_text(text, encoding="utf-8")
-            await app.indexer.index_paths([folder])
+    async with indexed_app(settings, tmp_path, index=index, generator=generator) as app:
         adapter = TelegramAdapter(settings, app.manager)
         await adapter.start()
         try:

@@ -14,7 +14,7 @@ import pytest
 
 from core.generators.base import GenerationParams, PromptSpec
 from core.settings import Settings
-from tests.e2e.common import e2e_settings
+from tests.support import app_settings, indexed_app
 from tests.fakes.discord_api import DiscordFake
 
 Script = Callable[[PromptSpec], str]
@@ -106,7 +106,7 @@ def discord_settings(world: World, tmp_path: Path, **overrides: Any) -> Settings
         discord_gateway_url=world.fake.gateway_url,
         discord_guild_ids=world.guild["id"],
     )
-    return e2e_settings(tmp_path, **{**values, **overrides})
+    return app_settings(tmp_path, **{**values, **overrides})
 
 
 @pytest.fixture
@@ -133,18 +133,11 @@ async def running_discord(
     **overrides: Any,
 ) -> AsyncIterator[DiscordHarness]:
     """The real app from `bots.compose.open_app` with the Discord adapter connected to the fake."""
-    from bots.compose import open_app
     from bots.discord import DiscordAdapter
 
     settings = discord_settings(world, tmp_path, **overrides)
     generator = generator or SlowScript()
-    async with open_app(settings, generator=generator, build_packs=False) as app:
-        if index:
-            folder = tmp_path / "docs"
-            folder.mkdir(exist_ok=True)
-            for name, text in index.items():
-                (folder / name).write_text(text, encoding="utf-8")
-            await app.indexer.index_paths([folder])
+    async with indexed_app(settings, tmp_path, index=index, generator=generator) as app:
         adapter = DiscordAdapter(settings, app.manager, guild_ready_timeout=0.1)
         await adapter.start()
         try:
