@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps run chat test test-fast bench clean
+.PHONY: install system-deps run chat lint test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,8 +33,13 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
 	fi
 
-## The whole test suite (unit + end-to-end against loopback fakes)
-test: install system-deps
+## Lint and format check (ruff), as CI runs them
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## The whole test suite: lint, then unit + end-to-end tests against loopback fakes
+test: install system-deps lint
 	NO_PROXY=127.0.0.1,localhost $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install

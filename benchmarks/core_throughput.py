@@ -16,18 +16,18 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.generators.base import GenerationParams, PromptSpec  # noqa: E402
-from core.generators.render import render_turns  # noqa: E402
-from core.manager import ConversationManager  # noqa: E402
-from core.settings import Settings  # noqa: E402
-from core.types import Answer, ChatKind, Incoming, Source  # noqa: E402
-from core.worker import GenerationWorker  # noqa: E402
-from storage import Database  # noqa: E402
+from core.generators.base import GenerationParams, PromptSpec
+from core.generators.render import render_turns
+from core.manager import ConversationManager
+from core.settings import Settings
+from core.types import Answer, ChatKind, Incoming, Source
+from core.worker import GenerationWorker
+from storage import Database
 
 
 class NullGenerator:
@@ -40,7 +40,9 @@ class NullGenerator:
     def prompt_tokens(self, spec: PromptSpec) -> int:
         return sum(self.count_tokens(t.content) + 2 for t in render_turns(spec)) + 2
 
-    def stream(self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]) -> Iterator[str]:
+    def stream(
+        self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
+    ) -> Iterator[str]:
         yield "A short answer."
 
     def close(self) -> None:
@@ -76,8 +78,12 @@ class NullSink:
 async def run(messages: int, users: int, concurrency: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         db = await Database.open(f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}")
-        settings = Settings(_env_file=None, rate_limit_per_minute=1e9, rate_limit_burst=10**9,  # type: ignore[call-arg]
-                            queue_size=max(32, concurrency))
+        settings = Settings(
+            _env_file=None,
+            rate_limit_per_minute=1e9,
+            rate_limit_burst=10**9,  # type: ignore[call-arg]
+            queue_size=max(32, concurrency),
+        )
         generator = NullGenerator()
         worker = GenerationWorker(generator, queue_size=settings.queue_size)
         worker.start()
@@ -90,8 +96,15 @@ async def run(messages: int, users: int, concurrency: int) -> dict[str, object]:
                 # Each client owns its users, so no user ever has two questions pending at once.
                 user = f"{slot}-{n % max(1, users // concurrency)}"
                 await manager.handle(
-                    Incoming(platform="bench", event_id=str(n), chat_id=user, chat_kind=ChatKind.DM,
-                             user_id=user, user_name="bench", text=f"question {n} about cross-site scripting"),
+                    Incoming(
+                        platform="bench",
+                        event_id=str(n),
+                        chat_id=user,
+                        chat_kind=ChatKind.DM,
+                        user_id=user,
+                        user_name="bench",
+                        text=f"question {n} about cross-site scripting",
+                    ),
                     sink,
                 )
 

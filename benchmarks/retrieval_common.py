@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.retrieval import DenseIndex, Embedder, Indexer, Retriever, dense_directory  # noqa: E402
-from storage.database import Database  # noqa: E402
-from storage.knowledge import KnowledgeRepository  # noqa: E402
+from core.retrieval import DenseIndex, Embedder, Indexer, Retriever, dense_directory
+from storage.database import Database
+from storage.knowledge import KnowledgeRepository
 
 DEFAULT_WORKDIR = Path("data/bench-retrieval")
 

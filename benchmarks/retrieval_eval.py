@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.retrieval_common import DEFAULT_WORKDIR, open_pack_index  # noqa: E402
+from benchmarks.retrieval_common import DEFAULT_WORKDIR, open_pack_index
 
 HERE = Path(__file__).resolve().parent
 

@@ -26,16 +26,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.retrieval_common import DEFAULT_WORKDIR, open_pack_index  # noqa: E402
-from core.retrieval import DenseIndex, Embedder, Retriever, dense_directory  # noqa: E402
-from core.retrieval.indexer import NAME_ORD, content_key  # noqa: E402
-from storage.database import Database  # noqa: E402
-from storage.knowledge import ChunkData, DocumentData, KnowledgeRepository  # noqa: E402
+from benchmarks.retrieval_common import DEFAULT_WORKDIR, open_pack_index
+from core.retrieval import DenseIndex, Embedder, Retriever, dense_directory
+from core.retrieval.indexer import NAME_ORD, content_key
+from storage.database import Database
+from storage.knowledge import ChunkData, DocumentData, KnowledgeRepository
 
 HERE = Path(__file__).resolve().parent
 
 
-async def time_searches(retriever: Retriever, questions: list[str], repeat: int, mode: str) -> dict[str, float]:
+async def time_searches(
+    retriever: Retriever, questions: list[str], repeat: int, mode: str
+) -> dict[str, float]:
     await retriever.search(questions[0], k=5, mode=mode)  # warm: encoder load, matrix load
     samples = []
     for _ in range(repeat):
@@ -99,9 +101,15 @@ async def build_synthetic(workdir: Path, total: int) -> tuple[Database, Retrieve
             chunks = []
             for ord_ in range(min(4, total - have - n)):
                 text = " ".join(rng.choices(words, k=rng.randint(120, 256)))
-                chunks.append(ChunkData(ord=ord_, ref=f"SYN-{len(docs)}", title=f"synthetic {len(docs)}", text=text))
+                chunks.append(
+                    ChunkData(ord=ord_, ref=f"SYN-{len(docs)}", title=f"synthetic {len(docs)}", text=text)
+                )
             n += len(chunks)
-            docs.append(DocumentData(locator=f"SYN-{len(docs)}", title="synthetic", content_hash=f"s{len(docs)}", chunks=chunks))
+            docs.append(
+                DocumentData(
+                    locator=f"SYN-{len(docs)}", title="synthetic", content_hash=f"s{len(docs)}", chunks=chunks
+                )
+            )
         for i in range(0, len(docs), 1000):
             await repo.save_documents("synthetic", docs[i : i + 1000])
         versions = await repo.chunk_versions()

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.retrieval_common import DEFAULT_WORKDIR, open_pack_index  # noqa: E402
-from core.retrieval.retriever import FusionConfig, fuse  # noqa: E402
+from benchmarks.retrieval_common import DEFAULT_WORKDIR, open_pack_index
+from core.retrieval.retriever import FusionConfig, fuse
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,7 +38,11 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     args = parser.parse_args()
-    questions = [json.loads(line) for line in (HERE / "retrieval_questions.jsonl").read_text().splitlines() if line.strip()]
+    questions = [
+        json.loads(line)
+        for line in (HERE / "retrieval_questions.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     db, retriever, _ = await open_pack_index(args.workdir)
     retriever.fusion = replace(
         retriever.fusion, bm25_weight=1.0, dense_weight=1.0, name_weight=1.0, candidates=100
@@ -76,10 +80,19 @@ async def main() -> None:
     for _, cfg, tuned in results[:8]:
         out.append({"config": asdict(cfg), "tuning_half": tuned, "held_out_half": score(held_g, held_q, cfg)})
     default = FusionConfig()
-    print(json.dumps({
-        "default": {"config": asdict(default), "tuning_half": score(tune_g, tune_q, default), "held_out_half": score(held_g, held_q, default)},
-        "best_on_tuning_half": out,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "default": {
+                    "config": asdict(default),
+                    "tuning_half": score(tune_g, tune_q, default),
+                    "held_out_half": score(held_g, held_q, default),
+                },
+                "best_on_tuning_half": out,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

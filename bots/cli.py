@@ -8,9 +8,9 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 from core.settings import Settings
 
@@ -21,7 +21,8 @@ EXIT_USAGE = 2
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ghostbot", description="GhostLM Bots: a private cybersecurity assistant for Telegram and Discord."
+        prog="ghostbot",
+        description="GhostLM Bots: a private cybersecurity assistant for Telegram and Discord.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -39,13 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     from core.evaluation.cli import add_eval_subcommands
 
     evaluation = sub.add_parser("eval", help="evaluate answer quality (judge, compare, mcq, export-feedback)")
-    add_eval_subcommands(evaluation.add_subparsers(dest="eval_command", required=True, metavar="EVAL_COMMAND"))
+    add_eval_subcommands(
+        evaluation.add_subparsers(dest="eval_command", required=True, metavar="EVAL_COMMAND")
+    )
 
     bench = sub.add_parser("bench", help="benchmarks that print JSON")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     # The benchmark's own parser owns its flags (--new-tokens, --preset, …): see main().
     bench_sub.add_parser(
-        "generate", help="GhostLM generation speed: full recompute vs KV cache vs HF (flags: see --help)", add_help=False
+        "generate",
+        help="GhostLM generation speed: full recompute vs KV cache vs HF (flags: see --help)",
+        add_help=False,
     )
     return parser
 
@@ -81,9 +86,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "index":
         return await index(settings, args.paths, args.pack)
     if args.command == "eval":
-        from core.evaluation.cli import run_eval
-
         from bots.compose import open_app
+        from core.evaluation.cli import run_eval
 
         return await run_eval(args, settings, open_app)
     raise AssertionError(f"unhandled command {args.command}")
@@ -143,7 +147,7 @@ async def ask(settings: Settings, question: str, *, as_json: bool) -> int:
     from bots.render import sources_footer
 
     if not question.strip():
-        print("Please give a question, e.g. ghostbot ask \"What is CWE-79?\"", file=sys.stderr)
+        print('Please give a question, e.g. ghostbot ask "What is CWE-79?"', file=sys.stderr)
         return EXIT_USAGE
     async with open_app(settings) as app:
         answer = await app.assistant.ask(question)

@@ -12,9 +12,10 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict
 from importlib import resources
-from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -71,8 +72,12 @@ class _AppCollector:
 
     def collect(self) -> Any:
         worker = self._app.worker
-        yield GaugeMetricFamily("ghostbot_queue_depth", "Requests waiting for the generator", value=worker.queue_depth)
-        yield GaugeMetricFamily("ghostbot_generator_busy", "1 while a reply is being generated", value=int(worker.busy))
+        yield GaugeMetricFamily(
+            "ghostbot_queue_depth", "Requests waiting for the generator", value=worker.queue_depth
+        )
+        yield GaugeMetricFamily(
+            "ghostbot_generator_busy", "1 while a reply is being generated", value=int(worker.busy)
+        )
         yield GaugeMetricFamily(
             "ghostbot_queue_capacity", "Maximum queued requests", value=self._app.settings.queue_size
         )
@@ -138,7 +143,11 @@ class HttpAdapter:
             "status": "ok" if database_ok and worker.accepting else "degraded",
             "database": "ok" if database_ok else "unreachable",
             "model": {"name": self._app.generator.name, "context_length": self._app.generator.context_length},
-            "queue": {"depth": worker.queue_depth, "capacity": self._settings.queue_size, "busy": worker.busy},
+            "queue": {
+                "depth": worker.queue_depth,
+                "capacity": self._settings.queue_size,
+                "busy": worker.busy,
+            },
         }
         return web.json_response(body, status=200 if body["status"] == "ok" else 503)
 
@@ -163,7 +172,9 @@ class HttpAdapter:
             text=text,
         )
         sink = QueueSink()
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await response.prepare(request)
         async for event in _drive(self._app.manager.handle(incoming, sink), sink):
             await response.write(f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode())
@@ -189,7 +200,10 @@ class HttpAdapter:
     async def models(self, request: web.Request) -> web.Response:
         self._check_api_key(request)
         return web.json_response(
-            {"object": "list", "data": [{"id": self._app.generator.name, "object": "model", "owned_by": "ghostbot"}]}
+            {
+                "object": "list",
+                "data": [{"id": self._app.generator.name, "object": "model", "owned_by": "ghostbot"}],
+            }
         )
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
@@ -201,7 +215,8 @@ class HttpAdapter:
         if not isinstance(messages, list) or not messages:
             raise _bad_request("'messages' must be a non-empty list.")
         question = next(
-            (m.get("content") for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None
+            (m.get("content") for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"),
+            None,
         )
         if not isinstance(question, str) or not question.strip():
             raise _bad_request("The last user message must have text content.")
@@ -227,9 +242,14 @@ class HttpAdapter:
                     "sources": sources,
                 }
             )
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await response.prepare(request)
-        for delta, finish in (({"role": "assistant", "content": answer.text}, None), ({}, answer.finish_reason)):
+        for delta, finish in (
+            ({"role": "assistant", "content": answer.text}, None),
+            ({}, answer.finish_reason),
+        ):
             chunk = {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
@@ -248,7 +268,9 @@ class HttpAdapter:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
             raise web.HTTPUnauthorized(
-                text=json.dumps({"error": {"message": "Invalid or missing API key.", "type": "invalid_request_error"}}),
+                text=json.dumps(
+                    {"error": {"message": "Invalid or missing API key.", "type": "invalid_request_error"}}
+                ),
                 content_type="application/json",
             )
 
@@ -288,5 +310,6 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 def _bad_request(message: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(
-        text=json.dumps({"error": {"message": message, "type": "invalid_request_error"}}), content_type="application/json"
+        text=json.dumps({"error": {"message": message, "type": "invalid_request_error"}}),
+        content_type="application/json",
     )

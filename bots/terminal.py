@@ -6,7 +6,8 @@ import asyncio
 import getpass
 import sys
 import uuid
-from typing import Sequence, TextIO
+from collections.abc import Sequence
+from typing import TextIO
 
 from bots.render import sources_footer
 from core.settings import Settings
@@ -54,7 +55,9 @@ class TerminalSink:
         self._out.flush()
 
 
-async def run_terminal_chat(settings: Settings, *, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+async def run_terminal_chat(
+    settings: Settings, *, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout
+) -> int:
     from bots.compose import open_app
 
     user = getpass.getuser() or "local"

@@ -6,8 +6,8 @@ Admins bypass every list. A block always beats an allow.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import AbstractSet
 
 from core.settings import Settings
 from core.types import ChatKind, Incoming
@@ -82,8 +82,10 @@ class AccessPolicy:
         if self.allowed_users and not _matches(self.allowed_users, p, incoming.user_id):
             return Decision(False, "user not in allow list")
         # The chat allow list governs groups; a DM's chat is the user, already covered by the user lists.
-        if self.allowed_chats and incoming.chat_kind is ChatKind.GROUP and not _matches(
-            self.allowed_chats, p, incoming.chat_id
+        if (
+            self.allowed_chats
+            and incoming.chat_kind is ChatKind.GROUP
+            and not _matches(self.allowed_chats, p, incoming.chat_id)
         ):
             return Decision(False, "chat not in allow list")
         if p == "discord" and incoming.chat_kind is ChatKind.GROUP:

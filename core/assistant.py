@@ -56,13 +56,19 @@ class Assistant:
         passages = await self.retriever.search(text, k=k or self.settings.top_passages)
         spec = self.prompts.build(text, passages=passages)
         s = self.settings
-        max_new = effective_max_new_tokens(self.generator.context_length, s.max_new_tokens, s.context_reserve_tokens)
+        max_new = effective_max_new_tokens(
+            self.generator.context_length, s.max_new_tokens, s.context_reserve_tokens
+        )
         fit = self.context.fit(
             spec, budget=compute_budget(self.generator.context_length, max_new, s.context_reserve_tokens)
         )
         params = GenerationParams(
-            max_new_tokens=max_new, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-            repetition_penalty=s.repetition_penalty, seed=seed,
+            max_new_tokens=max_new,
+            temperature=s.temperature,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            repetition_penalty=s.repetition_penalty,
+            seed=seed,
         )
         if self.worker is not None:
             answer, reason = await self._via_worker(fit.spec, params)
@@ -101,7 +107,7 @@ class Assistant:
         try:
             text = await asyncio.wait_for(asyncio.shield(task), self.settings.request_timeout_seconds)
             return text, "stop"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             stop.set()
             try:
                 return await task, "timeout"
@@ -113,4 +119,3 @@ class Assistant:
         except asyncio.CancelledError:
             stop.set()  # the caller gave up: let the model thread stop at its next poll
             raise
-

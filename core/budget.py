@@ -12,8 +12,8 @@ from message to message), cut points are found by binary search on the token cou
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 from core.generators.base import ChatTurn, Generator, PromptSpec
 from core.types import Source
@@ -120,7 +120,9 @@ def cut_to_tokens(text: str, max_tokens: int, count: Callable[[str], int], marke
 class ContextBudget:
     """Fits prompt specs for one generator. Holds the token cache; one instance per generator."""
 
-    def __init__(self, generator: Generator, *, passage_fraction: float = 0.5, cache_size: int = 4096) -> None:
+    def __init__(
+        self, generator: Generator, *, passage_fraction: float = 0.5, cache_size: int = 4096
+    ) -> None:
         if not 0.0 <= passage_fraction <= 1.0:
             raise ValueError("passage_fraction must be between 0 and 1")
         self.generator = generator
@@ -235,7 +237,7 @@ class ContextBudget:
         short = cut_to_tokens(last.text, target, self.count.uncached, PASSAGE_MARKER)
         if not short:
             return passages[:-1], 0, 1
-        return passages[:-1] + (replace(last, text=short),), 1, 0
+        return (*passages[:-1], replace(last, text=short)), 1, 0
 
     # --- history --------------------------------------------------------------------------------------
     def _history_pairs_that_fit(

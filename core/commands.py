@@ -3,9 +3,11 @@ that only talk to storage and the worker (`/ask` and `/retry` generate, so the m
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from core.access import AccessPolicy
 from core.worker import GenerationWorker
@@ -68,7 +70,9 @@ def _parse_temperature(value: str) -> str:
     try:
         number = float(value)
     except ValueError:
-        raise PrefError("temperature must be a number between 0 and 2, e.g. /settings temperature 0.3") from None
+        raise PrefError(
+            "temperature must be a number between 0 and 2, e.g. /settings temperature 0.3"
+        ) from None
     if not 0.0 <= number <= 2.0:
         raise PrefError("temperature must be between 0 and 2")
     return f"{number:g}"
@@ -144,10 +148,8 @@ class Preferences:
         out = dict(self.defaults)
         for key, value in stored.items():
             if key in self._parsers:
-                try:
+                with contextlib.suppress(PrefError):
                     out[key] = self._parsers[key](value)
-                except PrefError:
-                    pass
         return out
 
     def show(self, stored: Mapping[str, str]) -> str:
@@ -156,7 +158,9 @@ class Preferences:
         for key, value in values.items():
             mark = "" if key in stored else " (default)"
             lines.append(f"• {key} = {value}{mark} — {self.descriptions[key]}")
-        lines.append("Change one with /settings NAME VALUE, restore with /settings NAME default or /settings reset.")
+        lines.append(
+            "Change one with /settings NAME VALUE, restore with /settings NAME default or /settings reset."
+        )
         return "\n".join(lines)
 
 
@@ -191,7 +195,9 @@ def format_sources(sources: list[dict[str, Any]]) -> str:
 class CommandHandler:
     """Runs the commands that do not generate text; returns the reply text."""
 
-    def __init__(self, db: Database, worker: GenerationWorker, access: AccessPolicy, prefs: Preferences) -> None:
+    def __init__(
+        self, db: Database, worker: GenerationWorker, access: AccessPolicy, prefs: Preferences
+    ) -> None:
         self.db = db
         self.worker = worker
         self.access = access

@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 import traceback
-from typing import Any, Callable, Protocol, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from core.access import REFUSAL, AccessPolicy
 from core.budget import ContextBudget, ContextTooSmall, compute_budget, effective_max_new_tokens
@@ -37,7 +38,9 @@ logger = logging.getLogger(__name__)
 _PREFS_CACHE_SIZE = 10_000
 
 SHORTENED_NOTICE = "Your message was longer than I can read at once, so I only used its beginning."
-PENDING_NOTICE = "I'm still working on your previous question — wait for it to finish, or send /cancel to stop it."
+PENDING_NOTICE = (
+    "I'm still working on your previous question — wait for it to finish, or send /cancel to stop it."
+)
 CANCELLED_NOTICE = "Cancelled — nothing was stored."
 TIMEOUT_NOTICE = "That took too long, so I stopped. Please try a shorter question, or try again later."
 LENGTH_NOTICE = "The answer reached its length limit; /settings max_tokens N allows longer answers."
@@ -60,8 +63,13 @@ class Retriever(Protocol):
 
 
 def _source_dict(source: Source) -> dict[str, Any]:
-    return {"index": source.index, "ref": source.ref, "source": source.source, "title": source.title,
-            "url": source.url}
+    return {
+        "index": source.index,
+        "ref": source.ref,
+        "source": source.source,
+        "title": source.title,
+        "url": source.url,
+    }
 
 
 class ConversationManager:
@@ -92,7 +100,9 @@ class ConversationManager:
         )
         self.context = ContextBudget(generator, passage_fraction=settings.passage_budget_fraction)
         self.prompts = PromptBuilder(settings.system_prompt)
-        self.prefs = Preferences(default_temperature=settings.temperature, max_new_tokens=settings.max_new_tokens)
+        self.prefs = Preferences(
+            default_temperature=settings.temperature, max_new_tokens=settings.max_new_tokens
+        )
         self.commands = CommandHandler(db, worker, self.access, self.prefs)
         self.history_limit = history_limit
         self.prefs_ttl_s = prefs_ttl_s
@@ -138,8 +148,15 @@ class ConversationManager:
         The same access policy as a question applies (a button click in a public channel must not let a
         stranger past a guild/channel/role allow list)."""
         clicker = Incoming(
-            platform=platform, event_id="feedback", chat_id=chat_id, chat_kind=chat_kind, user_id=user_id,
-            user_name="", text="", guild_id=guild_id, role_ids=role_ids,
+            platform=platform,
+            event_id="feedback",
+            chat_id=chat_id,
+            chat_kind=chat_kind,
+            user_id=user_id,
+            user_name="",
+            text="",
+            guild_id=guild_id,
+            role_ids=role_ids,
         )
         if rating not in (1, -1) or not self.access.check(clicker).allowed:
             return False
@@ -147,7 +164,9 @@ class ConversationManager:
         if message is None or message.role != "assistant":
             return False
         try:
-            await self.db.feedback.record(platform=platform, user_id=user_id, message_id=message.id, rating=rating)
+            await self.db.feedback.record(
+                platform=platform, user_id=user_id, message_id=message.id, rating=rating
+            )
         except UnknownMessage:  # deleted by /forget or /reset between the lookup and the write
             return False
         return True
@@ -191,7 +210,9 @@ class ConversationManager:
         else:
             await self._command(incoming, sink, command, is_admin)
 
-    async def _command(self, incoming: Incoming, sink: ReplySink, command: ParsedCommand, is_admin: bool) -> None:
+    async def _command(
+        self, incoming: Incoming, sink: ReplySink, command: ParsedCommand, is_admin: bool
+    ) -> None:
         if command.name == "ask":
             if not command.args:
                 await self._reply(incoming, sink, "Usage: /ask QUESTION — for example /ask what is CWE-79?")
@@ -255,7 +276,9 @@ class ConversationManager:
         reserve = self.settings.context_reserve_tokens
         max_new = effective_max_new_tokens(self.generator.context_length, int(prefs["max_tokens"]), reserve)
         try:
-            fit = self.context.fit(spec, budget=compute_budget(self.generator.context_length, max_new, reserve))
+            fit = self.context.fit(
+                spec, budget=compute_budget(self.generator.context_length, max_new, reserve)
+            )
         except ContextTooSmall as exc:
             logger.error("prompt does not fit: %s", exc)
             await self._reply(incoming, sink, CONFIG_NOTICE)
@@ -270,7 +293,9 @@ class ConversationManager:
         try:
             handle = self.worker.submit(owner, fit.spec, params)
         except QueueFull as exc:
-            await sink.notice(busy_notice(exc.eta_seconds), ephemeral=True)  # not marked: a resend may succeed
+            await sink.notice(
+                busy_notice(exc.eta_seconds), ephemeral=True
+            )  # not marked: a resend may succeed
             return False
         except AlreadyPending:
             await self._reply(incoming, sink, PENDING_NOTICE, ephemeral=True)
@@ -307,10 +332,13 @@ class ConversationManager:
             if handle.finish_reason == "error" and handle.error is not None:
                 self._log_exception("generation failed", handle.error)
             if started:  # close the streaming message the adapter has opened
-                await sink.final(Answer(
-                    text=answer_text or message, notices=[message] if answer_text else [],
-                    finish_reason=reason,  # type: ignore[arg-type]
-                ))
+                await sink.final(
+                    Answer(
+                        text=answer_text or message,
+                        notices=[message] if answer_text else [],
+                        finish_reason=reason,  # type: ignore[arg-type]
+                    )
+                )
             else:
                 await sink.notice(message, ephemeral=True)
             await self.db.conversations.mark_processed(incoming.platform, incoming.event_id)
@@ -376,11 +404,15 @@ class ConversationManager:
             assistant_text=answer.text,
             assistant_tokens=answer.token_count,
             sources=answer.sources,
-            user_platform_message_id=question.platform_message_ids[0] if question.platform_message_ids else None,
+            user_platform_message_id=question.platform_message_ids[0]
+            if question.platform_message_ids
+            else None,
             assistant_platform_message_ids=answer.platform_message_ids,
         )
 
-    async def _reply(self, incoming: Incoming, sink: ReplySink, text: str, *, ephemeral: bool = False) -> None:
+    async def _reply(
+        self, incoming: Incoming, sink: ReplySink, text: str, *, ephemeral: bool = False
+    ) -> None:
         """A complete reply that ends the event: mark it processed (once), then send."""
         if await self.db.conversations.mark_processed(incoming.platform, incoming.event_id):
             await sink.notice(text, ephemeral=ephemeral)

@@ -8,8 +8,8 @@ rendering and some databases, and lone UTF-16 surrogates, which are not valid Un
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Mapping, Sequence
 
 from core.generators.base import ChatTurn, PromptSpec
 from core.types import Source

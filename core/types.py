@@ -6,9 +6,10 @@ nothing platform-specific goes past this module.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 
 class ChatKind(str, Enum):

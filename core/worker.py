@@ -14,13 +14,15 @@ Policy (documented for users and adapters):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Literal, Union
+from typing import Literal
 
 from core.generators.base import GenerationParams, Generator, PromptSpec
 
@@ -61,7 +63,7 @@ class Piece:
     text: str
 
 
-Event = Union[Queued, Started, Piece]
+Event = Queued | Started | Piece
 _DONE = object()
 
 
@@ -119,7 +121,9 @@ class _ModelThread:
         self._generator = generator
         self._loop = loop
         self._on_done = on_done
-        self._jobs: queue.SimpleQueue[tuple[GenerationHandle, asyncio.Future[None]] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[GenerationHandle, asyncio.Future[None]] | None] = (
+            queue.SimpleQueue()
+        )
         # Daemon: a generator that ignores should_stop must not keep the process alive after shutdown.
         self._thread = threading.Thread(target=self._run, name="ghostbot-generation", daemon=True)
         self._thread.start()
@@ -159,13 +163,15 @@ class _ModelThread:
             self._call(self._complete, handle, fut, reason, error)
 
     def _call(self, fn: object, *args: object) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # loop closed during interpreter shutdown
             self._loop.call_soon_threadsafe(fn, *args)  # type: ignore[arg-type]
-        except RuntimeError:  # loop closed during interpreter shutdown
-            pass
 
     def _complete(
-        self, handle: GenerationHandle, fut: asyncio.Future[None], reason: FinishReason, error: BaseException | None
+        self,
+        handle: GenerationHandle,
+        fut: asyncio.Future[None],
+        reason: FinishReason,
+        error: BaseException | None,
     ) -> None:
         # Release the owner BEFORE waking the caller, so a follow-up submit is not refused as pending.
         self._on_done(handle)
@@ -278,14 +284,14 @@ class GenerationWorker:
         if drain:
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 logger.warning("generation queue not drained in %.0f s; cancelling the rest", timeout)
         self._cancel_all()
         self._wakeup.set()
         if self._consumer is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._consumer), timeout=max(1.0, timeout))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 logger.warning("the model did not stop in time; abandoning its thread")
                 self._consumer.cancel()
         if self._thread is not None:

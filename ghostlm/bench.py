@@ -21,7 +21,8 @@ import logging
 import resource
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -48,11 +49,22 @@ def build_hf_llama(model: GhostLM) -> Any:
 
     c = model.config
     hf_cfg = LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.swiglu_hidden,
-        num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads, num_key_value_heads=c.kv_heads,
-        max_position_embeddings=c.context_length, rms_norm_eps=1e-6, rope_theta=c.rope_base,
-        attention_bias=c.bias, mlp_bias=False, tie_word_embeddings=True, hidden_act="silu",
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        vocab_size=c.vocab_size,
+        hidden_size=c.d_model,
+        intermediate_size=c.swiglu_hidden,
+        num_hidden_layers=c.n_layers,
+        num_attention_heads=c.n_heads,
+        num_key_value_heads=c.kv_heads,
+        max_position_embeddings=c.context_length,
+        rms_norm_eps=1e-6,
+        rope_theta=c.rope_base,
+        attention_bias=c.bias,
+        mlp_bias=False,
+        tie_word_embeddings=True,
+        hidden_act="silu",
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
     )
     hf_cfg._attn_implementation = "sdpa"
     hf = LlamaForCausalLM(hf_cfg).eval()
@@ -63,12 +75,14 @@ def build_hf_llama(model: GhostLM) -> Any:
         for ours, theirs in zip(model.blocks, hf.model.layers):
             w = ours.attn.c_qkv.weight
             a = theirs.self_attn
-            a.q_proj.weight.copy_(w[:q_size]); a.k_proj.weight.copy_(w[q_size:q_size + kv_size])
-            a.v_proj.weight.copy_(w[q_size + kv_size:])
+            a.q_proj.weight.copy_(w[:q_size])
+            a.k_proj.weight.copy_(w[q_size : q_size + kv_size])
+            a.v_proj.weight.copy_(w[q_size + kv_size :])
             if c.bias:
                 b = ours.attn.c_qkv.bias
-                a.q_proj.bias.copy_(b[:q_size]); a.k_proj.bias.copy_(b[q_size:q_size + kv_size])
-                a.v_proj.bias.copy_(b[q_size + kv_size:])
+                a.q_proj.bias.copy_(b[:q_size])
+                a.k_proj.bias.copy_(b[q_size : q_size + kv_size])
+                a.v_proj.bias.copy_(b[q_size + kv_size :])
                 a.o_proj.bias.copy_(ours.attn.proj.bias)
             a.o_proj.weight.copy_(ours.attn.proj.weight)
             theirs.input_layernorm.weight.copy_(ours.ln_1.weight)
@@ -80,18 +94,32 @@ def build_hf_llama(model: GhostLM) -> Any:
     return hf
 
 
-def run(new_tokens: int = 100, prompt_tokens: int = 128, repeats: int = 3, skip_hf: bool = False,
-        preset: str = "ghost-wide-v0.9", full_repeats: int = 1) -> dict[str, Any]:
+def run(
+    new_tokens: int = 100,
+    prompt_tokens: int = 128,
+    repeats: int = 3,
+    skip_hf: bool = False,
+    preset: str = "ghost-wide-v0.9",
+    full_repeats: int = 1,
+) -> dict[str, Any]:
     torch.manual_seed(0)
     config = GhostLMConfig.from_preset(preset, dropout=0.0)
     if prompt_tokens + new_tokens > config.context_length:
         raise SystemExit(f"prompt + new tokens must fit the {config.context_length}-token context")
     model = GhostLM(config).eval()
-    prompt = torch.randint(0, config.vocab_size, (prompt_tokens,), generator=torch.Generator().manual_seed(1)).tolist()
+    prompt = torch.randint(
+        0, config.vocab_size, (prompt_tokens,), generator=torch.Generator().manual_seed(1)
+    ).tolist()
     engine = Engine(model)
     result: dict[str, Any] = {
-        "model": preset, "params": model.num_params(), "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
-        "repeats": repeats, "full_repeats": full_repeats, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "model": preset,
+        "params": model.num_params(),
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "full_repeats": full_repeats,
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
     }
 
     def cached() -> list[int]:
@@ -109,8 +137,9 @@ def run(new_tokens: int = 100, prompt_tokens: int = 128, repeats: int = 3, skip_
             def hf_gen() -> list[int]:
                 # eos_token_id is None in the config, so exactly new_tokens tokens are generated.
                 with torch.inference_mode():
-                    out = hf.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,
-                                      pad_token_id=0)
+                    out = hf.generate(
+                        ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens, pad_token_id=0
+                    )
                 return out[0, prompt_tokens:].tolist()
 
             result["transformers_version"] = transformers.__version__
@@ -132,7 +161,8 @@ def run(new_tokens: int = 100, prompt_tokens: int = 128, repeats: int = 3, skip_
             t_c = min(t_c, t)
     t_a, toks_a = _best_time(
         lambda: full_recompute_generate(model, prompt, max_new_tokens=new_tokens, params=GREEDY, stop_ids=()),
-        full_repeats)
+        full_repeats,
+    )
     result["full_recompute_tok_s"] = round(new_tokens / t_a, 2)
     result["kv_cache_tok_s"] = round(new_tokens / t_b, 2)
     result["kv_cache_vs_full_recompute"] = round(t_a / t_b, 2)

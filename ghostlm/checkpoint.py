@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -34,8 +35,16 @@ logger = logging.getLogger(__name__)
 PathLike = str | Path
 
 # Non-persistent buffers that some older upstream revisions saved; harmless to drop.
-_IGNORABLE_SUFFIXES = ("causal_mask", "attn.mask", "attn.bias_mask", "inv_freq", "cos_cached", "sin_cached",
-                       "rope.cos", "rope.sin")
+_IGNORABLE_SUFFIXES = (
+    "causal_mask",
+    "attn.mask",
+    "attn.bias_mask",
+    "inv_freq",
+    "cos_cached",
+    "sin_cached",
+    "rope.cos",
+    "rope.sin",
+)
 
 
 class CheckpointError(ValueError):
@@ -52,7 +61,8 @@ def _find_in_dir(d: Path) -> Path:
             return found[0]
         if len(found) > 1:
             raise CheckpointError(
-                f"{d}: several candidate checkpoints ({', '.join(p.name for p in found)}); pass one file explicitly")
+                f"{d}: several candidate checkpoints ({', '.join(p.name for p in found)}); pass one file explicitly"
+            )
     raise CheckpointError(f"{d}: no model.safetensors / *.safetensors / *.pt checkpoint in this directory")
 
 
@@ -94,7 +104,9 @@ def _load_pt(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             state = dict(obj)  # a bare state dict (e.g. a quantize script output)
         else:
-            raise CheckpointError(f"{path}: no model_state_dict/model entry (keys: {sorted(map(str, obj))[:10]})")
+            raise CheckpointError(
+                f"{path}: no model_state_dict/model entry (keys: {sorted(map(str, obj))[:10]})"
+            )
     if config is not None and not isinstance(config, Mapping):
         # Some trainers pickle the dataclass itself; weights_only would already have refused that.
         raise CheckpointError(f"{path}: 'config' entry is a {type(config).__name__}, expected a dict")
@@ -123,7 +135,7 @@ def _clean_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for k, v in state.items():
         for prefix in ("_orig_mod.", "module."):  # torch.compile / DDP wrappers
             if k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         out[k] = v
     if "token_embedding.weight" not in out and "lm_head.weight" in out:
         out["token_embedding.weight"] = out["lm_head.weight"]  # tied
@@ -144,16 +156,20 @@ def _check_and_load(model: GhostLM, state: dict[str, torch.Tensor], path: Path) 
         raise CheckpointError(
             f"{path}: state dict does not match the config - missing keys: {missing[:10]}"
             f"{' ...' if len(missing) > 10 else ''}; unexpected keys: {unexpected[:10]}"
-            f"{' ...' if len(unexpected) > 10 else ''}")
+            f"{' ...' if len(unexpected) > 10 else ''}"
+        )
     for k, ref in expected.items():
         if tuple(state[k].shape) != tuple(ref.shape):
             raise CheckpointError(
                 f"{path}: shape mismatch for {k}: checkpoint has {tuple(state[k].shape)}, "
-                f"the config expects {tuple(ref.shape)}")
+                f"the config expects {tuple(ref.shape)}"
+            )
     model.load_state_dict({k: state[k] for k in expected}, strict=True)
 
 
-def load_model(path: PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> GhostLM:
+def load_model(
+    path: PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> GhostLM:
     """Load a GhostLM checkpoint (.pt, .safetensors or a directory) and return the model in eval mode."""
     p = Path(path)
     if not p.exists():
@@ -163,7 +179,9 @@ def load_model(path: PathLike, *, device: str | torch.device = "cpu", dtype: tor
     if p.suffix == ".safetensors":
         state, config = _load_safetensors(p), _sibling_config(p)
         if config is None:
-            raise CheckpointError(f"{p}: safetensors weights need {p.stem}.config.json or config.json beside them")
+            raise CheckpointError(
+                f"{p}: safetensors weights need {p.stem}.config.json or config.json beside them"
+            )
     else:
         state, config = _load_pt(p)
         if config is None:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class GhostLMConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "GhostLMConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> GhostLMConfig:
         """Build from an upstream ``asdict(config)``; unknown keys (newer upstream) are dropped with a warning."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(k for k in d if k not in known)
@@ -121,7 +122,7 @@ class GhostLMConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "GhostLMConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> GhostLMConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
@@ -153,14 +154,30 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ghost-tiny": {"n_layers": 2, "d_model": 256, "n_heads": 4, "d_ff": 1024, "context_length": 256},
     "ghost-small": {"n_layers": 6, "d_model": 512, "n_heads": 8, "d_ff": 2048, "context_length": 1024},
     "ghost-small-v0.5": {
-        "n_layers": 6, "d_model": 512, "n_heads": 8, "d_ff": 2048, "context_length": 1024, **_MODERN,
+        "n_layers": 6,
+        "d_model": 512,
+        "n_heads": 8,
+        "d_ff": 2048,
+        "context_length": 1024,
+        **_MODERN,
     },
     "ghost-wide-v0.9": {
-        "n_layers": 6, "d_model": 768, "n_heads": 12, "d_ff": 3072, "context_length": 512,
-        "vocab_size": 50264, **_MODERN,
+        "n_layers": 6,
+        "d_model": 768,
+        "n_heads": 12,
+        "d_ff": 3072,
+        "context_length": 512,
+        "vocab_size": 50264,
+        **_MODERN,
     },
     "ghost-base": {
-        "n_layers": 12, "d_model": 768, "n_heads": 12, "n_kv_heads": 4, "use_qk_norm": True,
-        "d_ff": 3072, "context_length": 1024, **_MODERN,
+        "n_layers": 12,
+        "d_model": 768,
+        "n_heads": 12,
+        "n_kv_heads": 4,
+        "use_qk_norm": True,
+        "d_ff": 3072,
+        "context_length": 1024,
+        **_MODERN,
     },
 }

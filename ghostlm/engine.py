@@ -19,8 +19,8 @@ Design choices:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -54,7 +54,7 @@ class GenerationStream(Iterator[int]):
         self.stop_reason: str | None = None
         self.tokens: list[int] = []
 
-    def __iter__(self) -> "GenerationStream":
+    def __iter__(self) -> GenerationStream:
         return self
 
     def __next__(self) -> int:
@@ -82,7 +82,9 @@ class Engine:
     def _default_stop_ids(self) -> tuple[int, ...]:
         return (self.tokenizer.special.end,) if self.tokenizer is not None else (END_ID,)
 
-    def trim_prompt(self, prompt_ids: Sequence[int], max_new_tokens: int) -> tuple[list[int], TrimInfo | None]:
+    def trim_prompt(
+        self, prompt_ids: Sequence[int], max_new_tokens: int
+    ) -> tuple[list[int], TrimInfo | None]:
         ids = [int(i) for i in prompt_ids]
         if not ids:
             raise ValueError("prompt_ids must contain at least one token")
@@ -91,12 +93,20 @@ class Engine:
             return ids, None
         keep = max(1, ctx - max_new_tokens)
         info = TrimInfo(len(ids), keep)
-        logger.warning("prompt of %d tokens exceeds the %d-token context; keeping the newest %d", len(ids), ctx, keep)
+        logger.warning(
+            "prompt of %d tokens exceeds the %d-token context; keeping the newest %d", len(ids), ctx, keep
+        )
         return ids[-keep:], info
 
-    def generate(self, prompt_ids: Sequence[int], *, max_new_tokens: int, params: SamplingParams | None = None,
-                 stop_ids: Sequence[int] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> GenerationStream:
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int,
+        params: SamplingParams | None = None,
+        stop_ids: Sequence[int] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> GenerationStream:
         """Stream up to ``max_new_tokens`` ids. Stops early on a stop id (not yielded) or ``should_stop()``."""
         if max_new_tokens < 0:
             raise ValueError("max_new_tokens must be >= 0")
@@ -107,8 +117,15 @@ class Engine:
         stream._gen = self._run(ids, max_new_tokens, params or SamplingParams(), stops, should_stop, stream)
         return stream
 
-    def _run(self, ids: list[int], max_new_tokens: int, params: SamplingParams, stops: frozenset[int],
-             should_stop: Callable[[], bool] | None, stream: GenerationStream) -> Iterator[int]:
+    def _run(
+        self,
+        ids: list[int],
+        max_new_tokens: int,
+        params: SamplingParams,
+        stops: frozenset[int],
+        should_stop: Callable[[], bool] | None,
+        stream: GenerationStream,
+    ) -> Iterator[int]:
         model, ctx, device = self.model, self.context_length, self._device()
         if max_new_tokens == 0:
             stream.stop_reason = "max_new_tokens"
@@ -120,8 +137,9 @@ class Engine:
         cache: KVCache | None = model.new_cache(1, max_len=min(ctx, len(ids) + max_new_tokens))
         try:
             with torch.inference_mode():
-                logits = model(torch.tensor([ids], device=device), past_kv=cache, use_cache=True,
-                               last_only=True)[0][0, -1]
+                logits = model(
+                    torch.tensor([ids], device=device), past_kv=cache, use_cache=True, last_only=True
+                )[0][0, -1]
             for step in range(max_new_tokens):
                 with torch.inference_mode():
                     tok = sampler(logits)
@@ -140,14 +158,21 @@ class Engine:
                     logger.info("generation stopped: context of %d tokens is full", ctx)
                     return
                 with torch.inference_mode():
-                    logits = model(torch.tensor([[tok]], device=device), past_kv=cache, use_cache=True,
-                                   last_only=True)[0][0, -1]
+                    logits = model(
+                        torch.tensor([[tok]], device=device), past_kv=cache, use_cache=True, last_only=True
+                    )[0][0, -1]
         finally:
             cache = None  # release the per-request cache as soon as the stream ends or is closed
 
 
-def full_recompute_generate(model: GhostLM, prompt_ids: Sequence[int], *, max_new_tokens: int,
-                            params: SamplingParams | None = None, stop_ids: Sequence[int] = (END_ID,)) -> list[int]:
+def full_recompute_generate(
+    model: GhostLM,
+    prompt_ids: Sequence[int],
+    *,
+    max_new_tokens: int,
+    params: SamplingParams | None = None,
+    stop_ids: Sequence[int] = (END_ID,),
+) -> list[int]:
     """Upstream Space behaviour: a whole-context forward (all positions' logits) for every new token, no cache.
 
     Kept as the baseline for the benchmark and as a reference in tests. The window slides at context_length.

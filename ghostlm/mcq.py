@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +22,9 @@ def _ids(tokenizer: Tokenizer, prompt: str | Sequence[int]) -> list[int]:
 
 
 @torch.inference_mode()
-def option_logprobs(model: GhostLM, tokenizer: Tokenizer, prompt: str | Sequence[int],
-                    options: Sequence[str]) -> list[float]:
+def option_logprobs(
+    model: GhostLM, tokenizer: Tokenizer, prompt: str | Sequence[int], options: Sequence[str]
+) -> list[float]:
     """Mean log p(option tokens | prompt) for each option, in one right-padded batch."""
     prompt_ids = _ids(tokenizer, prompt)
     if not prompt_ids:
@@ -48,20 +49,23 @@ def option_logprobs(model: GhostLM, tokenizer: Tokenizer, prompt: str | Sequence
     for i, (s, o) in enumerate(zip(seqs, option_ids)):
         start = len(s) - len(o)  # position of the first option token
         targets = torch.tensor(o, device=device)
-        token_lp = logp[i, start - 1: len(s) - 1].gather(-1, targets[:, None]).squeeze(-1)
+        token_lp = logp[i, start - 1 : len(s) - 1].gather(-1, targets[:, None]).squeeze(-1)
         scores.append(float(token_lp.mean()))
     return scores
 
 
-def option_logprob(model: GhostLM, tokenizer: Tokenizer, prompt: str | Sequence[int], option_text: str) -> float:
+def option_logprob(
+    model: GhostLM, tokenizer: Tokenizer, prompt: str | Sequence[int], option_text: str
+) -> float:
     return option_logprobs(model, tokenizer, prompt, [option_text])[0]
 
 
 @torch.inference_mode()
-def score_token_distribution(model: GhostLM, prompt_ids: Sequence[int],
-                             candidate_token_ids: Sequence[int]) -> torch.Tensor:
+def score_token_distribution(
+    model: GhostLM, prompt_ids: Sequence[int], candidate_token_ids: Sequence[int]
+) -> torch.Tensor:
     """Softmax over the next-token logits restricted to ``candidate_token_ids`` (same order). Sums to 1."""
-    ids = [int(i) for i in prompt_ids][-model.config.context_length:]
+    ids = [int(i) for i in prompt_ids][-model.config.context_length :]
     device = model.token_embedding.weight.device
     logits = model(torch.tensor([ids], device=device), last_only=True)[0][0, -1].float()
     return torch.softmax(logits[torch.tensor(list(candidate_token_ids), device=device)], dim=-1)

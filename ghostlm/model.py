@@ -21,7 +21,7 @@ The KV cache comes in two forms, both accepted by ``forward(past_kv=...)``:
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -39,8 +39,15 @@ class KVCache:
     ``length`` is the number of positions filled; it is advanced by the model after all layers ran.
     """
 
-    def __init__(self, config: GhostLMConfig, batch_size: int = 1, max_len: int | None = None,
-                 *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        config: GhostLMConfig,
+        batch_size: int = 1,
+        max_len: int | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.max_len = max_len or config.context_length
         shape = (config.n_layers, batch_size, config.kv_heads, self.max_len, config.head_dim)
         self.k = torch.empty(shape, device=device, dtype=dtype)
@@ -60,7 +67,7 @@ class KVCache:
         return self.k[i, :, :, : self.length], self.v[i, :, :, : self.length]
 
 
-PastKV = Union[Sequence[LayerKV], KVCache, None]
+PastKV = Sequence[LayerKV] | KVCache | None
 
 
 class RMSNorm(nn.Module):
@@ -94,8 +101,8 @@ class RotaryEmbedding(nn.Module):
     def forward(self, x: torch.Tensor, offset: int) -> torch.Tensor:
         """x: (B, H, T, hd), rotated as if its first position were ``offset``."""
         T = x.size(-2)
-        cos = self.cos[offset: offset + T].to(x.dtype)
-        sin = self.sin[offset: offset + T].to(x.dtype)
+        cos = self.cos[offset : offset + T].to(x.dtype)
+        sin = self.sin[offset : offset + T].to(x.dtype)
         half = x.size(-1) // 2
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
@@ -119,8 +126,15 @@ class CausalSelfAttention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None, past_len: int,
-                layer_past: LayerKV | None, cache: KVCache | None, layer_idx: int) -> tuple[torch.Tensor, LayerKV]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: RotaryEmbedding | None,
+        past_len: int,
+        layer_past: LayerKV | None,
+        cache: KVCache | None,
+        layer_idx: int,
+    ) -> tuple[torch.Tensor, LayerKV]:
         B, T, C = x.shape
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv_heads
         q, k, v = self.c_qkv(x).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
@@ -152,7 +166,11 @@ class CausalSelfAttention(nn.Module):
                 attn_mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
         # enable_gqa expands K/V heads exactly like repeat_interleave(n_rep, dim=1), without copying.
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=nkv != nh,
         )
@@ -202,8 +220,15 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.ffn: nn.Module = SwiGLU(config) if config.use_swiglu else MLP(config)
 
-    def forward(self, x: torch.Tensor, rope: RotaryEmbedding | None, past_len: int,
-                layer_past: LayerKV | None, cache: KVCache | None, layer_idx: int) -> tuple[torch.Tensor, LayerKV]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: RotaryEmbedding | None,
+        past_len: int,
+        layer_past: LayerKV | None,
+        cache: KVCache | None,
+        layer_idx: int,
+    ) -> tuple[torch.Tensor, LayerKV]:
         a, present = self.attn(self.ln_1(x), rope, past_len, layer_past, cache, layer_idx)
         x = x + a
         x = x + self.ffn(self.ln_2(x))
@@ -218,12 +243,18 @@ class GhostLM(nn.Module):
         super().__init__()
         on = [name for name in _UNSUPPORTED if getattr(config, name)]
         if on:
-            raise NotImplementedError(f"GhostLM options not supported by this implementation: {', '.join(on)}")
+            raise NotImplementedError(
+                f"GhostLM options not supported by this implementation: {', '.join(on)}"
+            )
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         # Learned positions only for legacy models; RoPE models have no pos_embedding key at all.
         self.pos_embedding = None if config.use_rope else nn.Embedding(config.context_length, config.d_model)
-        self.rope = RotaryEmbedding(config.head_dim, config.context_length, config.rope_base) if config.use_rope else None
+        self.rope = (
+            RotaryEmbedding(config.head_dim, config.context_length, config.rope_base)
+            if config.use_rope
+            else None
+        )
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = make_norm(config)
@@ -232,7 +263,8 @@ class GhostLM(nn.Module):
         # Scaled init for residual projections (GPT-2): keeps the residual stream's variance flat with depth.
         for name, p in self.named_parameters():
             if name.endswith(("attn.proj.weight", "ffn.fc3.weight")) or (
-                    name.endswith("ffn.fc2.weight") and not config.use_swiglu):
+                name.endswith("ffn.fc2.weight") and not config.use_swiglu
+            ):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
         # Tie AFTER init: one tensor, stored under both names in the state_dict (upstream layout).
         self.lm_head.weight = self.token_embedding.weight
@@ -254,9 +286,18 @@ class GhostLM(nn.Module):
         p = self.token_embedding.weight
         return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, past_kv: PastKV = None,
-                use_cache: bool = False, *, last_only: bool = False,
-                ) -> tuple[torch.Tensor, torch.Tensor | None] | tuple[torch.Tensor, torch.Tensor | None, list[LayerKV] | KVCache]:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        past_kv: PastKV = None,
+        use_cache: bool = False,
+        *,
+        last_only: bool = False,
+    ) -> (
+        tuple[torch.Tensor, torch.Tensor | None]
+        | tuple[torch.Tensor, torch.Tensor | None, list[LayerKV] | KVCache]
+    ):
         """Upstream-compatible forward.
 
         Returns ``(logits, loss)``, or ``(logits, loss, presents)`` when ``use_cache``. ``presents`` is a list of
@@ -264,7 +305,7 @@ class GhostLM(nn.Module):
         was passed in. ``last_only`` (ours) computes logits for the final position only: the 50k-wide head is
         the most expensive matmul at prefill and generation needs just the last row.
         """
-        B, T = idx.shape
+        _B, T = idx.shape
         cache = past_kv if isinstance(past_kv, KVCache) else None
         layer_pasts = None if (cache is not None or past_kv is None) else list(past_kv)
         if cache is not None:
@@ -274,7 +315,9 @@ class GhostLM(nn.Module):
         else:
             past_len = 0
         if past_len + T > self.config.context_length:
-            raise ValueError(f"sequence length {past_len + T} exceeds context_length {self.config.context_length}")
+            raise ValueError(
+                f"sequence length {past_len + T} exceeds context_length {self.config.context_length}"
+            )
 
         x = self.token_embedding(idx)
         if self.pos_embedding is not None:
@@ -297,7 +340,9 @@ class GhostLM(nn.Module):
         loss = None
         if targets is not None:
             # -1 marks positions without a target (upstream convention, e.g. the last position).
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1
+            )
         if use_cache:
             return logits, loss, (cache if cache is not None else presents)
         return logits, loss

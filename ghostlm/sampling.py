@@ -8,8 +8,8 @@ request reproducible; it is created per request so concurrent requests never sha
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 
@@ -81,8 +81,13 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
 class Sampler:
     """Per-request sampling state: the generator and the set of ids seen (for the repetition penalty)."""
 
-    def __init__(self, params: SamplingParams, vocab_size: int, context_ids: Iterable[int] = (),
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        params: SamplingParams,
+        vocab_size: int,
+        context_ids: Iterable[int] = (),
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.params = params
         self.generator = None if params.greedy else make_generator(params.seed, device)
         self.seen: torch.Tensor | None = None

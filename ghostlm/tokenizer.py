@@ -9,20 +9,25 @@ This module is the ONE place that defines the special-token names and the GPT-2 
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import logging
 import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 logger = logging.getLogger(__name__)
 
 # --- special tokens ------------------------------------------------------------------------------------
 SPECIAL_TOKEN_NAMES: tuple[str, ...] = (
-    "<|ghost_bos|>", "<|ghost_eos|>", "<|ghost_pad|>", "<|ghost_unk|>",
-    "<|ghost_user|>", "<|ghost_assistant|>", "<|ghost_end|>",
+    "<|ghost_bos|>",
+    "<|ghost_eos|>",
+    "<|ghost_pad|>",
+    "<|ghost_unk|>",
+    "<|ghost_user|>",
+    "<|ghost_assistant|>",
+    "<|ghost_end|>",
 )
 GPT2_BASE_VOCAB = 50257  # ids 0..50256; 50256 is <|endoftext|>
 BOS_ID, EOS_ID, PAD_ID, UNK_ID, USER_ID, ASSISTANT_ID, END_ID = range(GPT2_BASE_VOCAB, GPT2_BASE_VOCAB + 7)
@@ -113,7 +118,7 @@ class BaseTokenizer(ABC):
     def format_chat_prompt(self, turns: Iterable[Turn]) -> list[int]:
         """History (ending with a user turn) + ASSISTANT: the model continues with the reply and then END."""
         ids, _ = self.encode_chat(turns)
-        return ids + [self.special.assistant]
+        return [*ids, self.special.assistant]
 
 
 class GPT2Tokenizer(BaseTokenizer):
@@ -140,16 +145,23 @@ class GPT2Tokenizer(BaseTokenizer):
             base = tiktoken.get_encoding("gpt2")
             specials = dict(base._special_tokens)
             specials.update({name: GPT2_BASE_VOCAB + i for i, name in enumerate(SPECIAL_TOKEN_NAMES)})
-            self._enc = tiktoken.Encoding(name="ghostlm-gpt2", pat_str=base._pat_str,
-                                          mergeable_ranks=base._mergeable_ranks, special_tokens=specials)
-        except Exception as e:  # noqa: BLE001 - any failure here means "data not available"
-            cache = os.environ.get("TIKTOKEN_CACHE_DIR") or "<unset; tiktoken then uses $TMPDIR/data-gym-cache>"
+            self._enc = tiktoken.Encoding(
+                name="ghostlm-gpt2",
+                pat_str=base._pat_str,
+                mergeable_ranks=base._mergeable_ranks,
+                special_tokens=specials,
+            )
+        except Exception as e:
+            cache = (
+                os.environ.get("TIKTOKEN_CACHE_DIR") or "<unset; tiktoken then uses $TMPDIR/data-gym-cache>"
+            )
             files = ", ".join(f"{sha} (= {url})" for sha, url in _TIKTOKEN_GPT2_FILES.items())
             self._error = TokenizerUnavailableError(
                 f"GPT-2 BPE files for tiktoken are not available ({type(e).__name__}: {e}). tiktoken downloads them "
                 f"on first use, which is impossible offline. Copy a populated tiktoken cache to a directory and set "
                 f"TIKTOKEN_CACHE_DIR to it (currently {cache}); it must contain the files {files}. Alternatively put a "
-                f"tokenizer.json next to the checkpoint.")
+                f"tokenizer.json next to the checkpoint."
+            )
             raise self._error from e
         return self._enc
 
@@ -175,7 +187,7 @@ class HFTokenizer(BaseTokenizer):
         self.path = Path(path)
         try:
             self._tok = _HF.from_file(str(self.path))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise TokenizerUnavailableError(f"{self.path}: cannot read tokenizer.json ({e})") from e
         # Treat added special tokens as text when encoding user content (HF "split_special_tokens").
         self._tok.encode_special_tokens = True
@@ -185,7 +197,9 @@ class HFTokenizer(BaseTokenizer):
             if tid is None and field in _V1_ALIASES:
                 tid = self._tok.token_to_id(_V1_ALIASES[field])
             if tid is None:
-                raise TokenizerUnavailableError(f"{self.path}: special token {name} is missing from the vocabulary")
+                raise TokenizerUnavailableError(
+                    f"{self.path}: special token {name} is missing from the vocabulary"
+                )
             ids[field] = tid
         self.special = SpecialIds(**ids)
         # Every added token (specials and any tags like <|tool_call|>) is forbidden in encoded user text.
@@ -216,13 +230,18 @@ class HFTokenizer(BaseTokenizer):
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: str | Path) -> HFTokenizer:
     """Train a byte-level BPE offline with the seven ghost specials at ids 0..6 (upstream V05 layout)."""
-    from tokenizers import Tokenizer as _HF, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as _HF
+    from tokenizers import decoders, models, pre_tokenizers, trainers
 
     tok = _HF(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKEN_NAMES),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKEN_NAMES),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -262,17 +281,17 @@ class StreamDecoder:
 
     def push(self, token_id: int) -> str:
         self._ids.append(int(token_id))
-        prefix_text = self._decode(self._ids[self._prefix:self._read])
-        new_text = self._decode(self._ids[self._prefix:])
+        prefix_text = self._decode(self._ids[self._prefix : self._read])
+        new_text = self._decode(self._ids[self._prefix :])
         if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
-            delta = new_text[len(prefix_text):]
+            delta = new_text[len(prefix_text) :]
             self._prefix, self._read = self._read, len(self._ids)
             return delta
         return ""
 
     def flush(self) -> str:
         """Whatever is still held back (an incomplete character decodes as U+FFFD)."""
-        prefix_text = self._decode(self._ids[self._prefix:self._read])
-        new_text = self._decode(self._ids[self._prefix:])
+        prefix_text = self._decode(self._ids[self._prefix : self._read])
+        new_text = self._decode(self._ids[self._prefix :])
         self._prefix = self._read = len(self._ids)
-        return new_text[len(prefix_text):]
+        return new_text[len(prefix_text) :]

@@ -29,11 +29,17 @@ async def bench(url: str, n: int, users: int = 20) -> dict[str, Any]:
             await repo.is_processed("bench", str(i))
             await repo.history(key, limit=20)
             await repo.commit_exchange(
-                platform="bench", event_id=str(i), key=key, user=UserRef("bench", who, f"user {who}"),
-                user_text="How do I prevent CWE-79 in a template engine? " * 3, user_tokens=40,
+                platform="bench",
+                event_id=str(i),
+                key=key,
+                user=UserRef("bench", who, f"user {who}"),
+                user_text="How do I prevent CWE-79 in a template engine? " * 3,
+                user_tokens=40,
                 assistant_text="Escape output by context and set a Content-Security-Policy [1]. " * 6,
-                assistant_tokens=90, sources=[{"index": 1, "ref": "CWE-79", "source": "cwe", "title": "XSS"}],
-                user_platform_message_id=str(2 * i), assistant_platform_message_ids=[str(2 * i + 1)],
+                assistant_tokens=90,
+                sources=[{"index": 1, "ref": "CWE-79", "source": "cwe", "title": "XSS"}],
+                user_platform_message_id=str(2 * i),
+                assistant_platform_message_ids=[str(2 * i + 1)],
             )
         elapsed = time.perf_counter() - start
         return {

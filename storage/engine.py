@@ -19,7 +19,11 @@ log = logging.getLogger(__name__)
 # With it, migrations also run as one transaction (the sqlite3 module would otherwise autocommit DDL).
 IMMEDIATE = "ghostbot_sqlite_immediate"
 
-_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
 
 
 def normalize_url(url: str | URL) -> URL:

@@ -14,7 +14,8 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import ClassVar
 
 from sqlalchemy import (
     DateTime,
@@ -82,7 +83,7 @@ def install_search_index(connection: Connection) -> None:
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Document(Base):
@@ -107,7 +108,7 @@ class Chunk(Base):
 
     __tablename__ = "knowledge_chunks"
     # Never reuse a deleted chunk's id: the embedding matrix is keyed by chunk id.
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__: ClassVar[dict[str, bool]] = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     document_id: Mapped[int] = mapped_column(
@@ -183,10 +184,84 @@ class ChunkMeta:
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Question words and glue: OR-ing them would match nearly every chunk and only add noise and time.
 STOPWORDS = frozenset(
-    """a an and are as at be been being but by can could do does did for from how i if in into is it its
-    me my of on or our so such that the their them then there these they this those to was we were what
-    when where which who whom why will with would you your called call name term happens happen type kind
-    known also about any some should s t""".split()
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "been",
+        "being",
+        "but",
+        "by",
+        "can",
+        "could",
+        "do",
+        "does",
+        "did",
+        "for",
+        "from",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "of",
+        "on",
+        "or",
+        "our",
+        "so",
+        "such",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "to",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "whom",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+        "called",
+        "call",
+        "name",
+        "term",
+        "happens",
+        "happen",
+        "type",
+        "kind",
+        "known",
+        "also",
+        "about",
+        "any",
+        "some",
+        "should",
+        "s",
+        "t",
+    ]
 )
 MAX_QUERY_TERMS = 32
 
@@ -345,9 +420,7 @@ class KnowledgeRepository:
         keep_set = set(keep)
         async with self._sessions.begin() as session:
             rows = (
-                await session.execute(
-                    select(Document.id, Document.locator).where(Document.source == source)
-                )
+                await session.execute(select(Document.id, Document.locator).where(Document.source == source))
             ).all()
             doomed = [
                 row.id
@@ -646,7 +719,7 @@ __all__ = [
     "DocumentData",
     "KnowledgeRepository",
     "SaveResult",
-    "install_search_index",
     "fts_terms",
+    "install_search_index",
     "sqlite_match_expression",
 ]

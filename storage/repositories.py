@@ -197,7 +197,9 @@ _HISTORY = (
 )
 
 
-def _upsert_user(connection: Connection, platform: str, user_id: str, display_name: str | None, now: datetime) -> int:
+def _upsert_user(
+    connection: Connection, platform: str, user_id: str, display_name: str | None, now: datetime
+) -> int:
     """Create the user row or refresh it; returns its id (race-safe: ON CONFLICT, one round trip)."""
     name = clean_text(display_name or "")[:MAX_DISPLAY_NAME]
     stmt = _upsert_user_stmt(connection.dialect.name, bool(name))
@@ -227,7 +229,10 @@ class ConversationRepository(_Repository):
 
     @staticmethod
     def _is_processed(connection: Connection, platform: str, event_id: str) -> bool:
-        return connection.execute(_IS_PROCESSED, {"platform": platform, "event_id": str(event_id)}).first() is not None
+        return (
+            connection.execute(_IS_PROCESSED, {"platform": platform, "event_id": str(event_id)}).first()
+            is not None
+        )
 
     async def mark_processed(self, platform: str, event_id: str) -> bool:
         """Record an event handled without history (commands). False when it was already recorded."""
@@ -239,7 +244,9 @@ class ConversationRepository(_Repository):
 
     @staticmethod
     def _prune(connection: Connection, before: datetime) -> int:
-        return _rowcount(connection.execute(delete(processed_events).where(processed_events.c.created_at < before)))
+        return _rowcount(
+            connection.execute(delete(processed_events).where(processed_events.c.created_at < before))
+        )
 
     async def history(self, key: ConversationKey, limit: int = 200) -> list[StoredMessage]:
         """The newest `limit` messages of the conversation, oldest first."""
@@ -278,7 +285,11 @@ class ConversationRepository(_Repository):
             key,
             user,
             (clean_text(user_text), int(user_tokens), user_ids),
-            (clean_text(assistant_text), int(assistant_tokens), [str(x) for x in assistant_platform_message_ids]),
+            (
+                clean_text(assistant_text),
+                int(assistant_tokens),
+                [str(x) for x in assistant_platform_message_ids],
+            ),
             list(sources),
         )
 
@@ -302,13 +313,27 @@ class ConversationRepository(_Repository):
         row = {"conversation_id": conversation, "user_id": user_row, "created_at": now}
         question_id = connection.execute(
             _INSERT_MESSAGE,
-            {**row, "reply_to_id": None, "role": ROLE_USER, "text": question[0], "token_count": question[1],
-             "sources": [], "platform_message_ids": question[2]},
+            {
+                **row,
+                "reply_to_id": None,
+                "role": ROLE_USER,
+                "text": question[0],
+                "token_count": question[1],
+                "sources": [],
+                "platform_message_ids": question[2],
+            },
         ).scalar_one()
         answer_id = connection.execute(
             _INSERT_MESSAGE,
-            {**row, "reply_to_id": question_id, "role": ROLE_ASSISTANT, "text": answer[0],
-             "token_count": answer[1], "sources": sources, "platform_message_ids": answer[2]},
+            {
+                **row,
+                "reply_to_id": question_id,
+                "role": ROLE_ASSISTANT,
+                "text": answer[0],
+                "token_count": answer[1],
+                "sources": sources,
+                "platform_message_ids": answer[2],
+            },
         ).scalar_one()
         refs = [{"message_id": question_id, "platform_message_id": x} for x in question[2]]
         refs += [{"message_id": answer_id, "platform_message_id": x} for x in answer[2]]
@@ -333,9 +358,13 @@ class ConversationRepository(_Repository):
         if not added:
             return
         connection.execute(
-            messages.update().where(messages.c.id == message_id).values(platform_message_ids=list(current) + added)
+            messages.update()
+            .where(messages.c.id == message_id)
+            .values(platform_message_ids=list(current) + added)
         )
-        connection.execute(message_refs.insert(), [{"message_id": message_id, "platform_message_id": x} for x in added])
+        connection.execute(
+            message_refs.insert(), [{"message_id": message_id, "platform_message_id": x} for x in added]
+        )
 
     async def reset(self, key: ConversationKey) -> int:
         """Delete the conversation's messages (their refs and feedback go with them); returns how many."""
@@ -387,7 +416,9 @@ class ConversationRepository(_Repository):
         answer = connection.execute(stmt, _key_params(key)).first()
         if answer is None or answer.reply_to_id is None:
             return None
-        question = connection.execute(select(*_MESSAGE_COLUMNS).where(messages.c.id == answer.reply_to_id)).first()
+        question = connection.execute(
+            select(*_MESSAGE_COLUMNS).where(messages.c.id == answer.reply_to_id)
+        ).first()
         if question is None:
             return None
         connection.execute(delete(messages).where(messages.c.id.in_([answer.id, question.id])))
@@ -400,7 +431,9 @@ class ConversationRepository(_Repository):
         return await self._run.read(self._find, platform, str(chat_id), str(platform_message_id))
 
     @staticmethod
-    def _find(connection: Connection, platform: str, chat_id: str, platform_message_id: str) -> StoredMessage | None:
+    def _find(
+        connection: Connection, platform: str, chat_id: str, platform_message_id: str
+    ) -> StoredMessage | None:
         stmt = (
             select(*_MESSAGE_COLUMNS)
             .select_from(
@@ -441,7 +474,10 @@ class ConversationRepository(_Repository):
         doomed = select(messages.c.id).where(theirs)
         statements: list[Any] = [
             delete(feedback).where(
-                or_(feedback.c.message_id.in_(doomed), feedback.c.user_id == uid if uid is not None else false())
+                or_(
+                    feedback.c.message_id.in_(doomed),
+                    feedback.c.user_id == uid if uid is not None else false(),
+                )
             ),
             delete(message_refs).where(message_refs.c.message_id.in_(doomed)),
             delete(messages).where(theirs),
@@ -584,7 +620,16 @@ class StatsRepository(_Repository):
     @staticmethod
     def _user_stats(connection: Connection, platform: str, user_id: str) -> dict[str, Any]:
         stats: dict[str, Any] = dict.fromkeys(
-            ("questions", "answers", "tokens_in", "tokens_out", "conversations", "feedback_up", "feedback_down"), 0
+            (
+                "questions",
+                "answers",
+                "tokens_in",
+                "tokens_out",
+                "conversations",
+                "feedback_up",
+                "feedback_down",
+            ),
+            0,
         )
         stats.update(first_seen=None, last_seen=None)
         user = connection.execute(
@@ -619,7 +664,9 @@ class StatsRepository(_Repository):
 
     @staticmethod
     def _global_stats(connection: Connection) -> dict[str, Any]:
-        per_platform = connection.execute(select(users.c.platform, func.count()).group_by(users.c.platform)).all()
+        per_platform = connection.execute(
+            select(users.c.platform, func.count()).group_by(users.c.platform)
+        ).all()
         n_conversations = connection.execute(select(func.count()).select_from(conversations)).scalar_one()
         counts = connection.execute(select(*_MESSAGE_COUNTS)).one()
         n_events = connection.execute(select(func.count()).select_from(processed_events)).scalar_one()

@@ -27,9 +27,13 @@ def _bind(fn: Callable[..., T], args: tuple[object, ...], kw: dict[str, object])
 
 
 class Runner(Protocol):
-    async def read(self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kw: P.kwargs) -> T: ...
+    async def read(
+        self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kw: P.kwargs
+    ) -> T: ...
 
-    async def write(self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kw: P.kwargs) -> T: ...
+    async def write(
+        self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kw: P.kwargs
+    ) -> T: ...
 
     async def close(self) -> None: ...
 
@@ -47,7 +51,9 @@ class ThreadRunner:
     async def write(self, fn: Callable[Concatenate[Connection, P], T], /, *args: P.args, **kw: P.kwargs) -> T:
         return await self._submit(self._write, _bind(fn, args, kw))
 
-    async def _submit(self, wrapper: Callable[[Callable[[Connection], T]], T], call: Callable[[Connection], T]) -> T:
+    async def _submit(
+        self, wrapper: Callable[[Callable[[Connection], T]], T], call: Callable[[Connection], T]
+    ) -> T:
         # If the awaiting task is cancelled the thread still finishes: the transaction commits or rolls back whole.
         return await asyncio.get_running_loop().run_in_executor(self._executor, wrapper, call)
 

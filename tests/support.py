@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from bots.compose import App, open_app
 from core.generators.base import Generator
@@ -30,7 +31,11 @@ def app_settings(tmp_path: Path, **overrides: Any) -> Settings:
 
 @asynccontextmanager
 async def indexed_app(
-    settings: Settings, tmp_path: Path, *, index: dict[str, str] | None = None, generator: Generator | None = None
+    settings: Settings,
+    tmp_path: Path,
+    *,
+    index: dict[str, str] | None = None,
+    generator: Generator | None = None,
 ) -> AsyncIterator[App]:
     """The real app from `open_app`; `index` ({filename: text}) is written to a folder and indexed first."""
     async with open_app(settings, generator=generator, build_packs=False) as app:

@@ -34,7 +34,9 @@ class DiscordAdapter:
     commands and connects the gateway in a background task; `await stop()` stops taking new
     events, lets replies in flight finish for up to `grace` seconds, then closes."""
 
-    def __init__(self, settings: Settings, manager: ConversationManager, *, guild_ready_timeout: float = 2.0) -> None:
+    def __init__(
+        self, settings: Settings, manager: ConversationManager, *, guild_ready_timeout: float = 2.0
+    ) -> None:
         if settings.discord_bot_token is None:
             raise ValueError("DISCORD_BOT_TOKEN is not set")
         self._settings = settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import discord
 import yarl
@@ -60,7 +60,9 @@ def _describe(name: str, fallback: str) -> str:
 
 
 class GhostClient(discord.Client):
-    def __init__(self, settings: Settings, manager: ConversationManager, *, guild_ready_timeout: float = 2.0) -> None:
+    def __init__(
+        self, settings: Settings, manager: ConversationManager, *, guild_ready_timeout: float = 2.0
+    ) -> None:
         intents = discord.Intents.default()
         # Privileged, so off unless asked for: Discord delivers the text of DMs, mentions and
         # pinging replies without it; only replies with "ping" switched off need it.
@@ -156,7 +158,9 @@ class GhostClient(discord.Client):
 
         @tree.command(name="settings", description=_describe("settings", "Show or change your settings"))
         @app_commands.describe(key="Setting to change (leave empty to list them)", value="New value")
-        async def settings(interaction: discord.Interaction, key: str | None = None, value: str | None = None) -> None:
+        async def settings(
+            interaction: discord.Interaction, key: str | None = None, value: str | None = None
+        ) -> None:
             text = " ".join(part.strip() for part in ("/settings", key or "", value or "") if part.strip())
             await self._slash(interaction, text)
 
@@ -168,7 +172,10 @@ class GhostClient(discord.Client):
         async def retry(interaction: discord.Interaction) -> None:
             await self._slash(interaction, "/retry", public=True)
 
-        @tree.command(name="cancel", description=_describe("cancel", "Stop your question that is waiting or being answered"))
+        @tree.command(
+            name="cancel",
+            description=_describe("cancel", "Stop your question that is waiting or being answered"),
+        )
         async def cancel(interaction: discord.Interaction) -> None:
             await self._slash(interaction, "/cancel")
 
@@ -180,7 +187,9 @@ class GhostClient(discord.Client):
 
     async def _slash(self, interaction: discord.Interaction, text: str, *, public: bool = False) -> None:
         if not self._accepting:
-            await interaction.response.send_message("I'm restarting, please try again in a minute.", ephemeral=True)
+            await interaction.response.send_message(
+                "I'm restarting, please try again in a minute.", ephemeral=True
+            )
             return
         with self._tracked():
             # Acknowledge first, before any storage or queue work: Discord drops interactions that
@@ -189,11 +198,15 @@ class GhostClient(discord.Client):
             incoming = convert.from_interaction(interaction, text)
             await self._handle(incoming, InteractionTarget(interaction, public=public), feedback=public)
 
-    async def _on_tree_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+    async def _on_tree_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
         log.error("slash command /%s failed", getattr(interaction.command, "name", "?"), exc_info=error)
 
     # --- shared ------------------------------------------------------------------------
-    async def _handle(self, incoming: Incoming, target: InteractionTarget | MessageTarget, *, feedback: bool) -> None:
+    async def _handle(
+        self, incoming: Incoming, target: InteractionTarget | MessageTarget, *, feedback: bool
+    ) -> None:
         sink = DiscordSink(target, feedback_view=FeedbackView.template() if feedback else None)
         try:
             await self.manager.handle(incoming, sink)
@@ -242,5 +255,9 @@ class GhostClient(discord.Client):
             guild_id=str(interaction.guild_id) if interaction.guild_id else None,
             role_ids=convert.role_ids(interaction.user),
         )
-        reply = "Thanks for the feedback!" if saved else "I couldn't find that answer any more, so nothing was saved."
+        reply = (
+            "Thanks for the feedback!"
+            if saved
+            else "I couldn't find that answer any more, so nothing was saved."
+        )
         await interaction.response.send_message(reply, ephemeral=True)

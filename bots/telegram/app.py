@@ -70,7 +70,9 @@ class TelegramHandlers:
 
     # --- Update → Incoming --------------------------------------------------------------------
     @staticmethod
-    def to_incoming(update: Update, bot_id: int, bot_username: str, commands: frozenset[str]) -> Incoming | None:
+    def to_incoming(
+        update: Update, bot_id: int, bot_username: str, commands: frozenset[str]
+    ) -> Incoming | None:
         """The core's view of a message, or None when a group message does not address the bot."""
         message = update.message
         if message is None or message.text is None or update.effective_user is None:
@@ -115,7 +117,9 @@ class TelegramHandlers:
             user_name=user.full_name or user.username or str(user.id),
             text=text,
             addressed=True,
-            thread_id=str(message.message_thread_id) if message.is_topic_message and message.message_thread_id else None,
+            thread_id=str(message.message_thread_id)
+            if message.is_topic_message and message.message_thread_id
+            else None,
             platform_message_id=str(message.message_id),
         )
 
@@ -171,7 +175,10 @@ class TelegramHandlers:
         # A Telegram/network error is described by its message; anything else is a bug: keep the traceback
         # (the logging setup redacts secrets in it).
         log.error(
-            "telegram error (update %s): %s: %s", update_id, type(error).__name__, detail,
+            "telegram error (update %s): %s: %s",
+            update_id,
+            type(error).__name__,
+            detail,
             exc_info=None if isinstance(error, TelegramError) else error,
         )
 
@@ -196,7 +203,13 @@ async def _best_effort(awaitable: Any) -> None:
 def _keep_token_out_of_logs(token: str) -> None:
     """httpx logs request URLs at INFO and PTB logs its base URLs at DEBUG: both contain the token."""
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    for name in ("telegram.Bot", "telegram.ext.ExtBot", "telegram.ext.Updater", "telegram.ext.Application", "httpx"):
+    for name in (
+        "telegram.Bot",
+        "telegram.ext.ExtBot",
+        "telegram.ext.Updater",
+        "telegram.ext.Application",
+        "httpx",
+    ):
         logger = logging.getLogger(name)
         if not any(isinstance(f, SecretRedactor) and f.redact(token) != token for f in logger.filters):
             logger.addFilter(SecretRedactor([token]))
@@ -229,7 +242,10 @@ def build_application(settings: Settings, manager: ConversationManager) -> Appli
     application.add_handler(CommandHandler(sorted(names), handlers.on_message, filters=only_new))
     application.add_handler(MessageHandler(only_new & filters.TEXT, handlers.on_message))
     application.add_handler(
-        MessageHandler(only_new & filters.ChatType.PRIVATE & ~filters.TEXT & ~filters.StatusUpdate.ALL, handlers.on_not_text)
+        MessageHandler(
+            only_new & filters.ChatType.PRIVATE & ~filters.TEXT & ~filters.StatusUpdate.ALL,
+            handlers.on_not_text,
+        )
     )
     application.add_handler(CallbackQueryHandler(handlers.on_feedback, pattern=r"^fb:[+-]1$"))
     application.add_error_handler(handlers.on_error)
@@ -243,10 +259,14 @@ class TelegramAdapter:
     (the secret token header is checked on every request) and `setWebhook` registers it.
     """
 
-    def __init__(self, settings: Settings, manager: ConversationManager, *, drain_timeout: float | None = None) -> None:
+    def __init__(
+        self, settings: Settings, manager: ConversationManager, *, drain_timeout: float | None = None
+    ) -> None:
         self.settings = settings
         self.application = build_application(settings, manager)
-        self._drain_timeout = drain_timeout if drain_timeout is not None else settings.request_timeout_seconds + 10
+        self._drain_timeout = (
+            drain_timeout if drain_timeout is not None else settings.request_timeout_seconds + 10
+        )
         self._webhook: web.AppRunner | None = None
         self._webhook_secret = ""
         self.webhook_port: int | None = None  # the bound port (useful when the setting is 0)
@@ -286,8 +306,10 @@ class TelegramAdapter:
             try:
                 await asyncio.wait_for(app.stop(), self._drain_timeout)
             except TimeoutError:
-                log.warning("telegram: replies still running after %.0f s were cancelled", self._drain_timeout)
-        if app._initialized:  # noqa: SLF001 - PTB exposes no public flag
+                log.warning(
+                    "telegram: replies still running after %.0f s were cancelled", self._drain_timeout
+                )
+        if app._initialized:
             await app.shutdown()
         log.info("telegram: stopped")
 
@@ -305,10 +327,13 @@ class TelegramAdapter:
         site = web.TCPSite(runner, settings.telegram_webhook_listen, settings.telegram_webhook_port)
         await site.start()
         self._webhook = runner
-        sockets = getattr(site._server, "sockets", None) or []  # noqa: SLF001
+        sockets = getattr(site._server, "sockets", None) or []
         self.webhook_port = sockets[0].getsockname()[1] if sockets else settings.telegram_webhook_port
         await self.application.bot.set_webhook(
-            url, secret_token=self._webhook_secret, allowed_updates=ALLOWED_UPDATES, drop_pending_updates=False
+            url,
+            secret_token=self._webhook_secret,
+            allowed_updates=ALLOWED_UPDATES,
+            drop_pending_updates=False,
         )
 
     async def _on_webhook(self, request: web.Request) -> web.Response:

@@ -6,9 +6,17 @@ import asyncio
 import html
 import logging
 import time
-from typing import Any, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions, Message, ReplyParameters
+from telegram import (
+    Bot,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    LinkPreviewOptions,
+    Message,
+    ReplyParameters,
+)
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, RetryAfter, TelegramError
 
@@ -29,7 +37,12 @@ _FINAL_RETRIES = 5  # RetryAfter that outlived the rate limiter's own retries: t
 
 def feedback_keyboard() -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup(
-        [[InlineKeyboardButton("👍", callback_data=FEEDBACK_UP), InlineKeyboardButton("👎", callback_data=FEEDBACK_DOWN)]]
+        [
+            [
+                InlineKeyboardButton("👍", callback_data=FEEDBACK_UP),
+                InlineKeyboardButton("👎", callback_data=FEEDBACK_DOWN),
+            ]
+        ]
     )
 
 
@@ -139,10 +152,14 @@ class TelegramSink:
         async with self._io:
             for index, (text, foot) in enumerate(parts):
                 markup = keyboard if index == len(parts) - 1 else None
-                rendered = "\n\n".join(p for p in (to_telegram_html(text) if text else "", _html_escape(foot)) if p)
+                rendered = "\n\n".join(
+                    p for p in (to_telegram_html(text) if text else "", _html_escape(foot)) if p
+                )
                 plain = "\n\n".join(p for p in (text, foot) if p)
                 if index == 0 and self._message_id is not None:
-                    message_id = await self._deliver(plain, rendered, message_id=self._message_id, markup=markup)
+                    message_id = await self._deliver(
+                        plain, rendered, message_id=self._message_id, markup=markup
+                    )
                 else:
                     message_id = await self._deliver(plain, rendered, markup=markup)
                 ids.append(str(message_id))
@@ -177,7 +194,9 @@ class TelegramSink:
                 await asyncio.sleep(wait)
             try:
                 await self._write_stream(text)
-            except TelegramError as exc:  # e.g. a 429 the limiter gave up on: the next edit or the final carries it
+            except (
+                TelegramError
+            ) as exc:  # e.g. a 429 the limiter gave up on: the next edit or the final carries it
                 log.info("stream edit in chat %s skipped: %s", self._chat_id, type(exc).__name__)
 
     async def _write_stream(self, text: str) -> None:
@@ -192,7 +211,9 @@ class TelegramSink:
     async def _keep_typing(self) -> None:
         try:
             while not self._done and not self._streamed:
-                await self._bot.send_chat_action(self._chat_id, ChatAction.TYPING, message_thread_id=self._thread_id)
+                await self._bot.send_chat_action(
+                    self._chat_id, ChatAction.TYPING, message_thread_id=self._thread_id
+                )
                 await asyncio.sleep(TYPING_REFRESH_S)
         except asyncio.CancelledError:
             raise
@@ -223,7 +244,11 @@ class TelegramSink:
                 except BadRequest as exc:
                     if not _bad_entities(exc):
                         raise
-                    log.warning("chat %s: Telegram rejected the HTML (%s); sending plain text", self._chat_id, exc.message)
+                    log.warning(
+                        "chat %s: Telegram rejected the HTML (%s); sending plain text",
+                        self._chat_id,
+                        exc.message,
+                    )
             return (await self._call(write, plain, None, markup)).message_id
         except BadRequest as exc:
             if message_id is not None and _not_modified(exc):
@@ -248,7 +273,9 @@ class TelegramSink:
                 await asyncio.sleep(_retry_seconds(exc) + 0.1)
         raise AssertionError("unreachable")
 
-    async def _send_message(self, text: str, parse_mode: str | None, markup: InlineKeyboardMarkup | None) -> Message:
+    async def _send_message(
+        self, text: str, parse_mode: str | None, markup: InlineKeyboardMarkup | None
+    ) -> Message:
         reply = ReplyParameters(self._reply_to, allow_sending_without_reply=True) if self._reply_to else None
         return await self._bot.send_message(
             self._chat_id,
@@ -260,7 +287,9 @@ class TelegramSink:
             link_preview_options=_NO_PREVIEW,
         )
 
-    def _edit(self, message_id: int) -> Callable[[str, str | None, InlineKeyboardMarkup | None], Awaitable[Message]]:
+    def _edit(
+        self, message_id: int
+    ) -> Callable[[str, str | None, InlineKeyboardMarkup | None], Awaitable[Message]]:
         async def edit(text: str, parse_mode: str | None, markup: InlineKeyboardMarkup | None) -> Message:
             # Every edit of one message keeps the streaming floor, the final one included.
             wait = self._min_interval - (time.monotonic() - self._last_write)

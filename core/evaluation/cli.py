@@ -7,9 +7,10 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from core.settings import Settings
 
@@ -33,17 +34,33 @@ def _csv_list(value: str) -> list[str]:
 
 def _add_judge_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("judge")
-    g.add_argument("--judge", choices=["openai", "local"], default="openai",
-                   help="an OpenAI-compatible endpoint (default) or the local model")
+    g.add_argument(
+        "--judge",
+        choices=["openai", "local"],
+        default="openai",
+        help="an OpenAI-compatible endpoint (default) or the local model",
+    )
     g.add_argument("--judge-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:11434/v1")
     g.add_argument("--judge-model", default="gpt-4o-mini", help="model name at the judge endpoint")
-    g.add_argument("--judge-key-env", default="JUDGE_API_KEY",
-                   help="environment variable holding the judge's API key (default JUDGE_API_KEY)")
-    g.add_argument("--judge-temperature", type=float, default=None,
-                   help="sampling temperature for repeats (default 0.7 remote, 1.0 local)")
-    g.add_argument("--judge-model-path", type=Path,
-                   help="local judge: GhostLM checkpoint or HF directory (default MODEL_PATH)")
-    g.add_argument("--max-attempts", type=int, default=3, help="tries per judge call when the reply is not valid")
+    g.add_argument(
+        "--judge-key-env",
+        default="JUDGE_API_KEY",
+        help="environment variable holding the judge's API key (default JUDGE_API_KEY)",
+    )
+    g.add_argument(
+        "--judge-temperature",
+        type=float,
+        default=None,
+        help="sampling temperature for repeats (default 0.7 remote, 1.0 local)",
+    )
+    g.add_argument(
+        "--judge-model-path",
+        type=Path,
+        help="local judge: GhostLM checkpoint or HF directory (default MODEL_PATH)",
+    )
+    g.add_argument(
+        "--max-attempts", type=int, default=3, help="tries per judge call when the reply is not valid"
+    )
     g.add_argument("--concurrency", type=int, default=4, help="parallel requests to a remote judge")
     g.add_argument("--rubrics", type=Path, help="your own rubric file (default: the packaged rubrics.toml)")
     g.add_argument("--criteria", type=_csv_list, help="comma-separated subset, e.g. accuracy,safety")
@@ -55,7 +72,9 @@ def _add_judge_options(p: argparse.ArgumentParser) -> None:
 def add_eval_subcommands(sub: argparse._SubParsersAction) -> None:
     """Define ``judge``, ``compare``, ``mcq`` and ``export-feedback`` under an ``eval`` parser."""
     j = sub.add_parser("judge", help="judge answers on six criteria with repeated LLM-as-a-judge scoring")
-    j.add_argument("--input", required=True, type=Path, help="CSV/TSV/JSONL with question[, reference, answer]")
+    j.add_argument(
+        "--input", required=True, type=Path, help="CSV/TSV/JSONL with question[, reference, answer]"
+    )
     j.add_argument("--out", required=True, type=Path, help="results CSV (resumed if it exists)")
     j.add_argument("--repeats", type=int, default=5, help="judgements per item and criterion (default 5)")
     j.add_argument("--std-threshold", type=float, default=1.0, help="std above this flags needs_review")
@@ -64,18 +83,34 @@ def add_eval_subcommands(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compare", help="pairwise A/B comparison with the order swapped (win/tie/loss)")
     c.add_argument("--a", type=Path, help="results file A (question, answer)")
     c.add_argument("--b", type=Path, help="results file B (question, answer)")
-    c.add_argument("--input", type=Path, help="one file with two answer columns, or questions for --a-set/--b-set")
+    c.add_argument(
+        "--input", type=Path, help="one file with two answer columns, or questions for --a-set/--b-set"
+    )
     c.add_argument("--a-col", help="answer column A in --input")
     c.add_argument("--b-col", help="answer column B in --input")
-    c.add_argument("--a-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="setting override for generator configuration A (repeatable), e.g. generator=extractive")
-    c.add_argument("--b-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="setting override for generator configuration B (repeatable)")
+    c.add_argument(
+        "--a-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="setting override for generator configuration A (repeatable), e.g. generator=extractive",
+    )
+    c.add_argument(
+        "--b-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="setting override for generator configuration B (repeatable)",
+    )
     c.add_argument("--out", required=True, type=Path, help="per-question verdict CSV")
     _add_judge_options(c)
 
-    m = sub.add_parser("mcq", help="multiple-choice benchmark accuracy (local log-prob scoring or API letters)")
-    m.add_argument("--input", required=True, type=Path, help="CSV/TSV/JSONL with question, options and answer")
+    m = sub.add_parser(
+        "mcq", help="multiple-choice benchmark accuracy (local log-prob scoring or API letters)"
+    )
+    m.add_argument(
+        "--input", required=True, type=Path, help="CSV/TSV/JSONL with question, options and answer"
+    )
     m.add_argument("--question-col", default="question")
     m.add_argument("--option-cols", type=_csv_list, default=["A", "B", "C", "D"], help="default A,B,C,D")
     m.add_argument("--answer-col", default="answer", help="column with the correct letter")
@@ -112,17 +147,29 @@ def _build_judge(args: argparse.Namespace, settings: Settings):
     if not args.judge_url:
         raise EvalInputError("--judge openai needs --judge-url (an OpenAI-compatible base URL)")
     temp = 0.7 if args.judge_temperature is None else args.judge_temperature
-    return OpenAIJudge(args.judge_url, args.judge_model, api_key_env=args.judge_key_env, temperature=temp,
-                       max_attempts=args.max_attempts, concurrency=args.concurrency)
+    return OpenAIJudge(
+        args.judge_url,
+        args.judge_model,
+        api_key_env=args.judge_key_env,
+        temperature=temp,
+        max_attempts=args.max_attempts,
+        concurrency=args.concurrency,
+    )
 
 
 def generator_info(settings: Settings, generator: Any) -> dict:
     """What produced the answers, without secrets."""
-    return {"name": getattr(generator, "name", None), "context_length": getattr(generator, "context_length", None),
-            "generator": settings.generator, "model_path": str(settings.model_path) if settings.model_path else None,
-            "openai_base_url": redact_url(settings.openai_base_url) if settings.openai_base_url else None,
-            "openai_model": settings.openai_model, "temperature": settings.temperature,
-            "max_new_tokens": settings.max_new_tokens, "top_passages": settings.top_passages}
+    return {
+        "name": getattr(generator, "name", None),
+        "context_length": getattr(generator, "context_length", None),
+        "generator": settings.generator,
+        "model_path": str(settings.model_path) if settings.model_path else None,
+        "openai_base_url": redact_url(settings.openai_base_url) if settings.openai_base_url else None,
+        "openai_model": settings.openai_model,
+        "temperature": settings.temperature,
+        "max_new_tokens": settings.max_new_tokens,
+        "top_passages": settings.top_passages,
+    }
 
 
 async def run_eval(args: argparse.Namespace, settings: Settings, open_app: OpenApp) -> int:
@@ -150,8 +197,9 @@ async def _judge(args: argparse.Namespace, settings: Settings, open_app: OpenApp
         return _err("--repeats must be at least 1")
     rubrics = load_rubrics(args.rubrics)
     criteria = rubrics.select(args.criteria)
-    cfg = JudgeRunConfig(repeats=args.repeats, std_threshold=args.std_threshold, seed=args.seed,
-                         progress=not args.no_progress)
+    cfg = JudgeRunConfig(
+        repeats=args.repeats, std_threshold=args.std_threshold, seed=args.seed, progress=not args.no_progress
+    )
     table = read_table(args.input, required=("question",), non_empty=("question",))
     judge = _build_judge(args, settings)
     try:
@@ -159,14 +207,28 @@ async def _judge(args: argparse.Namespace, settings: Settings, open_app: OpenApp
         needs_answers = any(not r.get("answer", "").strip() for r in table.rows)
         if needs_answers:
             async with open_app(settings) as app:
-                summary = await judge_file(args.input, args.out, judge=judge, rubrics=rubrics, criteria=criteria,
-                                           cfg=cfg, answer_fn=app.assistant.ask,
-                                           generator_info=generator_info(settings, app.generator),
-                                           resume=not args.no_resume)
+                summary = await judge_file(
+                    args.input,
+                    args.out,
+                    judge=judge,
+                    rubrics=rubrics,
+                    criteria=criteria,
+                    cfg=cfg,
+                    answer_fn=app.assistant.ask,
+                    generator_info=generator_info(settings, app.generator),
+                    resume=not args.no_resume,
+                )
         else:
-            summary = await judge_file(args.input, args.out, judge=judge, rubrics=rubrics, criteria=criteria,
-                                       cfg=cfg, generator_info={"answers": "given in the input file"},
-                                       resume=not args.no_resume)
+            summary = await judge_file(
+                args.input,
+                args.out,
+                judge=judge,
+                rubrics=rubrics,
+                criteria=criteria,
+                cfg=cfg,
+                generator_info={"answers": "given in the input file"},
+                resume=not args.no_resume,
+            )
     finally:
         await judge.close()
     print(format_summary(summary))
@@ -185,7 +247,9 @@ def _overrides(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-async def _answers_with(settings: Settings, open_app: OpenApp, questions: list[str]) -> tuple[list[str], dict]:
+async def _answers_with(
+    settings: Settings, open_app: OpenApp, questions: list[str]
+) -> tuple[list[str], dict]:
     async with open_app(settings) as app:
         answers = [(await app.assistant.ask(q)).text for q in questions]
         return answers, generator_info(settings, app.generator)
@@ -197,10 +261,15 @@ async def _compare(args: argparse.Namespace, settings: Settings, open_app: OpenA
     extra: dict = {}
     generate = False
     if args.a and args.b:
-        pairs, unmatched = pairs_from_results(read_table(args.a, required=("question", "answer")),
-                                              read_table(args.b, required=("question", "answer")))
+        pairs, unmatched = pairs_from_results(
+            read_table(args.a, required=("question", "answer")),
+            read_table(args.b, required=("question", "answer")),
+        )
         if unmatched:
-            print(f"note: {len(unmatched)} question(s) appear in only one file and are not compared", file=sys.stderr)
+            print(
+                f"note: {len(unmatched)} question(s) appear in only one file and are not compared",
+                file=sys.stderr,
+            )
         if not pairs:
             raise EvalInputError(f"{args.a} and {args.b} have no question in common")
         extra = {"a": str(args.a), "b": str(args.b), "unmatched_questions": unmatched}
@@ -210,8 +279,10 @@ async def _compare(args: argparse.Namespace, settings: Settings, open_app: OpenA
     elif args.input and (args.a_set or args.b_set):
         generate = True
     else:
-        raise EvalInputError("give --a and --b (two result files), or --input with --a-col/--b-col, "
-                             "or --input with --a-set/--b-set (two generator configurations)")
+        raise EvalInputError(
+            "give --a and --b (two result files), or --input with --a-col/--b-col, "
+            "or --input with --a-set/--b-set (two generator configurations)"
+        )
     judge = _build_judge(args, settings)
     try:
         await judge.check()
@@ -223,7 +294,10 @@ async def _compare(args: argparse.Namespace, settings: Settings, open_app: OpenA
             sb = Settings(**{**base, **_overrides(args.b_set, "--b-set")})
             answers_a, info_a = await _answers_with(sa, open_app, qs)
             answers_b, info_b = await _answers_with(sb, open_app, qs)
-            pairs = [Pair(q, r.get("reference", ""), a, b) for q, r, a, b in zip(qs, table.rows, answers_a, answers_b)]
+            pairs = [
+                Pair(q, r.get("reference", ""), a, b)
+                for q, r, a, b in zip(qs, table.rows, answers_a, answers_b)
+            ]
             extra = {"input": str(args.input), "a": info_a, "b": info_b}
         comparer = PairwiseComparer(judge, rubrics, criteria, seed=args.seed, progress=not args.no_progress)
         summary = await comparer.run(pairs, args.out, resume=not args.no_resume)
@@ -237,8 +311,9 @@ async def _compare(args: argparse.Namespace, settings: Settings, open_app: OpenA
 
 
 async def _mcq(args: argparse.Namespace, settings: Settings) -> int:
-    items = load_mcq(args.input, question_col=args.question_col, option_cols=args.option_cols,
-                     answer_col=args.answer_col)
+    items = load_mcq(
+        args.input, question_col=args.question_col, option_cols=args.option_cols, answer_col=args.answer_col
+    )
     if args.orders < 2:
         return _err("--orders must be at least 2 (one order cannot cancel position bias)")
     if args.backend == "local":
@@ -258,8 +333,13 @@ async def _mcq(args: argparse.Namespace, settings: Settings) -> int:
         client = OpenAIJudge(args.url, args.model, api_key_env=args.key_env)
         try:
             await client.check()
-            results = await score_api(items, client, load_rubrics(args.rubrics).mcq, load_rubrics(args.rubrics).system,
-                                      orders=args.orders)
+            results = await score_api(
+                items,
+                client,
+                load_rubrics(args.rubrics).mcq,
+                load_rubrics(args.rubrics).system,
+                orders=args.orders,
+            )
         finally:
             await client.close()
         backend = {k: v for k, v in client.describe().items() if k != "temperature"}

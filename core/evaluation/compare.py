@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from .io import EvalInputError, ResultsWriter, Table, row_keys
 from .judges import Judge, PairResult, derive_seed
@@ -84,7 +84,7 @@ def compare_columns(criteria: Sequence[Criterion]) -> list[str]:
     cols = ["question", "answer_a", "answer_b"]
     for c in criteria:
         cols += [f"{c.name}_verdict", f"{c.name}_note"]
-    return cols + ["overall_verdict", "row_key"]
+    return [*cols, "overall_verdict", "row_key"]
 
 
 def overall_verdict(verdicts: Sequence[str]) -> str:
@@ -95,8 +95,15 @@ def overall_verdict(verdicts: Sequence[str]) -> str:
 
 
 class PairwiseComparer:
-    def __init__(self, judge: Judge, rubrics: Rubrics, criteria: Sequence[Criterion], *, seed: int = 0,
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        judge: Judge,
+        rubrics: Rubrics,
+        criteria: Sequence[Criterion],
+        *,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
         self.judge = judge
         self.rubrics = rubrics
         self.criteria = list(criteria)
@@ -104,9 +111,14 @@ class PairwiseComparer:
         self.progress = progress
 
     def _prompt(self, c: Criterion, p: Pair, first: str, second: str) -> str:
-        return self.rubrics.pairwise.format(title=c.title, rubric=c.rubric, question=p.question,
-                                            reference=p.reference or "(none)", answer_a=first or "(empty answer)",
-                                            answer_b=second or "(empty answer)")
+        return self.rubrics.pairwise.format(
+            title=c.title,
+            rubric=c.rubric,
+            question=p.question,
+            reference=p.reference or "(none)",
+            answer_a=first or "(empty answer)",
+            answer_b=second or "(empty answer)",
+        )
 
     async def run(self, pairs: Sequence[Pair], out: str | Path, *, resume: bool = True) -> dict:
         """Judge every pair into the per-question verdict CSV ``out``; returns the summary."""
@@ -123,8 +135,13 @@ class PairwiseComparer:
                 bar.close()
             rows = [writer.done[k] for k in keys if k in writer.done]
         summary = summarize_verdicts(rows, self.criteria)
-        summary.update({"judge": self.judge.describe(), "seed": self.seed,
-                        "seconds_total": round(time.monotonic() - started, 3)})
+        summary.update(
+            {
+                "judge": self.judge.describe(),
+                "seed": self.seed,
+                "seconds_total": round(time.monotonic() - started, 3),
+            }
+        )
         return summary
 
     async def _row(self, p: Pair, key: str) -> dict[str, str]:
@@ -132,10 +149,12 @@ class PairwiseComparer:
         verdicts = []
         for c in self.criteria:
             seed = derive_seed(self.seed, key, c.name)
-            first = await self.judge.compare(self.rubrics.system, self._prompt(c, p, p.answer_a, p.answer_b),
-                                             seed=seed)
-            swapped = await self.judge.compare(self.rubrics.system, self._prompt(c, p, p.answer_b, p.answer_a),
-                                               seed=seed + 1)
+            first = await self.judge.compare(
+                self.rubrics.system, self._prompt(c, p, p.answer_a, p.answer_b), seed=seed
+            )
+            swapped = await self.judge.compare(
+                self.rubrics.system, self._prompt(c, p, p.answer_b, p.answer_a), seed=seed + 1
+            )
             verdict, note = combine(first, swapped)
             row[f"{c.name}_verdict"] = verdict
             row[f"{c.name}_note"] = note
@@ -153,10 +172,15 @@ def summarize_verdicts(rows: Sequence[dict[str, str]], criteria: Sequence[Criter
         decided = counts["win"] + counts["tie"] + counts["loss"]
         # Win rate counting a tie as half, the usual pairwise convention.
         counts_f: dict = dict(counts)
-        counts_f["a_win_rate"] = round((counts["win"] + 0.5 * counts["tie"]) / decided, 4) if decided else None
+        counts_f["a_win_rate"] = (
+            round((counts["win"] + 0.5 * counts["tie"]) / decided, 4) if decided else None
+        )
         per[name] = counts_f
-    return {"questions": len(rows), "criteria": per,
-            "verdict_side": "A (win = A judged better in both orders)"}
+    return {
+        "questions": len(rows),
+        "criteria": per,
+        "verdict_side": "A (win = A judged better in both orders)",
+    }
 
 
 def format_table(summary: dict) -> str:

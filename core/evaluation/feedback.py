@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -13,11 +14,14 @@ FEEDBACK_COLUMNS = ("question", "answer", "rating", "platform", "created_at")
 
 
 class FeedbackSource(Protocol):
-    async def export(self) -> Sequence: ...  # storage.FeedbackRow: question, answer, rating, platform, created_at
+    async def export(
+        self,
+    ) -> Sequence: ...  # storage.FeedbackRow: question, answer, rating, platform, created_at
 
 
-async def export_feedback(source: FeedbackSource, out: str | Path, *,
-                          only: Literal["all", "up", "down"] = "all") -> dict:
+async def export_feedback(
+    source: FeedbackSource, out: str | Path, *, only: Literal["all", "up", "down"] = "all"
+) -> dict:
     """Write rated answers as CSV in the judge's input format (``question``, ``answer`` + kept extras).
 
     Rows whose question is no longer stored (e.g. the user ran /forget) cannot be judged and are skipped.
@@ -41,5 +45,10 @@ async def export_feedback(source: FeedbackSource, out: str | Path, *,
             written += 1
     if skipped:
         logger.info("skipped %d rated answers whose question is no longer stored", skipped)
-    return {"written": written, "skipped_without_question": skipped, "thumbs_up": sum(1 for r in rows if r.rating == 1),
-            "thumbs_down": sum(1 for r in rows if r.rating == -1), "out": str(p)}
+    return {
+        "written": written,
+        "skipped_without_question": skipped,
+        "thumbs_up": sum(1 for r in rows if r.rating == 1),
+        "thumbs_down": sum(1 for r in rows if r.rating == -1),
+        "out": str(p),
+    }

@@ -13,9 +13,9 @@ import io
 import json
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 # Answers can be long; the csv module's default field limit (128 KiB) is not a limit we want to impose.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -48,7 +48,9 @@ def _decode(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise EvalInputError(f"{path}: row {line}: not valid UTF-8 (byte {e.start}); save the file as UTF-8") from None
+        raise EvalInputError(
+            f"{path}: row {line}: not valid UTF-8 (byte {e.start}); save the file as UTF-8"
+        ) from None
 
 
 def _cell(value: object) -> str:
@@ -82,15 +84,20 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Table:
             if len(record) > len(columns):
                 raise EvalInputError(
                     f"{path}: row {line_no}: {len(record)} fields but the header has {len(columns)} "
-                    f"(an unquoted '{delimiter}' or quote inside a value?)")
+                    f"(an unquoted '{delimiter}' or quote inside a value?)"
+                )
             if len(record) < len(columns):
                 missing = columns[len(record)]
-                raise EvalInputError(f"{path}: row {line_no}, column '{missing}': missing value "
-                                     f"({len(record)} fields, header has {len(columns)})")
+                raise EvalInputError(
+                    f"{path}: row {line_no}, column '{missing}': missing value "
+                    f"({len(record)} fields, header has {len(columns)})"
+                )
             rows.append(dict(zip(columns, record)))
             numbers.append(line_no)
     except csv.Error as e:
-        raise EvalInputError(f"{path}: row {reader.line_num}: malformed {('CSV', 'TSV')[delimiter == chr(9)]}: {e}") from None
+        raise EvalInputError(
+            f"{path}: row {reader.line_num}: malformed {('CSV', 'TSV')[delimiter == chr(9)]}: {e}"
+        ) from None
     return Table(str(path), columns, rows, numbers)
 
 
@@ -104,7 +111,9 @@ def _read_jsonl(path: Path, text: str) -> Table:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise EvalInputError(f"{path}: row {n}: not valid JSON ({e.msg} at character {e.colno})") from None
+            raise EvalInputError(
+                f"{path}: row {n}: not valid JSON ({e.msg} at character {e.colno})"
+            ) from None
         if not isinstance(obj, dict):
             raise EvalInputError(f"{path}: row {n}: expected a JSON object, got {type(obj).__name__}")
         for key in obj:
@@ -135,8 +144,10 @@ def read_table(path: str | Path, *, required: Sequence[str] = (), non_empty: Seq
     missing = [c for c in required if c not in table.columns]
     if missing:
         have = ", ".join(table.columns) or "none"
-        raise EvalInputError(f"{p}: row 1: missing required column(s) {', '.join(repr(c) for c in missing)} "
-                             f"(columns found: {have})")
+        raise EvalInputError(
+            f"{p}: row 1: missing required column(s) {', '.join(repr(c) for c in missing)} "
+            f"(columns found: {have})"
+        )
     for i, row in enumerate(table.rows):
         for c in non_empty:
             if not row.get(c, "").strip():
@@ -184,7 +195,8 @@ class ResultsWriter:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._rewrite([])
-        self._fh = open(self.path, "a", encoding="utf-8", newline="")
+        # Held open for the writer's lifetime (rows are appended and fsynced as they finish).
+        self._fh = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
         self._writer = csv.DictWriter(self._fh, fieldnames=self.columns, extrasaction="raise")
 
     def _load_existing(self) -> None:
@@ -194,7 +206,8 @@ class ResultsWriter:
         if header != self.columns:
             raise EvalInputError(
                 f"{self.path}: row 1: existing results file has different columns than this run "
-                f"(other input or --criteria?); choose a new --out or pass --no-resume to overwrite it")
+                f"(other input or --criteria?); choose a new --out or pass --no-resume to overwrite it"
+            )
         complete: list[dict[str, str]] = []
         records: list[list[str]] = []
         try:
@@ -231,7 +244,7 @@ class ResultsWriter:
     def close(self) -> None:
         self._fh.close()
 
-    def __enter__(self) -> "ResultsWriter":
+    def __enter__(self) -> ResultsWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

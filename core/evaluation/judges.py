@@ -96,10 +96,21 @@ class OpenAIJudge:
     has_expectation = False
     concurrent = True  # calls may overlap; ``concurrency`` bounds them
 
-    def __init__(self, base_url: str, model: str, *, api_key_env: str = "JUDGE_API_KEY",
-                 temperature: float = 0.7, max_attempts: int = 3, timeout: float = 60.0,
-                 max_tokens: int = 200, concurrency: int = 4, transport: httpx.AsyncBaseTransport | None = None,
-                 http_retries: int = 3, retry_backoff: float = 0.5) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str = "JUDGE_API_KEY",
+        temperature: float = 0.7,
+        max_attempts: int = 3,
+        timeout: float = 60.0,
+        max_tokens: int = 200,
+        concurrency: int = 4,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_retries: int = 3,
+        retry_backoff: float = 0.5,
+    ) -> None:
         if not base_url:
             raise ValueError("the OpenAI-compatible judge needs --judge-url")
         self.base_url = base_url.rstrip("/")
@@ -118,9 +129,15 @@ class OpenAIJudge:
         self._client = httpx.AsyncClient(headers=headers, timeout=timeout, transport=transport)
 
     def describe(self) -> dict:
-        return {"kind": "openai", "base_url": redact_url(self.base_url), "model": self.model,
-                "temperature": self.temperature, "max_attempts": self.max_attempts,
-                "api_key_env": self.api_key_env, "api_key_set": bool(os.environ.get(self.api_key_env))}
+        return {
+            "kind": "openai",
+            "base_url": redact_url(self.base_url),
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_attempts": self.max_attempts,
+            "api_key_env": self.api_key_env,
+            "api_key_set": bool(os.environ.get(self.api_key_env)),
+        }
 
     def _unavailable(self, what: str) -> JudgeUnavailableError:
         return JudgeUnavailableError(f"judge at {redact_url(self.base_url)} {what}")
@@ -140,8 +157,16 @@ class OpenAIJudge:
         if r.status_code >= 400:
             raise self._unavailable(f"answered HTTP {r.status_code} to GET /models")
 
-    async def complete(self, system: str, prompt: str, *, temperature: float | None = None,
-                       seed: int | None = None, max_tokens: int | None = None, json_mode: bool = False) -> str:
+    async def complete(
+        self,
+        system: str,
+        prompt: str,
+        *,
+        temperature: float | None = None,
+        seed: int | None = None,
+        max_tokens: int | None = None,
+        json_mode: bool = False,
+    ) -> str:
         """One chat completion; transient HTTP failures are retried, then raise JudgeUnavailableError."""
         body: dict = {
             "model": self.model,
@@ -193,16 +218,18 @@ class OpenAIJudge:
         return Sample(None, self.max_attempts, error)
 
     async def rate(self, system: str, prompt: str, *, repeats: int, seed: int) -> RatingSet:
-        samples = await asyncio.gather(*(self._rate_once(system, prompt, derive_seed(seed, r))
-                                         for r in range(repeats)))
+        samples = await asyncio.gather(
+            *(self._rate_once(system, prompt, derive_seed(seed, r)) for r in range(repeats))
+        )
         return RatingSet(list(samples))
 
     async def compare(self, system: str, prompt: str, *, seed: int) -> PairResult:
         error = None
         for attempt in range(1, self.max_attempts + 1):
             # Pairwise verdicts use temperature 0: the swap, not sampling, is what exposes inconsistency.
-            text = await self.complete(system, prompt, temperature=0.0, seed=derive_seed(seed, attempt),
-                                       json_mode=True)
+            text = await self.complete(
+                system, prompt, temperature=0.0, seed=derive_seed(seed, attempt), json_mode=True
+            )
             try:
                 return PairResult(parse_pair(text), attempt)
             except JudgeParseError as e:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +33,15 @@ PAIR_PREFIX = '{"winner": "'
 class TorchLM:
     """A causal LM seen as ``logits_fn(LongTensor[B, T]) -> Tensor[B, T, V]`` plus its tokenizer functions."""
 
-    def __init__(self, name: str, logits_fn: Callable[[torch.Tensor], torch.Tensor],
-                 encode: Callable[[str], list[int]], decode: Callable[[Sequence[int]], str],
-                 chat_ids: Callable[[str, str], list[int]], context_length: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        logits_fn: Callable[[torch.Tensor], torch.Tensor],
+        encode: Callable[[str], list[int]],
+        decode: Callable[[Sequence[int]], str],
+        chat_ids: Callable[[str, str], list[int]],
+        context_length: int,
+    ) -> None:
         self.name = name
         self._logits = logits_fn
         self.encode = encode
@@ -48,7 +55,7 @@ class TorchLM:
     @torch.inference_mode()
     def next_token_probs(self, ids: Sequence[int], candidates: Sequence[int]) -> list[float]:
         """Next-token softmax restricted to ``candidates`` and renormalised over them."""
-        ids = list(ids)[-self.context_length:]
+        ids = list(ids)[-self.context_length :]
         logits = self._logits(torch.tensor([ids]))[0, -1].double()
         return torch.softmax(logits[list(candidates)], dim=-1).tolist()
 
@@ -61,11 +68,11 @@ class TorchLM:
             opt = self.encode(option)
             if not opt:
                 raise ValueError("every option must encode to at least one token")
-            seq = (prompt_ids + opt)[-self.context_length:]
+            seq = (prompt_ids + opt)[-self.context_length :]
             logp = F.log_softmax(self._logits(torch.tensor([seq]))[0].double(), dim=-1)
             start = len(seq) - len(opt)
             targets = torch.tensor(opt)
-            scores.append(float(logp[start - 1: len(seq) - 1].gather(-1, targets[:, None]).mean()))
+            scores.append(float(logp[start - 1 : len(seq) - 1].gather(-1, targets[:, None]).mean()))
         return scores
 
     @torch.inference_mode()
@@ -74,7 +81,7 @@ class TorchLM:
         seq = list(ids)
         out: list[int] = []
         for _ in range(max_new_tokens):
-            window = seq[-self.context_length:]
+            window = seq[-self.context_length :]
             nxt = int(self._logits(torch.tensor([window]))[0, -1].argmax())
             seq.append(nxt)
             out.append(nxt)
@@ -94,8 +101,14 @@ class GhostLMLocal(TorchLM):
         def chat_ids(system: str, user: str) -> list[int]:
             return tokenizer.format_chat_prompt([{"role": "user", "content": f"{system}\n\n{user}"}])
 
-        super().__init__(name, logits, tokenizer.encode, lambda ids: tokenizer.decode(ids, skip_special=True),
-                         chat_ids, model.config.context_length)
+        super().__init__(
+            name,
+            logits,
+            tokenizer.encode,
+            lambda ids: tokenizer.decode(ids, skip_special=True),
+            chat_ids,
+            model.config.context_length,
+        )
         self.model = model
         self.tokenizer = tokenizer
 
@@ -131,10 +144,17 @@ def hf_local(path: str | Path) -> TorchLM:
             return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
         return encode(f"{system}\n\n{user}\n\n")
 
-    ctx = int(getattr(model.config, "max_position_embeddings", 0) or getattr(model.config, "n_positions", 0)
-              or 2048)
-    return TorchLM(Path(path).name, logits, encode, lambda ids: tok.decode(list(ids), skip_special_tokens=True),
-                   chat_ids, ctx)
+    ctx = int(
+        getattr(model.config, "max_position_embeddings", 0) or getattr(model.config, "n_positions", 0) or 2048
+    )
+    return TorchLM(
+        Path(path).name,
+        logits,
+        encode,
+        lambda ids: tok.decode(list(ids), skip_special_tokens=True),
+        chat_ids,
+        ctx,
+    )
 
 
 def load_local_lm(path: str | Path) -> TorchLM:
@@ -161,8 +181,10 @@ def score_candidates(lm: TorchLM) -> tuple[str, list[int]]:
         ids = [lm.encode(form.format(d=d)) for d in range(1, 6)]
         if all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == 5:
             return prefix, [i[0] for i in ids]
-    raise ValueError(f"{lm.name}: the tokenizer has no single tokens for the scores 1-5; "
-                     "it cannot be used as a probability-weighted judge")
+    raise ValueError(
+        f"{lm.name}: the tokenizer has no single tokens for the scores 1-5; "
+        "it cannot be used as a probability-weighted judge"
+    )
 
 
 def fit_prompt(lm: TorchLM, system: str, user: str, suffix: list[int], reserve: int) -> list[int]:
@@ -175,7 +197,7 @@ def fit_prompt(lm: TorchLM, system: str, user: str, suffix: list[int], reserve: 
     user_ids = lm.encode(user)
     keep = max(16, len(user_ids) - (len(ids) - budget) - 16)
     while keep >= 16:
-        head, tail = user_ids[: keep * 2 // 5], user_ids[len(user_ids) - (keep - keep * 2 // 5):]
+        head, tail = user_ids[: keep * 2 // 5], user_ids[len(user_ids) - (keep - keep * 2 // 5) :]
         ids = lm.chat_ids(system, lm.decode(head) + "\n[…]\n" + lm.decode(tail)) + suffix
         if len(ids) <= budget:
             logger.info("judge prompt shortened to fit the %d-token context", lm.context_length)
@@ -196,8 +218,12 @@ class LocalJudge:
         self.reason_tokens = reason_tokens
 
     def describe(self) -> dict:
-        return {**self.lm.describe(), "temperature": self.temperature, "reason_tokens": self.reason_tokens,
-                "scoring": "G-Eval expectation over tokens 1-5; repeats sampled from the same distribution"}
+        return {
+            **self.lm.describe(),
+            "temperature": self.temperature,
+            "reason_tokens": self.reason_tokens,
+            "scoring": "G-Eval expectation over tokens 1-5; repeats sampled from the same distribution",
+        }
 
     async def check(self) -> None:
         score_candidates(self.lm)
@@ -217,9 +243,12 @@ class LocalJudge:
         best = int(torch.tensor(probs).argmax())
         reason = ""
         if self.reason_tokens > 0:
-            cont = self.lm.encode(f"{prefix}{' ' if not prefix.endswith(' ') else ''}{best + 1}, \"reason\": \"")
-            reason = " ".join(self.lm.greedy(fit_prompt(self.lm, system, prompt, cont, self.reason_tokens + 1),
-                                             self.reason_tokens, '"').split())
+            cont = self.lm.encode(f'{prefix}{" " if not prefix.endswith(" ") else ""}{best + 1}, "reason": "')
+            reason = " ".join(
+                self.lm.greedy(
+                    fit_prompt(self.lm, system, prompt, cont, self.reason_tokens + 1), self.reason_tokens, '"'
+                ).split()
+            )
         samples = [Sample(Rating(d + 1, reason), 1) for d in draws]
         return RatingSet(samples, expected=expected, probabilities=probs)
 

@@ -16,9 +16,10 @@ import csv
 import json
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from .io import EvalInputError, read_table
 from .parse import JudgeParseError, parse_letter
@@ -34,8 +35,13 @@ class McqItem:
     row: int  # source row, for reports
 
 
-def load_mcq(path: str | Path, *, question_col: str = "question", option_cols: Sequence[str] = ("A", "B", "C", "D"),
-             answer_col: str = "answer") -> list[McqItem]:
+def load_mcq(
+    path: str | Path,
+    *,
+    question_col: str = "question",
+    option_cols: Sequence[str] = ("A", "B", "C", "D"),
+    answer_col: str = "answer",
+) -> list[McqItem]:
     """Read items; the answer column holds a letter (A = first option column). Errors name row and column."""
     if len(option_cols) < 2 or len(option_cols) > len(LETTERS):
         raise EvalInputError(f"need 2 to {len(LETTERS)} option columns, got {len(option_cols)}")
@@ -51,11 +57,15 @@ def load_mcq(path: str | Path, *, question_col: str = "question", option_cols: S
             options.append(value)
         raw = row[answer_col].strip().upper().strip("().")
         if len(raw) != 1 or raw not in letters:
-            raise EvalInputError(f"{table.where(i, answer_col)}: answer must be one of {', '.join(letters)}, "
-                                 f"got {row[answer_col]!r}")
+            raise EvalInputError(
+                f"{table.where(i, answer_col)}: answer must be one of {', '.join(letters)}, "
+                f"got {row[answer_col]!r}"
+            )
         if len(set(options)) != len(options):
             raise EvalInputError(f"{table.where(i)}: two options have the same text")
-        items.append(McqItem(row[question_col].strip(), tuple(options), letters.index(raw), table.row_numbers[i]))
+        items.append(
+            McqItem(row[question_col].strip(), tuple(options), letters.index(raw), table.row_numbers[i])
+        )
     return items
 
 
@@ -64,8 +74,11 @@ def option_orders(n: int, count: int) -> list[tuple[int, ...]]:
     if count < 2:
         raise ValueError("use at least 2 option orders to cancel position bias")
     ident = tuple(range(n))
-    cands = [ident, ident[::-1]] + [ident[k:] + ident[:k] for k in range(1, n)] + \
-            [(ident[::-1])[k:] + (ident[::-1])[:k] for k in range(1, n)]
+    cands = (
+        [ident, ident[::-1]]
+        + [ident[k:] + ident[:k] for k in range(1, n)]
+        + [(ident[::-1])[k:] + (ident[::-1])[:k] for k in range(1, n)]
+    )
     orders: list[tuple[int, ...]] = []
     for c in cands:
         if c not in orders:
@@ -114,12 +127,21 @@ def score_local(items: Sequence[McqItem], scorer: OptionScorer, *, orders: int =
 
 
 class LetterBackend(Protocol):
-    async def complete(self, system: str, prompt: str, *, temperature: float | None = None,
-                       seed: int | None = None, max_tokens: int | None = None, json_mode: bool = False) -> str: ...
+    async def complete(
+        self,
+        system: str,
+        prompt: str,
+        *,
+        temperature: float | None = None,
+        seed: int | None = None,
+        max_tokens: int | None = None,
+        json_mode: bool = False,
+    ) -> str: ...
 
 
-async def score_api(items: Sequence[McqItem], backend: LetterBackend, template: str, system: str, *,
-                    orders: int = 2) -> list[McqResult]:
+async def score_api(
+    items: Sequence[McqItem], backend: LetterBackend, template: str, system: str, *, orders: int = 2
+) -> list[McqResult]:
     """Ask for a letter per option order; strict parsing; unparsed replies count as wrong."""
     results = []
     for item in items:
@@ -149,8 +171,14 @@ def report(results: Sequence[McqResult], *, orders: int, backend: dict) -> dict:
     """Accuracy (after averaging over orders), accuracy of each order alone, and chance level."""
     n = len(results)
     correct = sum(1 for r in results if r.predicted == r.item.answer)
-    per_order = [round(sum(1 for r in results if r.per_order_predicted[k] == r.item.answer) / n, 4)
-                 for k in range(orders)] if n else []
+    per_order = (
+        [
+            round(sum(1 for r in results if r.per_order_predicted[k] == r.item.answer) / n, 4)
+            for k in range(orders)
+        ]
+        if n
+        else []
+    )
     return {
         "n": n,
         "accuracy": round(correct / n, 4) if n else None,
@@ -160,8 +188,11 @@ def report(results: Sequence[McqResult], *, orders: int, backend: dict) -> dict:
         "chance": round(statistics.fmean(1 / len(r.item.options) for r in results), 4) if n else None,
         "unparsed_replies": sum(r.unparsed for r in results),
         "backend": backend,
-        "method": ("mean per-token log-prob of the option text, averaged over option orders" if
-                   backend.get("kind") == "local" else "strictly parsed letter, majority over option orders"),
+        "method": (
+            "mean per-token log-prob of the option text, averaged over option orders"
+            if backend.get("kind") == "local"
+            else "strictly parsed letter, majority over option orders"
+        ),
     }
 
 
@@ -170,10 +201,20 @@ def write_items(path: str | Path, results: Sequence[McqResult]) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     with open(p, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["row", "question", "answer", "predicted", "correct", "per_order_predicted", "scores", "unparsed"])
+        w.writerow(
+            ["row", "question", "answer", "predicted", "correct", "per_order_predicted", "scores", "unparsed"]
+        )
         for r in results:
-            w.writerow([r.item.row, r.item.question, LETTERS[r.item.answer],
-                        "" if r.predicted is None else LETTERS[r.predicted], str(r.predicted == r.item.answer).lower(),
-                        ";".join("-" if x is None else LETTERS[x] for x in r.per_order_predicted),
-                        "" if r.scores is None else json.dumps([round(s, 5) for s in r.scores]), r.unparsed])
+            w.writerow(
+                [
+                    r.item.row,
+                    r.item.question,
+                    LETTERS[r.item.answer],
+                    "" if r.predicted is None else LETTERS[r.predicted],
+                    str(r.predicted == r.item.answer).lower(),
+                    ";".join("-" if x is None else LETTERS[x] for x in r.per_order_predicted),
+                    "" if r.scores is None else json.dumps([round(s, 5) for s in r.scores]),
+                    r.unparsed,
+                ]
+            )
     return p

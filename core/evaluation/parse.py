@@ -79,7 +79,9 @@ def parse_pair(text: str) -> PairVerdict:
 
 def parse_letter(text: str, letters: str) -> str:
     """A single option letter, and nothing else (``B``, ``(B)``, ``B.``, ``Answer: B``); anything else raises."""
-    m = re.fullmatch(r"\s*(?:answer\s*[:\-]?\s*)?[\(\[]?([A-Za-z])[\)\]]?\s*[.:]?\s*", text, flags=re.IGNORECASE)
+    m = re.fullmatch(
+        r"\s*(?:answer\s*[:\-]?\s*)?[\(\[]?([A-Za-z])[\)\]]?\s*[.:]?\s*", text, flags=re.IGNORECASE
+    )
     if not m or m.group(1).upper() not in letters:
         raise JudgeParseError(f"reply is not one of the letters {', '.join(letters)}")
     return m.group(1).upper()

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-DEFAULT_CRITERIA: tuple[str, ...] = ("accuracy", "relevance", "safety", "fluency", "hallucination", "alignment")
+DEFAULT_CRITERIA: tuple[str, ...] = (
+    "accuracy",
+    "relevance",
+    "safety",
+    "fluency",
+    "hallucination",
+    "alignment",
+)
 
 _SINGLE_FIELDS = dict(title="t", rubric="r", question="q", answer="a", reference="ref", passages="p")
 _PAIR_FIELDS = dict(title="t", rubric="r", question="q", reference="ref", answer_a="a", answer_b="b")
@@ -41,7 +48,8 @@ class Rubrics:
         unknown = [n for n in names if n not in self.criteria]
         if unknown:
             raise RubricError(
-                f"unknown criteria {', '.join(unknown)}; {self.path} defines {', '.join(self.criteria)}")
+                f"unknown criteria {', '.join(unknown)}; {self.path} defines {', '.join(self.criteria)}"
+            )
         return [self.criteria[n] for n in dict.fromkeys(names)]
 
 
@@ -62,7 +70,8 @@ def _check_template(template: str, fields: dict[str, str], where: str) -> None:
     except (KeyError, IndexError, ValueError) as e:
         raise RubricError(
             f"{where}: bad template ({e!r}); allowed placeholders are "
-            f"{', '.join('{' + f + '}' for f in fields)} and literal braces must be doubled") from None
+            f"{', '.join('{' + f + '}' for f in fields)} and literal braces must be doubled"
+        ) from None
 
 
 def load_rubrics(path: str | Path | None = None) -> Rubrics:

@@ -14,9 +14,9 @@ import math
 import statistics
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable, Sequence
 
 from core.types import Answer, Source
 
@@ -29,7 +29,15 @@ logger = logging.getLogger(__name__)
 AnswerFn = Callable[[str], Awaitable[Answer]]
 
 ROW_SUFFIXES = ("mean", "std", "n", "scores", "reason")
-TAIL_COLUMNS = ("sources", "overall_mean", "needs_review", "review_reasons", "unparsed", "judge_config", "row_key")
+TAIL_COLUMNS = (
+    "sources",
+    "overall_mean",
+    "needs_review",
+    "review_reasons",
+    "unparsed",
+    "judge_config",
+    "row_key",
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +63,13 @@ def result_columns(input_columns: Sequence[str], criteria: Sequence[Criterion], 
 
 
 def sources_json(sources: Sequence[Source]) -> str:
-    return json.dumps([{"index": s.index, "ref": s.ref, "source": s.source, "title": s.title, "url": s.url}
-                       for s in sources], ensure_ascii=False)
+    return json.dumps(
+        [
+            {"index": s.index, "ref": s.ref, "source": s.source, "title": s.title, "url": s.url}
+            for s in sources
+        ],
+        ensure_ascii=False,
+    )
 
 
 def passages_text(sources: Sequence[Source]) -> str:
@@ -79,8 +92,11 @@ def summarize_ratings(rs: RatingSet) -> tuple[float | None, float | None, str]:
     return mean, std, reason
 
 
-def review(criteria_stats: dict[str, tuple[float | None, float | None, int]], cfg: JudgeRunConfig,
-           extra: Sequence[str] = ()) -> list[str]:
+def review(
+    criteria_stats: dict[str, tuple[float | None, float | None, int]],
+    cfg: JudgeRunConfig,
+    extra: Sequence[str] = (),
+) -> list[str]:
     """Reasons a row needs a human look (empty list = fine)."""
     reasons = list(extra)
     for name, (mean, std, unparsed) in criteria_stats.items():
@@ -99,8 +115,14 @@ def review(criteria_stats: dict[str, tuple[float | None, float | None, int]], cf
 class JudgeRunner:
     """Judges a table of questions into a results CSV; resumable, one row written at a time."""
 
-    def __init__(self, judge: Judge, rubrics: Rubrics, criteria: Sequence[Criterion], cfg: JudgeRunConfig,
-                 answer_fn: AnswerFn | None = None) -> None:
+    def __init__(
+        self,
+        judge: Judge,
+        rubrics: Rubrics,
+        criteria: Sequence[Criterion],
+        cfg: JudgeRunConfig,
+        answer_fn: AnswerFn | None = None,
+    ) -> None:
         self.judge = judge
         self.rubrics = rubrics
         self.criteria = list(criteria)
@@ -110,27 +132,41 @@ class JudgeRunner:
     def fingerprint(self) -> str:
         """Short hash of everything that decides a score: judge, rubric text, repeats, seed.
         A results file is only resumed under the same fingerprint, so rows are never mixed across configs."""
-        judge = {k: v for k, v in self.judge.describe().items() if k in ("kind", "model", "base_url", "temperature")}
-        rubric = [self.rubrics.system, self.rubrics.single] + [f"{c.name}|{c.title}|{c.rubric}" for c in self.criteria]
-        blob = json.dumps({"judge": judge, "rubric": rubric, "repeats": self.cfg.repeats, "seed": self.cfg.seed},
-                          sort_keys=True)
+        judge = {
+            k: v
+            for k, v in self.judge.describe().items()
+            if k in ("kind", "model", "base_url", "temperature")
+        }
+        rubric = [self.rubrics.system, self.rubrics.single] + [
+            f"{c.name}|{c.title}|{c.rubric}" for c in self.criteria
+        ]
+        blob = json.dumps(
+            {"judge": judge, "rubric": rubric, "repeats": self.cfg.repeats, "seed": self.cfg.seed},
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
 
     def validate(self, table: Table) -> None:
         """Everything that can be known before work starts (so a bad file costs no judge calls)."""
         if "question" not in table.columns:
             raise EvalInputError(f"{table.path}: row 1: missing required column 'question'")
-        clash = [c for c in result_columns([], self.criteria, self.judge.has_expectation)
-                 if c in table.columns and c not in ("answer", "sources")]
+        clash = [
+            c
+            for c in result_columns([], self.criteria, self.judge.has_expectation)
+            if c in table.columns and c not in ("answer", "sources")
+        ]
         if clash:
-            raise EvalInputError(f"{table.path}: row 1: column(s) {', '.join(clash)} are result columns; "
-                                 "judge the original questions file, not a results file")
+            raise EvalInputError(
+                f"{table.path}: row 1: column(s) {', '.join(clash)} are result columns; "
+                "judge the original questions file, not a results file"
+            )
         for i, row in enumerate(table.rows):
             if not row["question"].strip():
                 raise EvalInputError(f"{table.where(i, 'question')}: empty question")
             if self.answer_fn is None and not row.get("answer", "").strip():
-                raise EvalInputError(f"{table.where(i, 'answer')}: no answer given and no generator configured "
-                                     "to produce one")
+                raise EvalInputError(
+                    f"{table.where(i, 'answer')}: no answer given and no generator configured to produce one"
+                )
 
     async def run(self, table: Table, out: str | Path, *, resume: bool = True) -> dict:
         """Judge every row not already in ``out``; returns the timing/counters part of the summary."""
@@ -145,7 +181,8 @@ class JudgeRunner:
             if other:
                 raise EvalInputError(
                     f"{out}: row 2: existing results were made with another judge, rubric, --repeats or --seed "
-                    f"(judge_config {sorted(other)[0]} ≠ {fingerprint}); choose a new --out or pass --no-resume")
+                    f"(judge_config {sorted(other)[0]} ≠ {fingerprint}); choose a new --out or pass --no-resume"
+                )
             keys = row_keys((r["question"], r.get("reference", ""), r.get("answer", "")) for r in table.rows)
             todo = [i for i, k in enumerate(keys) if k not in writer.done]
             skipped = len(table.rows) - len(todo)
@@ -161,12 +198,23 @@ class JudgeRunner:
             rows = [writer.done[k] for k in keys if k in writer.done]
             stale = len(set(writer.done) - set(keys))
         if stale:
-            logger.warning("%s holds %d result rows for questions no longer in %s; they are kept but left out "
-                           "of the summary", out, stale, table.path)
-        return {"rows": len(table.rows), "judged_this_run": judged, "resumed_rows": skipped, "stale_rows": stale,
-                "results": rows, "seconds_total": round(time.monotonic() - started, 3),
-                "seconds_answering": round(timings["answer_seconds"], 3),
-                "seconds_judging": round(timings["judge_seconds"], 3)}
+            logger.warning(
+                "%s holds %d result rows for questions no longer in %s; they are kept but left out "
+                "of the summary",
+                out,
+                stale,
+                table.path,
+            )
+        return {
+            "rows": len(table.rows),
+            "judged_this_run": judged,
+            "resumed_rows": skipped,
+            "stale_rows": stale,
+            "results": rows,
+            "seconds_total": round(time.monotonic() - started, 3),
+            "seconds_answering": round(timings["answer_seconds"], 3),
+            "seconds_judging": round(timings["judge_seconds"], 3),
+        }
 
     async def _judge_row(self, row: dict[str, str], key: str, timings: dict[str, float]) -> dict[str, str]:
         out = dict(row)
@@ -196,10 +244,19 @@ class JudgeRunner:
 
         async def rate(c: Criterion) -> RatingSet:
             prompt = self.rubrics.single.format(
-                title=c.title, rubric=c.rubric, question=question, answer=answer_text or "(empty answer)",
-                reference=reference or "(none)", passages=passages)
-            return await self.judge.rate(self.rubrics.system, prompt, repeats=self.cfg.repeats,
-                                         seed=derive_seed(self.cfg.seed, key, c.name))
+                title=c.title,
+                rubric=c.rubric,
+                question=question,
+                answer=answer_text or "(empty answer)",
+                reference=reference or "(none)",
+                passages=passages,
+            )
+            return await self.judge.rate(
+                self.rubrics.system,
+                prompt,
+                repeats=self.cfg.repeats,
+                seed=derive_seed(self.cfg.seed, key, c.name),
+            )
 
         if getattr(self.judge, "concurrent", False):  # remote judge: its own semaphore bounds the requests
             ratings = await asyncio.gather(*(rate(c) for c in self.criteria))
@@ -242,8 +299,15 @@ def progress_bar(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, unit="question", desc="judging", dynamic_ncols=True)
 
 
-def build_summary(results: Sequence[dict[str, str]], criteria: Sequence[Criterion], run_info: dict,
-                  judge_info: dict, generator_info: dict | None, cfg: JudgeRunConfig, geval: bool) -> dict:
+def build_summary(
+    results: Sequence[dict[str, str]],
+    criteria: Sequence[Criterion],
+    run_info: dict,
+    judge_info: dict,
+    generator_info: dict | None,
+    cfg: JudgeRunConfig,
+    geval: bool,
+) -> dict:
     """Per-criterion mean and std over items (population std of the item means), counts and configuration."""
     per: dict[str, dict] = {}
     for c in criteria:
@@ -255,8 +319,11 @@ def build_summary(results: Sequence[dict[str, str]], criteria: Sequence[Criterio
             "std": round(statistics.pstdev(item_means), 4) if item_means else None,
             # Normal-approximation 95% interval of the mean over items: two runs whose intervals overlap
             # widely are not reliably different.
-            "ci95": (round(1.96 * statistics.stdev(item_means) / math.sqrt(len(item_means)), 4)
-                     if len(item_means) > 1 else None),
+            "ci95": (
+                round(1.96 * statistics.stdev(item_means) / math.sqrt(len(item_means)), 4)
+                if len(item_means) > 1
+                else None
+            ),
             "mean_within_item_std": _mean_of(results, f"{c.name}_std"),
             "score_counts": {str(s): all_scores.count(s) for s in range(1, 6)},
         }
@@ -331,9 +398,18 @@ def summary_paths(out: str | Path) -> tuple[Path, Path]:
     return p.with_name(p.stem + ".summary.json"), p.with_name(p.stem + ".png")
 
 
-async def judge_file(input_path: str | Path, out: str | Path, *, judge: Judge, rubrics: Rubrics,
-                     criteria: Sequence[Criterion], cfg: JudgeRunConfig, answer_fn: AnswerFn | None = None,
-                     generator_info: dict | None = None, resume: bool = True) -> dict:
+async def judge_file(
+    input_path: str | Path,
+    out: str | Path,
+    *,
+    judge: Judge,
+    rubrics: Rubrics,
+    criteria: Sequence[Criterion],
+    cfg: JudgeRunConfig,
+    answer_fn: AnswerFn | None = None,
+    generator_info: dict | None = None,
+    resume: bool = True,
+) -> dict:
     """The whole ``eval judge`` loop: read and validate the input, check the judge, judge, write the reports.
 
     Everything that can fail cheaply (a malformed file, an unreachable judge) fails before any answer is
@@ -346,8 +422,9 @@ async def judge_file(input_path: str | Path, out: str | Path, *, judge: Judge, r
     runner.validate(table)
     await judge.check()
     run_info = await runner.run(table, out, resume=resume)
-    summary = build_summary(run_info["results"], criteria, run_info, judge.describe(), generator_info, cfg,
-                            judge.has_expectation)
+    summary = build_summary(
+        run_info["results"], criteria, run_info, judge.describe(), generator_info, cfg, judge.has_expectation
+    )
     summary["input"] = str(input_path)
     summary["output"] = str(out)
     json_path, png_path = summary_paths(out)
@@ -367,6 +444,8 @@ def format_summary(summary: dict) -> str:
         ci = "-" if c["ci95"] is None else f"{c['ci95']:.2f}"
         lines.append(f"{name:<14} {mean:>6} {ci:>6} {std:>6} {c['items']:>6}")
     overall = "-" if summary["overall_mean"] is None else f"{summary['overall_mean']:.2f}"
-    lines.append(f"overall mean {overall}; {summary['needs_review']} of {summary['items']} rows need review; "
-                 f"{summary['unparsed_replies']} judge replies unparsed")
+    lines.append(
+        f"overall mean {overall}; {summary['needs_review']} of {summary['items']} rows need review; "
+        f"{summary['unparsed_replies']} judge replies unparsed"
+    )
     return "\n".join(lines)

@@ -10,7 +10,17 @@ from core.generators.openai_compat import OpenAIGenerator
 from core.generators.render import render_messages, render_turns
 
 __all__ = [
-    "ChatTurn", "GenerationParams", "Generator", "PromptSpec", "GeneratorError", "ExtractiveGenerator",
-    "build_generator", "detect_model_kind", "GhostLMGenerator", "HFGenerator", "OpenAIGenerator",
-    "render_messages", "render_turns",
+    "ChatTurn",
+    "ExtractiveGenerator",
+    "GenerationParams",
+    "Generator",
+    "GeneratorError",
+    "GhostLMGenerator",
+    "HFGenerator",
+    "OpenAIGenerator",
+    "PromptSpec",
+    "build_generator",
+    "detect_model_kind",
+    "render_messages",
+    "render_turns",
 ]

@@ -18,5 +18,7 @@ def utf8_bytes_estimate(text: str) -> int:
 
 def word_piece_estimate(text: str) -> int:
     """Each word counts ceil(len/4) pieces (long words split), each punctuation mark one."""
-    return sum(max(1, math.ceil(len(m) / 4)) if m[0].isalnum() or m[0] == "_" else 1
-               for m in _WORD_PIECES.findall(text))
+    return sum(
+        max(1, math.ceil(len(m) / 4)) if m[0].isalnum() or m[0] == "_" else 1
+        for m in _WORD_PIECES.findall(text)
+    )

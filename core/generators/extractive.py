@@ -8,7 +8,7 @@ model, so the count only has to be consistent for the budget.
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from core.generators.base import GenerationParams, PromptSpec
 from core.generators.estimate import word_piece_estimate
@@ -23,9 +23,61 @@ INTRO = "Here is what the knowledge base says:"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 _TERM = re.compile(r"[\w][\w.\-]*\w|\w", re.UNICODE)
 _STOPWORDS = frozenset(
-    "a an and are as at be by can do does for from how i in is it its me of on or should that the this to "
-    "was what when where which who why will with you your about into my we our they them there their than "
-    "tell explain describe please".split()
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "can",
+        "do",
+        "does",
+        "for",
+        "from",
+        "how",
+        "i",
+        "in",
+        "is",
+        "it",
+        "its",
+        "me",
+        "of",
+        "on",
+        "or",
+        "should",
+        "that",
+        "the",
+        "this",
+        "to",
+        "was",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "you",
+        "your",
+        "about",
+        "into",
+        "my",
+        "we",
+        "our",
+        "they",
+        "them",
+        "there",
+        "their",
+        "than",
+        "tell",
+        "explain",
+        "describe",
+        "please",
+    ]
 )
 
 
@@ -69,8 +121,15 @@ class ExtractiveGenerator:
 
     name = "extractive"
 
-    def __init__(self, *, context_length: int = 4096, max_passages: int = 3, sentences_per_passage: int = 2,
-                 max_sentence_words: int = 60, lead_sentences: int = 3) -> None:
+    def __init__(
+        self,
+        *,
+        context_length: int = 4096,
+        max_passages: int = 3,
+        sentences_per_passage: int = 2,
+        max_sentence_words: int = 60,
+        lead_sentences: int = 3,
+    ) -> None:
         self.context_length = context_length
         self.lead_sentences = lead_sentences
         self.max_passages = max_passages
@@ -91,7 +150,9 @@ class ExtractiveGenerator:
     def _best_sentences(self, text: str, terms: set[str]) -> tuple[int, list[str]]:
         sentences = split_sentences(text)
         scored = [(len(terms & query_terms(s)), i) for i, s in enumerate(sentences)]
-        best = sorted((x for x in scored if x[0] > 0), key=lambda x: (-x[0], x[1]))[: self.sentences_per_passage]
+        best = sorted((x for x in scored if x[0] > 0), key=lambda x: (-x[0], x[1]))[
+            : self.sentences_per_passage
+        ]
         chosen = sorted(i for _, i in best)  # keep the passage's own order so the quote reads naturally
         return sum(score for score, _ in best), [sentences[i] for i in chosen]
 
@@ -145,8 +206,9 @@ class ExtractiveGenerator:
             used += cost
         return blocks
 
-    def stream(self, spec: PromptSpec, params: GenerationParams,
-               should_stop: Callable[[], bool]) -> Iterator[str]:
+    def stream(
+        self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
+    ) -> Iterator[str]:
         blocks = self.answer_blocks(spec, params.max_new_tokens)
         self.last_finish_reason = "stop"
         if not blocks:

@@ -32,13 +32,17 @@ def _read_config(path: Path) -> dict:
 def detect_model_kind(path: Path) -> Literal["ghostlm", "hf"]:
     """'ghostlm' for a GhostLM checkpoint file or directory, 'hf' for a transformers model directory."""
     if not path.exists():
-        raise GeneratorError(f"MODEL_PATH {path} does not exist; set it to a GhostLM checkpoint (.pt / "
-                             f".safetensors / directory) or a Hugging Face model directory, or unset it")
+        raise GeneratorError(
+            f"MODEL_PATH {path} does not exist; set it to a GhostLM checkpoint (.pt / "
+            f".safetensors / directory) or a Hugging Face model directory, or unset it"
+        )
     if path.is_file():
         if path.suffix in _GHOSTLM_SUFFIXES:
             return "ghostlm"
-        raise GeneratorError(f"MODEL_PATH {path}: unsupported file type {path.suffix!r} "
-                             f"(expected .pt, .pth or .safetensors, or a model directory)")
+        raise GeneratorError(
+            f"MODEL_PATH {path}: unsupported file type {path.suffix!r} "
+            f"(expected .pt, .pth or .safetensors, or a model directory)"
+        )
     config = path / "config.json"
     if config.is_file():
         data = _read_config(config)
@@ -48,8 +52,10 @@ def detect_model_kind(path: Path) -> Literal["ghostlm", "hf"]:
             return "ghostlm"
     if any(any(path.glob(f"*{suffix}")) for suffix in _GHOSTLM_SUFFIXES):
         return "ghostlm"  # e.g. an upstream trainer .pt, whose config is inside the checkpoint
-    raise GeneratorError(f"MODEL_PATH {path}: neither a GhostLM checkpoint nor a Hugging Face model directory "
-                         f"(no config.json with model_type, no .pt/.safetensors)")
+    raise GeneratorError(
+        f"MODEL_PATH {path}: neither a GhostLM checkpoint nor a Hugging Face model directory "
+        f"(no config.json with model_type, no .pt/.safetensors)"
+    )
 
 
 def build_generator(settings: Settings) -> Generator:
@@ -73,11 +79,18 @@ def build_generator(settings: Settings) -> Generator:
         return GhostLMGenerator(path, settings)
     if kind == "hf":
         if not path.is_dir():
-            raise GeneratorError(f"GENERATOR=hf needs MODEL_PATH to be a model directory, got the file {path}")
+            raise GeneratorError(
+                f"GENERATOR=hf needs MODEL_PATH to be a model directory, got the file {path}"
+            )
         return HFGenerator(path, torch_threads=settings.torch_threads)
     if kind == "openai":
         if not settings.openai_base_url:
             raise GeneratorError("GENERATOR=openai needs OPENAI_BASE_URL (e.g. http://127.0.0.1:11434/v1)")
-        return OpenAIGenerator(settings.openai_base_url, settings.openai_api_key, settings.openai_model,
-                               settings.openai_context_length, timeout=settings.request_timeout_seconds)
+        return OpenAIGenerator(
+            settings.openai_base_url,
+            settings.openai_api_key,
+            settings.openai_model,
+            settings.openai_context_length,
+            timeout=settings.request_timeout_seconds,
+        )
     return ExtractiveGenerator()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from core.generators.base import GenerationParams, PromptSpec
 from core.generators.errors import GeneratorError
@@ -18,16 +19,25 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-_FINISH = {"stop_token": "stop", "max_new_tokens": "length", "context_length": "length", "cancelled": "cancelled"}
+_FINISH = {
+    "stop_token": "stop",
+    "max_new_tokens": "length",
+    "context_length": "length",
+    "cancelled": "cancelled",
+}
 
 
 def sampling_params(params: GenerationParams):
     """GenerationParams → ghostlm.SamplingParams (top_k 0 disables, temperature 0 is greedy)."""
     from ghostlm import SamplingParams
 
-    return SamplingParams(temperature=max(0.0, params.temperature), top_k=params.top_k or None,
-                          top_p=min(1.0, params.top_p) if params.top_p > 0 else 1.0,
-                          repetition_penalty=params.repetition_penalty, seed=params.seed)
+    return SamplingParams(
+        temperature=max(0.0, params.temperature),
+        top_k=params.top_k or None,
+        top_p=min(1.0, params.top_p) if params.top_p > 0 else 1.0,
+        repetition_penalty=params.repetition_penalty,
+        seed=params.seed,
+    )
 
 
 class GhostLMGenerator:
@@ -35,7 +45,7 @@ class GhostLMGenerator:
 
     name = "ghostlm"
 
-    def __init__(self, model_path: str | Path, settings: "Settings | None" = None) -> None:
+    def __init__(self, model_path: str | Path, settings: Settings | None = None) -> None:
         self.model_path = Path(model_path)
         self.torch_threads = settings.torch_threads if settings is not None else None
         self._engine: Engine | None = None
@@ -63,21 +73,26 @@ class GhostLMGenerator:
             if tokenizer.vocab_size > model.config.vocab_size:
                 raise GeneratorError(
                     f"{self.model_path}: tokenizer has {tokenizer.vocab_size} ids but the model only "
-                    f"{model.config.vocab_size}; they do not belong together")
+                    f"{model.config.vocab_size}; they do not belong together"
+                )
             self._tokenizer = tokenizer
             self._engine = Engine(model, tokenizer)
-            logger.info("GhostLM loaded from %s (%d parameters, context %d)", self.model_path,
-                        sum(p.numel() for p in model.parameters()), model.config.context_length)
+            logger.info(
+                "GhostLM loaded from %s (%d parameters, context %d)",
+                self.model_path,
+                sum(p.numel() for p in model.parameters()),
+                model.config.context_length,
+            )
 
     @property
-    def engine(self) -> "Engine":
+    def engine(self) -> Engine:
         if self._engine is None:
             self.load()
         assert self._engine is not None
         return self._engine
 
     @property
-    def tokenizer(self) -> "Tokenizer":
+    def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
             self.load()
         assert self._tokenizer is not None
@@ -97,17 +112,26 @@ class GhostLMGenerator:
     def prompt_tokens(self, spec: PromptSpec) -> int:
         return len(self.prompt_ids(spec))
 
-    def stream(self, spec: PromptSpec, params: GenerationParams,
-               should_stop: Callable[[], bool]) -> Iterator[str]:
+    def stream(
+        self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
+    ) -> Iterator[str]:
         from ghostlm import StreamDecoder
 
         tokenizer = self.tokenizer
         ids = self.prompt_ids(spec)
-        stream = self.engine.generate(ids, max_new_tokens=params.max_new_tokens, params=sampling_params(params),
-                                      stop_ids=(tokenizer.special.end,), should_stop=should_stop)
+        stream = self.engine.generate(
+            ids,
+            max_new_tokens=params.max_new_tokens,
+            params=sampling_params(params),
+            stop_ids=(tokenizer.special.end,),
+            should_stop=should_stop,
+        )
         if stream.trimmed is not None:
-            logger.warning("GhostLM prompt trimmed from %d to %d tokens (the budget should prevent this)",
-                           stream.trimmed.original_tokens, stream.trimmed.kept_tokens)
+            logger.warning(
+                "GhostLM prompt trimmed from %d to %d tokens (the budget should prevent this)",
+                stream.trimmed.original_tokens,
+                stream.trimmed.kept_tokens,
+            )
         decoder = StreamDecoder(tokenizer, skip_special=True)
         try:
             for token in stream:

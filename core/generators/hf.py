@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from core.generators.base import GenerationParams, PromptSpec
 from core.generators.errors import GeneratorError
@@ -65,8 +66,9 @@ class HFGenerator:
                 raise GeneratorError(f"{self.model_dir}: not a Hugging Face model directory (no config.json)")
             try:
                 tok = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-                model = AutoModelForCausalLM.from_pretrained(self.model_dir, local_files_only=True,
-                                                             dtype=torch.float32)
+                model = AutoModelForCausalLM.from_pretrained(
+                    self.model_dir, local_files_only=True, dtype=torch.float32
+                )
             except (OSError, ValueError, KeyError) as e:
                 raise GeneratorError(f"cannot load the Hugging Face model in {self.model_dir}: {e}") from e
             model.eval()
@@ -74,10 +76,16 @@ class HFGenerator:
             self._system_role = self._template_supports_system()
             self._stop_ids = self._find_stop_ids()
             cfg = model.config
-            self._context_length = int(getattr(cfg, "max_position_embeddings", None)
-                                       or getattr(cfg, "n_positions", None) or 2048)
-            logger.info("HF model %s loaded (%s, context %d, chat template: %s)", self.model_dir,
-                        type(model).__name__, self._context_length, bool(tok.chat_template))
+            self._context_length = int(
+                getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
+            )
+            logger.info(
+                "HF model %s loaded (%s, context %d, chat template: %s)",
+                self.model_dir,
+                type(model).__name__,
+                self._context_length,
+                bool(tok.chat_template),
+            )
 
     def _loaded(self) -> tuple[Any, Any]:
         if self._model is None:
@@ -90,8 +98,10 @@ class HFGenerator:
         try:
             text = self._tok.apply_chat_template(
                 [{"role": "system", "content": "SYSPROBE"}, {"role": "user", "content": "x"}],
-                tokenize=False, add_generation_prompt=True)
-        except Exception:  # noqa: BLE001 - jinja raises TemplateError (or anything) for "no system role"
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+        except Exception:
             return False
         return "SYSPROBE" in text
 
@@ -102,7 +112,8 @@ class HFGenerator:
         if self._tok.eos_token_id is not None:
             ids.add(self._tok.eos_token_id)
         specials = set(self._tok.all_special_tokens) | {
-            str(t) for t in getattr(self._tok, "added_tokens_decoder", {}).values()}
+            str(t) for t in getattr(self._tok, "added_tokens_decoder", {}).values()
+        }
         for name in _TURN_END_TOKENS:
             if name in specials:
                 ids.add(self._tok.convert_tokens_to_ids(name))
@@ -130,8 +141,11 @@ class HFGenerator:
     def _template_ids(self, messages: list[dict[str, str]]) -> list[int] | None:
         """Template pieces parsed with specials, contents without; None if the template mangles placeholders."""
         marks = [_SENTINEL.format(i) for i in range(len(messages))]
-        text = self._tok.apply_chat_template([{"role": m["role"], "content": s} for m, s in zip(messages, marks)],
-                                             tokenize=False, add_generation_prompt=True)
+        text = self._tok.apply_chat_template(
+            [{"role": m["role"], "content": s} for m, s in zip(messages, marks)],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
         ids: list[int] = []
         pos = 0
         for mark, message in zip(marks, messages):
@@ -166,8 +180,9 @@ class HFGenerator:
         return len(self.prompt_ids(spec))
 
     # --- generation --------------------------------------------------------------------------------------
-    def stream(self, spec: PromptSpec, params: GenerationParams,
-               should_stop: Callable[[], bool]) -> Iterator[str]:
+    def stream(
+        self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
+    ) -> Iterator[str]:
         import torch
 
         from ghostlm.sampling import Sampler
@@ -180,11 +195,14 @@ class HFGenerator:
         if len(ids) + max_new > ctx:
             keep = max(1, ctx - max_new)
             if len(ids) > keep:
-                logger.warning("HF prompt trimmed from %d to %d tokens (the budget should prevent this)",
-                               len(ids), keep)
+                logger.warning(
+                    "HF prompt trimmed from %d to %d tokens (the budget should prevent this)", len(ids), keep
+                )
                 ids = ids[-keep:]
             max_new = ctx - len(ids)
-        self.last_finish_reason = "cancelled"  # until the loop says otherwise (also covers a consumer's close())
+        self.last_finish_reason = (
+            "cancelled"  # until the loop says otherwise (also covers a consumer's close())
+        )
         if max_new <= 0:
             self.last_finish_reason = "length"
             return
@@ -222,7 +240,9 @@ class HFGenerator:
             if should_stop():
                 break
             with torch.inference_mode():
-                out = model(input_ids=torch.tensor([[token]], device=device), past_key_values=past, use_cache=True)
+                out = model(
+                    input_ids=torch.tensor([[token]], device=device), past_key_values=past, use_cache=True
+                )
             past, logits = out.past_key_values, out.logits[0, -1]
         tail = held + decoder.flush()
         if tail:

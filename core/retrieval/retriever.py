@@ -104,7 +104,9 @@ class Retriever:
         cfg = self.fusion
         # BM25, and the ranking metadata of its hits, run in the database driver's thread while the
         # encoder runs in its own: only the dense hits' metadata is fetched after encoding.
-        bm25 = asyncio.ensure_future(self._bm25(query, cfg.candidates)) if mode in ("hybrid", "bm25") else None
+        bm25 = (
+            asyncio.ensure_future(self._bm25(query, cfg.candidates)) if mode in ("hybrid", "bm25") else None
+        )
         dense_hits: tuple[list[int], list[int]] | None = None
         bm25_hits: tuple[list[int], dict[int, ChunkMeta]] | None = None
         try:

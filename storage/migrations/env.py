@@ -11,7 +11,7 @@ import os
 from alembic import context
 from sqlalchemy.engine import Connection
 
-import storage.models  # noqa: F401  (registers the tables on Base.metadata)
+import storage.models
 from storage.base import Base
 
 try:  # the retrieval tables, when that module exists

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -65,7 +66,9 @@ async def test_metrics_expose_queue_gauges(client: TestClient) -> None:
 
 
 async def test_web_chat_streams_a_cited_answer_and_keeps_history(app: App, client: TestClient) -> None:
-    response = await client.post("/api/chat", json={"text": "How do I stop reflected cross-site scripting?", "session": "s1"})
+    response = await client.post(
+        "/api/chat", json={"text": "How do I stop reflected cross-site scripting?", "session": "s1"}
+    )
     assert response.status == 200
     events = await _events(response)
     final = [e for e in events if e["type"] == "final"]
@@ -108,7 +111,9 @@ async def test_web_chat_refuses_bad_input_politely(client: TestClient) -> None:
 
 
 async def test_openai_api_requires_the_key(client: TestClient) -> None:
-    response = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    response = await client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+    )
     assert response.status == 401
     text = await response.text()
     assert "test-key-123456" not in text

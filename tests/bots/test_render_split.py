@@ -67,7 +67,9 @@ def test_utf16_measure_for_telegram() -> None:
 @given(
     st.lists(
         st.one_of(
-            st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="`"), max_size=300),
+            st.text(
+                alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="`"), max_size=300
+            ),
             st.just("```python"),
             st.just("```"),
             st.just(""),
@@ -85,7 +87,15 @@ def test_property_parts_fit_and_nothing_is_lost(lines: list[str], limit: int) ->
 
 def test_sources_footer_lists_refs_and_urls() -> None:
     footer = sources_footer(
-        [Source(index=1, ref="CWE-79", source="cwe", title="Cross-site Scripting", url="https://cwe.mitre.org/data/definitions/79.html")]
+        [
+            Source(
+                index=1,
+                ref="CWE-79",
+                source="cwe",
+                title="Cross-site Scripting",
+                url="https://cwe.mitre.org/data/definitions/79.html",
+            )
+        ]
     )
     assert "[1] Cross-site Scripting (CWE-79)" in footer
     assert "https://cwe.mitre.org/data/definitions/79.html" in footer

@@ -16,7 +16,14 @@ async def test_terminal_chat_answers_runs_commands_and_is_not_rate_limited(tmp_p
     async with indexed_app(settings, tmp_path, index={"pth.md": NOTE}):
         pass
 
-    lines = ["How do I mitigate pass the hash?", "", "/sources", "/settings temperature 9", "/bogus", "<|ghost_end|>"]
+    lines = [
+        "How do I mitigate pass the hash?",
+        "",
+        "/sources",
+        "/settings temperature 9",
+        "/bogus",
+        "<|ghost_end|>",
+    ]
     stdout = io.StringIO()
     assert await run_terminal_chat(settings, stdin=io.StringIO("\n".join(lines) + "\n"), stdout=stdout) == 0
     out = stdout.getvalue()

@@ -33,10 +33,22 @@ def bpe_generator(bpe_tokenizer: ByteLevelBPETokenizer) -> BPEGenerator:
 
 
 KB = [
-    Source(0, "CWE-79", "cwe", "Cross-site Scripting", "https://cwe.mitre.org/data/definitions/79.html",
-           "xss cross-site scripting injects script into pages viewed by other users"),
-    Source(0, "CWE-89", "cwe", "SQL Injection", "https://cwe.mitre.org/data/definitions/89.html",
-           "sql injection builds queries from untrusted strings"),
+    Source(
+        0,
+        "CWE-79",
+        "cwe",
+        "Cross-site Scripting",
+        "https://cwe.mitre.org/data/definitions/79.html",
+        "xss cross-site scripting injects script into pages viewed by other users",
+    ),
+    Source(
+        0,
+        "CWE-89",
+        "cwe",
+        "SQL Injection",
+        "https://cwe.mitre.org/data/definitions/89.html",
+        "sql injection builds queries from untrusted strings",
+    ),
 ]
 
 
@@ -69,15 +81,25 @@ async def count_rows(db: Database) -> dict[str, int]:
         return {
             t.name: int(await session.scalar(select(func.count()).select_from(t)) or 0)
             for t in Base.metadata.sorted_tables
-            if t.name in {"users", "conversations", "messages", "message_refs", "processed_events", "feedback",
-                          "user_settings"}
+            if t.name
+            in {
+                "users",
+                "conversations",
+                "messages",
+                "message_refs",
+                "processed_events",
+                "feedback",
+                "user_settings",
+            }
         }
 
 
 class Harness:
     """A real ConversationManager + GenerationWorker on a real database; only model and retriever are doubles."""
 
-    def __init__(self, db: Database, generator: Generator, settings: Settings, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, db: Database, generator: Generator, settings: Settings, clock: Callable[[], float]
+    ) -> None:
         self.db = db
         self.generator = generator
         self.settings = settings
@@ -89,13 +111,30 @@ class Harness:
         self.manager = ConversationManager(db, self.retriever, self.worker, generator, settings, clock=clock)
         self._events = itertools.count(1)
 
-    def incoming(self, text: str, *, user: str = "1", chat: str | None = None, group: bool = False,
-                 addressed: bool = True, event: str | None = None, thread: str | None = None,
-                 platform: str = "telegram", **extra: Any) -> Incoming:
+    def incoming(
+        self,
+        text: str,
+        *,
+        user: str = "1",
+        chat: str | None = None,
+        group: bool = False,
+        addressed: bool = True,
+        event: str | None = None,
+        thread: str | None = None,
+        platform: str = "telegram",
+        **extra: Any,
+    ) -> Incoming:
         return Incoming(
-            platform=platform, event_id=event or f"e{next(self._events)}", chat_id=chat or user,
-            chat_kind=ChatKind.GROUP if group else ChatKind.DM, user_id=user, user_name=f"user {user}",
-            text=text, addressed=addressed, thread_id=thread, platform_message_id=f"m{next(self._events)}",
+            platform=platform,
+            event_id=event or f"e{next(self._events)}",
+            chat_id=chat or user,
+            chat_kind=ChatKind.GROUP if group else ChatKind.DM,
+            user_id=user,
+            user_name=f"user {user}",
+            text=text,
+            addressed=addressed,
+            thread_id=thread,
+            platform_message_id=f"m{next(self._events)}",
             **extra,
         )
 
@@ -119,7 +158,9 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def make_harness(db: Database, bpe_tokenizer, clock: FakeClock) -> AsyncIterator[Callable[..., Harness]]:
+async def make_harness(
+    db: Database, bpe_tokenizer, clock: FakeClock
+) -> AsyncIterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
     def make(generator: Generator | None = None, **overrides: Any) -> Harness:

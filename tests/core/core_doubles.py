@@ -9,8 +9,8 @@ import asyncio
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 from tokenizers import ByteLevelBPETokenizer
 
@@ -117,7 +117,9 @@ class NullGenerator:
     def prompt_tokens(self, spec: PromptSpec) -> int:
         return 2 + sum(self.count_tokens(c) + 2 for c in render_texts(spec))
 
-    def stream(self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]) -> Iterator[str]:
+    def stream(
+        self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
+    ) -> Iterator[str]:
         yield self.answer
 
     def close(self) -> None:
@@ -136,8 +138,10 @@ class ListRetriever:
         words = set(re.findall(r"\w+", query.lower())) - {"what", "is", "a", "the", "and", "how"}
         scored = [(len(words & set(re.findall(r"\w+", s.text.lower()))), s) for s in self.sources]
         hits = [s for score, s in sorted(scored, key=lambda x: -x[0]) if score > 0][:k]
-        return [Source(index=i, ref=s.ref, source=s.source, title=s.title, url=s.url, text=s.text)
-                for i, s in enumerate(hits, 1)]
+        return [
+            Source(index=i, ref=s.ref, source=s.source, title=s.title, url=s.url, text=s.text)
+            for i, s in enumerate(hits, 1)
+        ]
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from core.budget import (
     PASSAGE_MARKER,
@@ -18,7 +20,23 @@ from core.types import Source
 from tests.core.core_doubles import BPEGenerator, train_tokenizer
 
 SYSTEM = "You are GhostLM, a concise cybersecurity assistant. Cite passages as [1]."
-WORDS = "the attacker injects script into a page and the browser runs it as the site".split()
+WORDS = [
+    "the",
+    "attacker",
+    "injects",
+    "script",
+    "into",
+    "a",
+    "page",
+    "and",
+    "the",
+    "browser",
+    "runs",
+    "it",
+    "as",
+    "the",
+    "site",
+]
 
 
 def text(n_words: int, salt: int = 0) -> str:
@@ -56,12 +74,12 @@ def test_whole_pairs_dropped_oldest_first(bpe_generator: BPEGenerator) -> None:
     res = fit_prompt(spec, bpe_generator, budget=200, passage_fraction=0.5)
     kept = res.spec.history
     assert 0 < len(kept) < len(history) and len(kept) % 2 == 0
-    assert kept == history[len(history) - len(kept):]  # a suffix: the newest pairs survive
+    assert kept == history[len(history) - len(kept) :]  # a suffix: the newest pairs survive
     assert res.dropped_pairs == (len(history) - len(kept)) // 2
     assert res.spec.question == spec.question and res.spec.system == SYSTEM
     assert res.prompt_tokens <= 200
     # Maximal: one more pair would not have fitted.
-    bigger = PromptSpec(SYSTEM, (), history[len(history) - len(kept) - 2:], spec.question)
+    bigger = PromptSpec(SYSTEM, (), history[len(history) - len(kept) - 2 :], spec.question)
     assert bpe_generator.prompt_tokens(bigger) > 200
 
 
@@ -143,7 +161,9 @@ def test_token_counts_are_cached(bpe_tokenizer) -> None:
     first = len(calls)
     ctx.fit(spec, budget=200)
     # The second pass only re-counts inside prompt_tokens (the generator's own exact count), not via the cache.
-    history_counts = sum(1 for c in calls[first:] if c.startswith(("q", "a")) and c in {t.content for t in spec.history})
+    history_counts = sum(
+        1 for c in calls[first:] if c.startswith(("q", "a")) and c in {t.content for t in spec.history}
+    )
     assert history_counts == 0
 
 
@@ -178,7 +198,9 @@ _GEN = BPEGenerator(train_tokenizer())
 )
 def test_property_final_prompt_never_exceeds_budget(history, passages, question, budget, fraction) -> None:
     turns = tuple(t for u, a in history for t in (ChatTurn("user", u), ChatTurn("assistant", a)))
-    srcs = tuple(Source(index=i, ref=f"R{i}", source="s", title="T", text=p) for i, p in enumerate(passages, 1))
+    srcs = tuple(
+        Source(index=i, ref=f"R{i}", source="s", title="T", text=p) for i, p in enumerate(passages, 1)
+    )
     spec = PromptSpec("Be brief.", srcs, turns, question)
     res = fit_prompt(spec, _GEN, budget=budget, passage_fraction=fraction)
     assert _GEN.prompt_tokens(res.spec) == res.prompt_tokens <= budget
@@ -189,7 +211,7 @@ def test_property_final_prompt_never_exceeds_budget(history, passages, question,
     else:
         assert res.spec.question == question
     kept = res.spec.history
-    assert len(kept) % 2 == 0 and kept == turns[len(turns) - len(kept):]
+    assert len(kept) % 2 == 0 and kept == turns[len(turns) - len(kept) :]
     assert len(res.spec.passages) + res.dropped_passages == len(srcs)
     for got, orig in zip(res.spec.passages, srcs):
         assert got.ref == orig.ref

@@ -19,8 +19,18 @@ def test_parse_command() -> None:
     assert parse_command("/settings temperature 0.3").args == "temperature 0.3"
     assert parse_command("/etc/passwd is world readable, why?") is None  # a path, not a command
     assert parse_command("what is /help") is None
-    assert set(COMMANDS) == {"start", "help", "reset", "retry", "cancel", "sources", "forget", "settings",
-                             "stats", "ask"}
+    assert set(COMMANDS) == {
+        "start",
+        "help",
+        "reset",
+        "retry",
+        "cancel",
+        "sources",
+        "forget",
+        "settings",
+        "stats",
+        "ask",
+    }
 
 
 async def test_start_and_help_list_every_command(make_harness) -> None:
@@ -69,10 +79,14 @@ async def test_retry_regenerates_the_last_answer(make_harness) -> None:
     sink = await h.send("/retry")
     assert sink.finals()[0].text == "A better answer [1]."
     assert h.generator.calls[-1].question == "what is xss?"
-    assert [t.content for t in h.generator.calls[-1].history][0] == "what is sql injection?"
+    assert next(t.content for t in h.generator.calls[-1].history) == "what is sql injection?"
     history = await h.db.conversations.history(DM)
-    assert [m.text for m in history] == ["what is sql injection?", "XSS is script injection [1].",
-                                         "what is xss?", "A better answer [1]."]
+    assert [m.text for m in history] == [
+        "what is sql injection?",
+        "XSS is script injection [1].",
+        "what is xss?",
+        "A better answer [1].",
+    ]
 
 
 async def test_retry_failure_keeps_the_old_answer(make_harness) -> None:
@@ -80,7 +94,10 @@ async def test_retry_failure_keeps_the_old_answer(make_harness) -> None:
     await h.send("what is xss?")
     h.generator.fail = True
     await h.send("/retry")
-    assert [m.text for m in await h.db.conversations.history(DM)] == ["what is xss?", "XSS is script injection [1]."]
+    assert [m.text for m in await h.db.conversations.history(DM)] == [
+        "what is xss?",
+        "XSS is script injection [1].",
+    ]
 
 
 async def test_retry_with_nothing_to_retry(make_harness) -> None:
@@ -110,8 +127,11 @@ async def test_settings_show_change_validate(make_harness) -> None:
     assert "Usage: /settings temperature" in (await h.send("/settings temperature")).notices()[0]
     assert (await h.send("/settings sources off")).notices() == ["Saved: sources = off."]
     assert (await h.send("/settings max_tokens 32")).notices() == ["Saved: max_tokens = 32."]
-    assert await h.db.user_settings.get("telegram", "1") == {"temperature": "0.3", "sources": "off",
-                                                             "max_tokens": "32"}
+    assert await h.db.user_settings.get("telegram", "1") == {
+        "temperature": "0.3",
+        "sources": "off",
+        "max_tokens": "32",
+    }
     sink = await h.send("what is xss?")
     assert h.generator.params[-1].temperature == 0.3 and h.generator.params[-1].max_new_tokens == 32
     assert sink.finals()[0].sources == []  # footer off …
@@ -135,16 +155,21 @@ async def test_forget_deletes_every_row_about_the_user(make_harness) -> None:
     await h.send("what is xss?")
     await h.send("group question", chat="-100", group=True)
     await h.send("/settings temperature 0.2")
-    assert await h.manager.record_feedback(platform="telegram", chat_id="1", user_id="1",
-                                           platform_message_id="1001", rating=-1)
+    assert await h.manager.record_feedback(
+        platform="telegram", chat_id="1", user_id="1", platform_message_id="1001", rating=-1
+    )
     await h.send("someone else's question", user="2")
     reply = (await h.send("/forget")).notices()[0]
     assert reply.startswith("Done — I deleted everything I had stored about you")
     rows = await count_rows(h.db)
-    assert rows["users"] == 1 and rows["messages"] == 2 and rows["feedback"] == 0 and rows["user_settings"] == 0
+    assert (
+        rows["users"] == 1 and rows["messages"] == 2 and rows["feedback"] == 0 and rows["user_settings"] == 0
+    )
     assert await h.db.conversations.history(DM) == []
     assert await h.db.user_settings.get("telegram", "1") == {}
-    assert len(await h.db.conversations.history(ConversationKey("telegram", "2", "2"))) == 2  # others keep theirs
+    assert (
+        len(await h.db.conversations.history(ConversationKey("telegram", "2", "2"))) == 2
+    )  # others keep theirs
 
 
 async def test_forget_cancels_a_pending_answer(make_harness, bpe_tokenizer) -> None:

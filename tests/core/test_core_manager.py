@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 from core.budget import QUESTION_MARKER
@@ -30,7 +31,7 @@ async def test_dm_chat_streams_answers_and_stores_the_exchange(make_harness) -> 
     kinds = sink.kinds()
     assert kinds[0] == "started" and kinds[-1] == "final" and set(kinds[1:-1]) == {"partial"}
     partials = [v for k, v in sink.events if k == "partial"]
-    assert all(b.startswith(a) for a, b in zip(partials, partials[1:]))  # text so far, growing
+    assert all(b.startswith(a) for a, b in itertools.pairwise(partials))  # text so far, growing
     answer = sink.finals()[0]
     assert answer.text == h.generator.answer and answer.finish_reason == "stop"
     assert [s.ref for s in answer.sources] == ["CWE-79"] and answer.sources[0].index == 1
@@ -145,7 +146,9 @@ async def test_empty_and_control_only_messages(make_harness) -> None:
 async def test_huge_message_refused_without_generation(make_harness) -> None:
     h = make_harness(max_message_chars=500)
     sink = await h.send("x" * 501)
-    assert sink.notices() == ["Your message is too long (501 characters; the limit is 500). Please shorten it."]
+    assert sink.notices() == [
+        "Your message is too long (501 characters; the limit is 500). Please shorten it."
+    ]
     assert h.generator.calls == [] and (await count_rows(h.db))["messages"] == 0
 
 
@@ -207,7 +210,7 @@ async def test_second_question_while_pending_is_refused(make_harness, bpe_tokeni
     second = await h.send("second question")
     assert second.notices() == [PENDING_NOTICE]
     assert (await first).finals()
-    assert [m.text for m in await h.db.conversations.history(DM)][0] == "first question"
+    assert next(m.text for m in await h.db.conversations.history(DM)) == "first question"
 
 
 async def test_cancel_stops_the_answer_and_stores_nothing(make_harness, bpe_tokenizer) -> None:
@@ -219,7 +222,7 @@ async def test_cancel_stops_the_answer_and_stores_nothing(make_harness, bpe_toke
     assert cancel.notices() == ["Cancelled your request."]
     sink = await asking
     answer = sink.finals()[0]
-    assert answer.finish_reason == "cancelled" and CANCELLED_NOTICE in (answer.notices + [answer.text])
+    assert answer.finish_reason == "cancelled" and CANCELLED_NOTICE in ([*answer.notices, answer.text])
     assert await h.db.conversations.history(DM) == []
     assert await h.db.conversations.is_processed("telegram", "c1")
 
@@ -304,11 +307,24 @@ def test_manager_takes_explicit_dependencies() -> None:
 
 async def test_feedback_obeys_the_same_allow_lists_as_questions(make_harness) -> None:
     h = make_harness(discord_allowed_roles="analyst")
-    sink = await h.send("what is xss?", platform="discord", chat="chan", group=True, guild_id="g", role_ids=("analyst",))
-    [message_id] = [m for m in (await h.db.conversations.history(ConversationKey("discord", "chan", "1")))[1].platform_message_ids]
+    sink = await h.send(
+        "what is xss?", platform="discord", chat="chan", group=True, guild_id="g", role_ids=("analyst",)
+    )
+    [message_id] = [
+        m
+        for m in (await h.db.conversations.history(ConversationKey("discord", "chan", "1")))[
+            1
+        ].platform_message_ids
+    ]
     assert sink.finals()
-    common = dict(platform="discord", chat_id="chan", platform_message_id=message_id, rating=1,
-                  chat_kind=ChatKind.GROUP, guild_id="g")
+    common = dict(
+        platform="discord",
+        chat_id="chan",
+        platform_message_id=message_id,
+        rating=1,
+        chat_kind=ChatKind.GROUP,
+        guild_id="g",
+    )
     # A stranger without the role clicks 👍 under the public answer: nothing is stored.
     assert not await h.manager.record_feedback(user_id="2", role_ids=("guest",), **common)
     assert await h.db.feedback.export() == []
@@ -316,7 +332,9 @@ async def test_feedback_obeys_the_same_allow_lists_as_questions(make_harness) ->
     assert [r.rating for r in await h.db.feedback.export()] == [1]
 
 
-async def test_an_answer_cut_at_max_tokens_is_stored_and_the_user_is_told(make_harness, bpe_tokenizer) -> None:
+async def test_an_answer_cut_at_max_tokens_is_stored_and_the_user_is_told(
+    make_harness, bpe_tokenizer
+) -> None:
     class LengthLimited(BPEGenerator):
         def stream(self, spec, params, should_stop):  # type: ignore[no-untyped-def]
             yield from super().stream(spec, params, should_stop)

@@ -9,11 +9,26 @@ from core.settings import Settings
 from core.types import ChatKind, Incoming
 
 
-def msg(user: str = "1", chat: str = "1", *, platform: str = "telegram", group: bool = False,
-        guild: str | None = None, roles: tuple[str, ...] = ()) -> Incoming:
-    return Incoming(platform=platform, event_id="e", chat_id=chat,
-                    chat_kind=ChatKind.GROUP if group else ChatKind.DM, user_id=user, user_name="u", text="hi",
-                    guild_id=guild, role_ids=roles)
+def msg(
+    user: str = "1",
+    chat: str = "1",
+    *,
+    platform: str = "telegram",
+    group: bool = False,
+    guild: str | None = None,
+    roles: tuple[str, ...] = (),
+) -> Incoming:
+    return Incoming(
+        platform=platform,
+        event_id="e",
+        chat_id=chat,
+        chat_kind=ChatKind.GROUP if group else ChatKind.DM,
+        user_id=user,
+        user_name="u",
+        text="hi",
+        guild_id=guild,
+        role_ids=roles,
+    )
 
 
 def test_everyone_allowed_by_default() -> None:
@@ -38,15 +53,18 @@ def test_chat_lists() -> None:
 
 
 def test_admins_bypass_every_list() -> None:
-    policy = AccessPolicy(allowed_users={"1"}, blocked_users={"9"}, blocked_chats={"-5"}, admin_users={"telegram:9"})
+    policy = AccessPolicy(
+        allowed_users={"1"}, blocked_users={"9"}, blocked_chats={"-5"}, admin_users={"telegram:9"}
+    )
     assert policy.check(msg("9", "-5", group=True)).allowed and policy.is_admin("telegram", "9")
     assert not policy.is_admin("discord", "9")
     assert policy.user_allowed("telegram", "9") and not policy.user_allowed("telegram", "2")
 
 
 def test_discord_guild_channel_role_lists() -> None:
-    policy = AccessPolicy(discord_allowed_guilds={"g1"}, discord_allowed_channels={"c1", "c2"},
-                          discord_allowed_roles={"r1"})
+    policy = AccessPolicy(
+        discord_allowed_guilds={"g1"}, discord_allowed_channels={"c1", "c2"}, discord_allowed_roles={"r1"}
+    )
     ok = msg("1", "c1", platform="discord", group=True, guild="g1", roles=("r0", "r1"))
     assert policy.check(ok).allowed
     assert not policy.check(msg("1", "c1", platform="discord", group=True, guild="g2", roles=("r1",))).allowed
@@ -99,7 +117,20 @@ def test_sanitize_text() -> None:
 
 
 def test_history_turns_keep_whole_pairs() -> None:
-    turns = history_turns([("assistant", "orphan"), ("user", "q1"), ("assistant", "a1"), ("user", "q2"),
-                           ("user", "q3"), ("assistant", "a3"), ("user", "dangling")])
-    assert [(t.role, t.content) for t in turns] == [("user", "q1"), ("assistant", "a1"), ("user", "q3"),
-                                                    ("assistant", "a3")]
+    turns = history_turns(
+        [
+            ("assistant", "orphan"),
+            ("user", "q1"),
+            ("assistant", "a1"),
+            ("user", "q2"),
+            ("user", "q3"),
+            ("assistant", "a3"),
+            ("user", "dangling"),
+        ]
+    )
+    assert [(t.role, t.content) for t in turns] == [
+        ("user", "q1"),
+        ("assistant", "a1"),
+        ("user", "q3"),
+        ("assistant", "a3"),
+    ]

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 
 from core.generators.base import GenerationParams, PromptSpec
 from core.settings import Settings
-from tests.support import app_settings, indexed_app
+from tests.e2e.discord_fixtures import discord_bot as discord_bot  # re-exported: a fixture
+from tests.e2e.discord_fixtures import world as world  # re-exported: a fixture
 from tests.fakes.telegram_api import FakeTelegramAPI
+from tests.support import app_settings, indexed_app
 
 Script = Callable[[PromptSpec], str]
 
@@ -44,10 +47,17 @@ class ScriptedGenerator:
         return len(text.split())
 
     def prompt_tokens(self, spec: PromptSpec) -> int:
-        parts = [spec.system, spec.question, *(p.text for p in spec.passages), *(t.content for t in spec.history)]
+        parts = [
+            spec.system,
+            spec.question,
+            *(p.text for p in spec.passages),
+            *(t.content for t in spec.history),
+        ]
         return sum(self.count_tokens(part) + 4 for part in parts)
 
-    def stream(self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]) -> Iterator[str]:
+    def stream(
+        self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
+    ) -> Iterator[str]:
         self.specs.append(spec)
         if self.gate is not None:
             while not self.gate.wait(0.05):

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 
 from core.generators.base import GenerationParams, PromptSpec
 from core.settings import Settings
-from tests.support import app_settings, indexed_app
 from tests.fakes.discord_api import DiscordFake
+from tests.support import app_settings, indexed_app
 
 Script = Callable[[PromptSpec], str]
 TOKEN = "discord-test-token"
@@ -44,10 +45,17 @@ class SlowScript:
         return len(text.split())
 
     def prompt_tokens(self, spec: PromptSpec) -> int:
-        parts = [spec.system, spec.question, *(p.text for p in spec.passages), *(t.content for t in spec.history)]
+        parts = [
+            spec.system,
+            spec.question,
+            *(p.text for p in spec.passages),
+            *(t.content for t in spec.history),
+        ]
         return sum(self.count_tokens(part) + 4 for part in parts)
 
-    def stream(self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]) -> Iterator[str]:
+    def stream(
+        self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
+    ) -> Iterator[str]:
         self.specs.append(spec)
         self.started.append(time.monotonic())
         try:
@@ -118,8 +126,16 @@ async def world() -> AsyncIterator[World]:
     thread = fake.add_thread(channel, "xss questions")
     await fake.start()
     try:
-        yield World(fake, guild, channel, thread, fake.role_id(guild, "member"),
-                    fake.user("alice"), fake.user("bob"), fake.user("stranger"))
+        yield World(
+            fake,
+            guild,
+            channel,
+            thread,
+            fake.role_id(guild, "member"),
+            fake.user("alice"),
+            fake.user("bob"),
+            fake.user("stranger"),
+        )
     finally:
         await fake.close()
 
@@ -177,7 +193,10 @@ async def slash(
     """Push a slash command; with `wait`, return once the bot has finished answering it."""
     world = h.world
     state = await h.fake.push_slash(
-        name, channel or world.channel, user or world.alice, options,
+        name,
+        channel or world.channel,
+        user or world.alice,
+        options,
         roles=[world.member_role] if roles is None else roles,
     )
     if wait:
@@ -195,4 +214,8 @@ def is_ephemeral(message: dict[str, Any]) -> bool:
 
 
 def feedback_buttons(message: dict[str, Any]) -> list[str]:
-    return [button.get("custom_id") for row in message.get("components", []) for button in row.get("components", [])]
+    return [
+        button.get("custom_id")
+        for row in message.get("components", [])
+        for button in row.get("components", [])
+    ]

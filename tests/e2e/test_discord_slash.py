@@ -3,6 +3,7 @@ the real app behind it (storage, retrieval, manager, worker); only the model is 
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import discord
@@ -12,16 +13,16 @@ from storage import ConversationKey
 from tests.e2e.discord_fixtures import (
     SlowScript,
     contents,
-    discord_bot,  # noqa: F401  (fixture)
     feedback_buttons,
     is_ephemeral,
     settled,
     slash,
-    world,  # noqa: F401  (fixture)
 )
 
 COMMANDS = {"ask", "reset", "sources", "forget", "settings", "stats", "help", "retry", "cancel"}
-DOCS = {"xss.md": "# Cross-site scripting\n\nCWE-79 cross-site scripting: escape output, use a content security policy."}
+DOCS = {
+    "xss.md": "# Cross-site scripting\n\nCWE-79 cross-site scripting: escape output, use a content security policy."
+}
 
 
 def channel_key(h, user) -> ConversationKey:
@@ -33,7 +34,10 @@ async def test_commands_are_synced_to_the_configured_guild(discord_bot) -> None:
         synced = h.fake.commands[h.world.guild["id"]]
         assert {c["name"] for c in synced} == COMMANDS
         settings = next(c for c in synced if c["name"] == "settings")
-        assert [(o["name"], o.get("required", False)) for o in settings["options"]] == [("key", False), ("value", False)]
+        assert [(o["name"], o.get("required", False)) for o in settings["options"]] == [
+            ("key", False),
+            ("value", False),
+        ]
         ask = next(c for c in synced if c["name"] == "ask")
         assert [(o["name"], o.get("required", False)) for o in ask["options"]] == [("question", True)]
         assert "global" not in h.fake.commands
@@ -54,7 +58,7 @@ async def test_ask_defers_before_the_core_then_streams_into_the_original(discord
         # Streaming edits, then the final edit; streaming edits at most one per second.
         streaming = [t for t, _ in state.original_edits[:-1]]
         assert len(state.original_edits) >= 2
-        assert all(b - a >= 0.95 for a, b in zip(streaming, streaming[1:]))
+        assert all(b - a >= 0.95 for a, b in itertools.pairwise(streaming))
         history = await h.app.db.conversations.history(channel_key(h, h.world.alice))
         assert [m.role for m in history] == ["user", "assistant"]
         assert history[0].text == "What is XSS?"
@@ -68,7 +72,9 @@ async def test_ask_defers_promptly_even_when_the_queue_is_full(discord_bot) -> N
         users = [h.fake.user(f"user{i}") for i in range(4)]
         running = await slash(h, "ask", {"question": "first"}, user=users[0], wait=False)
         await h.fake.wait_for(lambda: script.started, 10)  # holds the model
-        waiting = [await slash(h, "ask", {"question": f"q{i}"}, user=u, wait=False) for i, u in enumerate(users[1:3])]
+        waiting = [
+            await slash(h, "ask", {"question": f"q{i}"}, user=u, wait=False) for i, u in enumerate(users[1:3])
+        ]
         await h.fake.wait_for(lambda: all(any(is_ephemeral(m) for m in s.visible()) for s in waiting), 10)
         refused = await slash(h, "ask", {"question": "one too many"}, user=users[3], wait=False)
         await h.fake.wait_for(lambda: refused.deleted, 10)
@@ -108,7 +114,9 @@ async def test_long_answer_is_split_into_followups_with_the_code_block_intact(di
         history = await h.app.db.conversations.history(channel_key(h, h.world.alice))
         assert history[-1].platform_message_ids == [str(m["id"]) for m in state.visible()]
         sends = [c for c in h.fake.calls if c.path.startswith("/webhooks/") and c.method in ("POST", "PATCH")]
-        assert sends and all(c.body["allowed_mentions"] == {"parse": []} for c in sends)  # model text pings nobody
+        assert sends and all(
+            c.body["allowed_mentions"] == {"parse": []} for c in sends
+        )  # model text pings nobody
 
 
 async def test_every_other_command_answers_ephemerally(discord_bot) -> None:
@@ -194,7 +202,9 @@ async def test_channel_allow_list_denies_other_channels(discord_bot, world) -> N
     async with discord_bot(discord_allowed_channels=world.channel["id"]) as h:
         denied = await slash(h, "ask", {"question": "hello"}, channel=other)
         assert denied.visible() and all(is_ephemeral(m) for m in denied.visible())
-        in_thread = await slash(h, "ask", {"question": "threads of allowed channels work"}, channel=world.thread)
+        in_thread = await slash(
+            h, "ask", {"question": "threads of allowed channels work"}, channel=world.thread
+        )
         assert contents(in_thread)[0].startswith("Answer to:")
         assert len(h.generator.specs) == 1
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -28,17 +30,28 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
         await asyncio.sleep(0.05)
 
 
-async def reply(fake: FakeTelegramAPI, chat_id: int, before: int, *, final: bool = True,
-                count: int = 1, timeout: float = 15.0) -> list[StoredMessage]:
+async def reply(
+    fake: FakeTelegramAPI,
+    chat_id: int,
+    before: int,
+    *,
+    final: bool = True,
+    count: int = 1,
+    timeout: float = 15.0,
+) -> list[StoredMessage]:
     """Wait for the bot's new messages in a chat: `count` of them, the last one with 👍/👎 if `final`."""
+
     def ready() -> bool:
         new = fake.bot_messages(chat_id)[before:]
         return len(new) >= count and (not final or new[-1].reply_markup is not None)
+
     await fake.wait_for(ready, timeout)
     return fake.bot_messages(chat_id)[before:]
 
 
-async def ask(h: Harness, chat: dict[str, Any], user: dict[str, Any], text: str, **kwargs: Any) -> list[StoredMessage]:
+async def ask(
+    h: Harness, chat: dict[str, Any], user: dict[str, Any], text: str, **kwargs: Any
+) -> list[StoredMessage]:
     """Send a question; return the answer's messages once it is delivered and committed."""
     before = len(h.fake.bot_messages(chat["id"]))
     update_id = h.fake.send_text(chat=chat, user=user, text=text, **kwargs)
@@ -74,17 +87,29 @@ async def test_dm_conversation_keeps_history(bot_factory: Any) -> None:
         assert first[-1].text.startswith("Answer to: What is XSS? (history turns: 0)")
         second = await ask(h, chat, user, "And how do I prevent it?")
         assert second[-1].text.startswith("Answer to: And how do I prevent it? (history turns: 2)")
-        assert [t.content for t in h.generator.specs[-1].history][0] == "What is XSS?"
+        assert next(t.content for t in h.generator.specs[-1].history) == "What is XSS?"
 
         async def stored() -> bool:
             return len(await history(h, dm_key(ALICE))) == 4
+
         await eventually(stored)
         rows = await history(h, dm_key(ALICE))
         assert [r.role for r in rows] == ["user", "assistant", "user", "assistant"]
         assert rows[1].platform_message_ids == [str(first[-1].message_id)]
         # commands were registered for the menu
         names = {c["command"] for c in fake.commands}
-        assert {"start", "help", "reset", "retry", "cancel", "sources", "forget", "settings", "stats", "ask"} <= names
+        assert {
+            "start",
+            "help",
+            "reset",
+            "retry",
+            "cancel",
+            "sources",
+            "forget",
+            "settings",
+            "stats",
+            "ask",
+        } <= names
 
 
 async def test_streaming_edits_respect_the_throttle(bot_factory: Any) -> None:
@@ -99,11 +124,11 @@ async def test_streaming_edits_respect_the_throttle(bot_factory: Any) -> None:
         assert len(edits) >= 2, "a 2.4 s stream must show progress before the final edit"
         sends = [c for c in fake.calls_to("sendMessage", ALICE)]
         writes = sorted([*sends, *edits], key=lambda c: c.at)
-        gaps = [b.at - a.at for a, b in zip(writes, writes[1:])]
+        gaps = [b.at - a.at for a, b in itertools.pairwise(writes)]
         assert min(gaps) >= 0.95, gaps  # ≤ 1 edit per second per message, the final one included
         streamed = [c.params["text"] for c in writes[:-1]]
         assert all("parse_mode" not in c.params for c in writes[:-1]), "streaming is plain text"
-        assert all(len(b) - len(a) >= 40 for a, b in zip(streamed, streamed[1:]))
+        assert all(len(b) - len(a) >= 40 for a, b in itertools.pairwise(streamed))
         assert writes[-1].params.get("parse_mode") == "HTML"
         assert fake.calls_to("sendChatAction", ALICE)
 
@@ -118,17 +143,23 @@ async def test_429_in_the_middle_of_a_reply_delays_it(bot_factory: Any) -> None:
         chat, user = fake.private_chat(ALICE), fake.user(ALICE)
         messages = await ask(h, chat, user, "a reply under pressure")
         assert len(messages) == 1 and messages[-1].text == words
-        statuses = [c.status for c in sorted(fake.chat_calls(ALICE), key=lambda c: c.at)
-                    if c.method in ("sendMessage", "editMessageText")]
+        statuses = [
+            c.status
+            for c in sorted(fake.chat_calls(ALICE), key=lambda c: c.at)
+            if c.method in ("sendMessage", "editMessageText")
+        ]
         assert statuses[0] == 429 and statuses[1] == 200 and statuses.count(429) == 2
         # after each 429 the bot waited retry_after before touching the chat again
-        writes = sorted((c for c in fake.chat_calls(ALICE) if c.method != "sendChatAction"), key=lambda c: c.at)
-        for failed, following in zip(writes, writes[1:]):
+        writes = sorted(
+            (c for c in fake.chat_calls(ALICE) if c.method != "sendChatAction"), key=lambda c: c.at
+        )
+        for failed, following in itertools.pairwise(writes):
             if failed.status == 429:
                 assert following.at - failed.at >= 1.0
 
         async def committed() -> bool:
             return len(await history(h, dm_key(ALICE))) == 2
+
         await eventually(committed)
 
 
@@ -136,7 +167,9 @@ async def test_long_answer_is_split_without_breaking_code(bot_factory: Any) -> N
     code = "\n".join(f"    payload_{i} = '<script>alert({i})</script>'" for i in range(260))
     answer = "Here is the fix [1]:\n\n```python\n" + code + "\n```\n\n" + ("Explanation. " * 300).strip()
     generator = ScriptedGenerator(script=lambda spec: answer)
-    docs = {"xss.md": "# Cross-site scripting\n\nXSS injects script into pages. Escape output to prevent XSS."}
+    docs = {
+        "xss.md": "# Cross-site scripting\n\nXSS injects script into pages. Escape output to prevent XSS."
+    }
     async with bot_factory(generator=generator, index=docs) as h:
         fake = h.fake
         chat, user = fake.private_chat(ALICE), fake.user(ALICE)
@@ -158,11 +191,14 @@ async def test_long_answer_is_split_without_breaking_code(bot_factory: Any) -> N
         async def stored() -> bool:
             rows = await history(h, dm_key(ALICE))
             return len(rows) == 2 and rows[1].platform_message_ids == [str(m.message_id) for m in messages]
+
         await eventually(stored)
 
 
 async def test_rejected_markup_falls_back_to_plain_text(bot_factory: Any) -> None:
-    generator = ScriptedGenerator(script=lambda spec: "Use **parameterised** queries: `cursor.execute(sql, args)`")
+    generator = ScriptedGenerator(
+        script=lambda spec: "Use **parameterised** queries: `cursor.execute(sql, args)`"
+    )
     async with bot_factory(generator=generator) as h:
         fake = h.fake
         fake.reject_entities("editMessageText")
@@ -183,6 +219,7 @@ async def test_feedback_buttons_are_stored(bot_factory: Any) -> None:
 
         async def committed() -> bool:
             return len(await history(h, dm_key(ALICE))) == 2
+
         await eventually(committed)
         fake.press_button(chat_id=ALICE, message_id=messages[-1].message_id, user=user, data="fb:-1")
         await fake.wait_for(lambda: bool(fake.calls_to("answerCallbackQuery")))
@@ -228,8 +265,9 @@ async def test_unaddressed_group_message_makes_no_call_and_stores_nothing(bot_fa
         group, alice = fake.group_chat(GROUP), fake.user(ALICE)
         update_id = fake.send_text(chat=group, user=alice, text="nobody asked the bot")
         # wait until the bot has fetched and confirmed the update
-        await fake.wait_for(lambda: any(int(c.params.get("offset") or 0) > update_id
-                                        for c in fake.calls_to("getUpdates")))
+        await fake.wait_for(
+            lambda: any(int(c.params.get("offset") or 0) > update_id for c in fake.calls_to("getUpdates"))
+        )
         await ask(h, fake.private_chat(BOB), fake.user(BOB), "ping")  # the bot is alive and idle
         assert fake.chat_calls(GROUP) == []
         assert await history(h, ConversationKey("telegram", str(GROUP), str(ALICE))) == []
@@ -252,7 +290,9 @@ async def test_forum_topic_is_its_own_thread(bot_factory: Any) -> None:
 
 
 async def test_every_command(bot_factory: Any) -> None:
-    docs = {"sqli.md": "# SQL injection\n\nSQL injection (CWE-89) abuses unescaped queries. Use parameterised queries."}
+    docs = {
+        "sqli.md": "# SQL injection\n\nSQL injection (CWE-89) abuses unescaped queries. Use parameterised queries."
+    }
     async with bot_factory(index=docs) as h:
         fake = h.fake
         chat, user = fake.private_chat(ALICE), fake.user(ALICE)
@@ -383,11 +423,15 @@ async def test_webhook_mode_checks_the_secret(bot_factory: Any) -> None:
         update = fake.all_updates[update_id]
         url = f"http://127.0.0.1:{h.adapter.webhook_port}/telegram/hook"
         async with aiohttp.ClientSession() as session:
-            async with session.post(url, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "wrong"}) as r:
+            async with session.post(
+                url, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "wrong"}
+            ) as r:
                 assert r.status == 403
             async with session.post(url, json=update) as r:
                 assert r.status == 403
-            async with session.post(url, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret-Token_value"}) as r:
+            async with session.post(
+                url, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret-Token_value"}
+            ) as r:
                 assert r.status == 200
         messages = await reply(fake, ALICE, 0)
         assert messages[-1].text.startswith("Answer to: via webhook")
@@ -452,7 +496,9 @@ async def test_stop_lets_a_reply_in_flight_finish(bot_factory: Any) -> None:
     generator = ScriptedGenerator(script=lambda spec: words, delay=0.02)
     async with bot_factory(generator=generator) as h:
         fake = h.fake
-        update_id = fake.send_text(chat=fake.private_chat(ALICE), user=fake.user(ALICE), text="answer before you go")
+        update_id = fake.send_text(
+            chat=fake.private_chat(ALICE), user=fake.user(ALICE), text="answer before you go"
+        )
         await fake.wait_for(lambda: len(generator.specs) == 1)  # generating now
         await h.adapter.stop()  # what SIGTERM does, after the worker has drained
         assert fake.bot_messages(ALICE)[-1].text == words

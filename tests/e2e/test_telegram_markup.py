@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bots.render import split_message, utf16_len
 from bots.telegram.markup import to_telegram_html
 from tests.fakes.telegram_api import EntityError, visible_html_text
 
-_ALPHABET = st.sampled_from(list("ab <>&\"'`*#_\n") + ["```", "```python\n", "**", "&amp;", "<b>", "</i>", "😀"])
+_ALPHABET = st.sampled_from(
+    [*list("ab <>&\"'`*#_\n"), "```", "```python\n", "**", "&amp;", "<b>", "</i>", "😀"]
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -21,7 +24,9 @@ def test_rendered_html_is_always_accepted(text: str) -> None:
 
 
 def test_code_blocks_inline_code_and_bold() -> None:
-    html = to_telegram_html("**Fix** it with `esc(x) < 1`:\n```python\nif a < b && c:\n    pass\n```\nDone & dusted")
+    html = to_telegram_html(
+        "**Fix** it with `esc(x) < 1`:\n```python\nif a < b && c:\n    pass\n```\nDone & dusted"
+    )
     assert html == (
         "<b>Fix</b> it with <code>esc(x) &lt; 1</code>:\n"
         '<pre><code class="language-python">if a &lt; b &amp;&amp; c:\n    pass</code></pre>\n'
@@ -48,7 +53,12 @@ def test_every_split_part_renders_on_its_own() -> None:
         visible = visible_html_text(to_telegram_html(part))
         assert utf16_len(visible) <= 4096
     # the code survives the split intact, line by line
-    lines = [ln for p in parts for ln in visible_html_text(to_telegram_html(p)).split("\n") if ln.startswith("line_")]
+    lines = [
+        ln
+        for p in parts
+        for ln in visible_html_text(to_telegram_html(p)).split("\n")
+        if ln.startswith("line_")
+    ]
     assert lines == code.split("\n")
 
 

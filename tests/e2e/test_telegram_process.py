@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+
 import aiohttp
 import pytest
 
@@ -22,7 +23,9 @@ pytestmark = pytest.mark.slow
 
 
 def _cli_has_run() -> bool:
-    source = (ROOT / "bots" / "cli.py").read_text(encoding="utf-8") if (ROOT / "bots" / "cli.py").exists() else ""
+    source = (
+        (ROOT / "bots" / "cli.py").read_text(encoding="utf-8") if (ROOT / "bots" / "cli.py").exists() else ""
+    )
     return '"run"' in source
 
 
@@ -65,13 +68,20 @@ class BotProcess:
     async def start(self) -> None:
         # cwd = the test folder, so no developer .env is read
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bots.cli", "run", cwd=self.workdir, env=self.env(),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "bots.cli",
+            "run",
+            cwd=self.workdir,
+            env=self.env(),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
         )
         self._drain = asyncio.create_task(self._read_stderr())
         polls = len(self.fake.calls_to("getUpdates"))
         polling = asyncio.create_task(
-            self.fake.wait_for(lambda: len(self.fake.calls_to("getUpdates")) > polls, timeout=90))
+            self.fake.wait_for(lambda: len(self.fake.calls_to("getUpdates")) > polls, timeout=90)
+        )
         exited = asyncio.create_task(self.proc.wait())
         await asyncio.wait({polling, exited}, return_when=asyncio.FIRST_COMPLETED)
         if not polling.done() or polling.exception() is not None:
@@ -81,7 +91,8 @@ class BotProcess:
             await self.proc.wait()
             await self._drain
             raise AssertionError(
-                f"bot did not start polling (exit {self.proc.returncode}):\n{self.stderr.decode(errors='replace')[-3000:]}")
+                f"bot did not start polling (exit {self.proc.returncode}):\n{self.stderr.decode(errors='replace')[-3000:]}"
+            )
         exited.cancel()
 
     async def _read_stderr(self) -> None:
@@ -115,9 +126,11 @@ async def test_run_sigterm_restart_and_exactly_once(tg_fake: FakeTelegramAPI, tm
 
     bot = BotProcess(fake, tmp_path, port)
     await bot.start()
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
-            assert response.status == 200
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/healthz") as response,
+    ):
+        assert response.status == 200
     first = fake.send_text(chat=chat, user=user, text="What is SQL injection?")
     await _bot_replies(fake, ALICE, 1)
     answered = len(fake.bot_messages(ALICE))

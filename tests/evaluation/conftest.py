@@ -6,7 +6,7 @@ import json
 import re
 import threading
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -79,12 +79,14 @@ async def make_judge(fake_server):
 @pytest.fixture(scope="session")
 def tiny_ghostlm(tmp_path_factory):
     torch.manual_seed(0)
-    texts = ['{"score": 1} {"score": 2} {"score": 3} {"score": 4} {"score": 5} reason answer question'] * 50 + \
-            ["Question: Which port does HTTPS use? A. 443 B. 80 C. 22 D. 25 Answer: 443"] * 20
+    texts = [
+        '{"score": 1} {"score": 2} {"score": 3} {"score": 4} {"score": 5} reason answer question'
+    ] * 50 + ["Question: Which port does HTTPS use? A. 443 B. 80 C. 22 D. 25 Answer: 443"] * 20
     d = tmp_path_factory.mktemp("ghost")
     tok = train_tokenizer(texts, 300, d / "tokenizer.json")
-    cfg = GhostLMConfig(vocab_size=tok.vocab_size, context_length=256, d_model=32, n_heads=2, n_layers=2,
-                        d_ff=64, dropout=0.0)
+    cfg = GhostLMConfig(
+        vocab_size=tok.vocab_size, context_length=256, d_model=32, n_heads=2, n_layers=2, d_ff=64, dropout=0.0
+    )
     model = GhostLM(cfg)
     with torch.no_grad():
         model.lm_head.weight.mul_(30.0)  # peaked, so the expectation is far from a uniform 3.0

@@ -10,6 +10,7 @@ import socket
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from conftest import ScriptedJudge, rating
 
 from bots.cli import build_parser
 from core.evaluation.cli import run_eval
@@ -17,8 +18,6 @@ from core.evaluation.io import read_table
 from core.settings import Settings
 from core.types import Answer, Source
 from tests.fakes.openai_server import Reply
-
-from conftest import ScriptedJudge, rating
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -57,12 +56,26 @@ def fake_open_app(app: FakeApp, opened: list):
 async def test_judge_example_questions_with_the_bots_pipeline(tmp_path, fake_server, capsys):
     fake_server.set_reply(ScriptedJudge(lambda q, c: [rating(5 if c != "hallucination" else 4, "fine")]))
     out = tmp_path / "results.csv"
-    args = build_parser().parse_args(["eval", "judge", "--input", str(EXAMPLES / "questions.csv"), "--out", str(out),
-                                      "--judge-url", fake_server.base_url, "--repeats", "2", "--no-progress",
-                                      "--criteria", "accuracy,hallucination"])
+    args = build_parser().parse_args(
+        [
+            "eval",
+            "judge",
+            "--input",
+            str(EXAMPLES / "questions.csv"),
+            "--out",
+            str(out),
+            "--judge-url",
+            fake_server.base_url,
+            "--repeats",
+            "2",
+            "--no-progress",
+            "--criteria",
+            "accuracy,hallucination",
+        ]
+    )
     app, opened = FakeApp(), []
     assert await run_eval(args, Settings(), fake_open_app(app, opened)) == 0
-    rows = list(csv.DictReader(open(out, encoding="utf-8")))
+    rows = list(csv.DictReader(out.read_text(encoding="utf-8").splitlines()))
     questions = [r["question"] for r in read_table(EXAMPLES / "questions.csv").rows]
     assert app.asked == questions and len(rows) == len(questions) >= 8
     assert all(r["topic"] and r["reference"] for r in rows)  # input columns kept
@@ -75,17 +88,34 @@ async def test_judge_example_questions_with_the_bots_pipeline(tmp_path, fake_ser
     assert (tmp_path / "results.png").exists()
 
 
-def test_judge_given_answers_via_main_never_prints_the_key(tmp_path, fake_server, monkeypatch, capsys, caplog):
+def test_judge_given_answers_via_main_never_prints_the_key(
+    tmp_path, fake_server, monkeypatch, capsys, caplog
+):
     monkeypatch.setenv("JUDGE_API_KEY", "sk-topsecret-999")
     fake_server.api_key = "sk-topsecret-999"
     fake_server.set_reply(ScriptedJudge(lambda q, c: [rating(3)]))
     src = tmp_path / "q.jsonl"
-    src.write_text(json.dumps({"question": "What is XSS?", "answer": "Script injection."}) + "\n", encoding="utf-8")
+    src.write_text(
+        json.dumps({"question": "What is XSS?", "answer": "Script injection."}) + "\n", encoding="utf-8"
+    )
     out = tmp_path / "r.csv"
-    rc = main(["eval", "judge", "--input", str(src), "--out", str(out), "--judge-url", fake_server.base_url,
-               "--repeats", "1", "--no-progress"])
+    rc = main(
+        [
+            "eval",
+            "judge",
+            "--input",
+            str(src),
+            "--out",
+            str(out),
+            "--judge-url",
+            fake_server.base_url,
+            "--repeats",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
-    (row,) = csv.DictReader(open(out, encoding="utf-8"))
+    (row,) = csv.DictReader(out.read_text(encoding="utf-8").splitlines())
     assert row["overall_mean"] == "3" and row["answer"] == "Script injection."
     seen = capsys.readouterr()
     text = seen.out + seen.err + caplog.text + (tmp_path / "r.summary.json").read_text()
@@ -101,8 +131,18 @@ def _closed_port() -> int:
 
 async def test_unreachable_judge_error_before_the_app_opens(tmp_path, capsys):
     out = tmp_path / "r.csv"
-    args = build_parser().parse_args(["eval", "judge", "--input", str(EXAMPLES / "questions.csv"), "--out", str(out),
-                                      "--judge-url", f"http://user:pw@127.0.0.1:{_closed_port()}/v1"])
+    args = build_parser().parse_args(
+        [
+            "eval",
+            "judge",
+            "--input",
+            str(EXAMPLES / "questions.csv"),
+            "--out",
+            str(out),
+            "--judge-url",
+            f"http://user:pw@127.0.0.1:{_closed_port()}/v1",
+        ]
+    )
     opened: list = []
     assert await run_eval(args, Settings(), fake_open_app(FakeApp(), opened)) == 2
     err = capsys.readouterr().err
@@ -112,12 +152,40 @@ async def test_unreachable_judge_error_before_the_app_opens(tmp_path, capsys):
 
 def test_bad_criteria_and_bad_file_are_one_line_errors(tmp_path, capsys):
     bad = tmp_path / "q.csv"
-    bad.write_text("question,reference\nok,fine\n\"broken,x\n", encoding="utf-8")
-    assert main(["eval", "judge", "--input", str(bad), "--out", str(tmp_path / "o.csv"),
-                 "--judge-url", "http://127.0.0.1:9/v1"]) == 2
+    bad.write_text('question,reference\nok,fine\n"broken,x\n', encoding="utf-8")
+    assert (
+        main(
+            [
+                "eval",
+                "judge",
+                "--input",
+                str(bad),
+                "--out",
+                str(tmp_path / "o.csv"),
+                "--judge-url",
+                "http://127.0.0.1:9/v1",
+            ]
+        )
+        == 2
+    )
     assert "q.csv: row" in capsys.readouterr().err
-    assert main(["eval", "judge", "--input", str(EXAMPLES / "questions.csv"), "--out", str(tmp_path / "o.csv"),
-                 "--judge-url", "http://127.0.0.1:9/v1", "--criteria", "accuracy,politeness"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "judge",
+                "--input",
+                str(EXAMPLES / "questions.csv"),
+                "--out",
+                str(tmp_path / "o.csv"),
+                "--judge-url",
+                "http://127.0.0.1:9/v1",
+                "--criteria",
+                "accuracy,politeness",
+            ]
+        )
+        == 2
+    )
     assert "unknown criteria politeness" in capsys.readouterr().err
 
 
@@ -126,10 +194,27 @@ def test_local_judge_via_cli_reports_geval_and_sampled_repeats(tmp_path, tiny_gh
     src = tmp_path / "q.csv"
     src.write_text("question,answer\nWhat is XSS?,Script injection into pages.\n", encoding="utf-8")
     out = tmp_path / "local.csv"
-    rc = main(["eval", "judge", "--input", str(src), "--out", str(out), "--judge", "local",
-               "--judge-model-path", str(model_dir), "--repeats", "3", "--no-progress", "--criteria", "accuracy,safety"])
+    rc = main(
+        [
+            "eval",
+            "judge",
+            "--input",
+            str(src),
+            "--out",
+            str(out),
+            "--judge",
+            "local",
+            "--judge-model-path",
+            str(model_dir),
+            "--repeats",
+            "3",
+            "--no-progress",
+            "--criteria",
+            "accuracy,safety",
+        ]
+    )
     assert rc == 0
-    (row,) = csv.DictReader(open(out, encoding="utf-8"))
+    (row,) = csv.DictReader(out.read_text(encoding="utf-8").splitlines())
     assert 1 <= float(row["accuracy_geval"]) <= 5 and row["accuracy_n"] == "3"
     summary = json.loads((tmp_path / "local.summary.json").read_text())
     assert summary["judge"]["kind"] == "local" and summary["criteria"]["safety"]["geval_mean"] is not None
@@ -138,20 +223,33 @@ def test_local_judge_via_cli_reports_geval_and_sampled_repeats(tmp_path, tiny_gh
 def test_mcq_local_cli(tmp_path, tiny_ghostlm, capsys):
     _, _, model_dir = tiny_ghostlm
     items = tmp_path / "items.csv"
-    rc = main(["eval", "mcq", "--input", str(EXAMPLES / "mcq_sample.jsonl"), "--model-path", str(model_dir),
-               "--out", str(items)])
+    rc = main(
+        [
+            "eval",
+            "mcq",
+            "--input",
+            str(EXAMPLES / "mcq_sample.jsonl"),
+            "--model-path",
+            str(model_dir),
+            "--out",
+            str(items),
+        ]
+    )
     assert rc == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["n"] == 6 and rep["chance"] == 0.25 and len(rep["per_order_accuracy"]) == 2
     assert rep["correct"] == round(rep["accuracy"] * 6)
-    rows = list(csv.DictReader(open(items, encoding="utf-8")))
+    rows = list(csv.DictReader(items.read_text(encoding="utf-8").splitlines()))
     assert len(rows) == 6 and all(len(json.loads(r["scores"])) == 4 for r in rows)
 
 
 def test_mcq_column_mapping_and_bad_answer_letter(tmp_path, capsys, fake_server):
     src = tmp_path / "bench.tsv"
-    src.write_text("prompt\to1\to2\to3\to4\tgold\nWhich port is HTTPS?\t80\t443\t22\t25\tB\n"
-                   "Which CWE is XSS?\tCWE-79\tCWE-89\tCWE-22\tCWE-20\tA\n", encoding="utf-8")
+    src.write_text(
+        "prompt\to1\to2\to3\to4\tgold\nWhich port is HTTPS?\t80\t443\t22\t25\tB\n"
+        "Which CWE is XSS?\tCWE-79\tCWE-89\tCWE-22\tCWE-20\tA\n",
+        encoding="utf-8",
+    )
 
     def letter_for(req) -> Reply:
         text = req.messages[-1]["content"]
@@ -161,14 +259,47 @@ def test_mcq_column_mapping_and_bad_answer_letter(tmp_path, capsys, fake_server)
         return Reply(re.search(rf"([A-D])\. {right}\n", text + "\n").group(1))
 
     fake_server.set_reply(letter_for)
-    rc = main(["eval", "mcq", "--input", str(src), "--backend", "openai", "--url", fake_server.base_url,
-               "--question-col", "prompt", "--option-cols", "o1,o2,o3,o4", "--answer-col", "gold"])
+    rc = main(
+        [
+            "eval",
+            "mcq",
+            "--input",
+            str(src),
+            "--backend",
+            "openai",
+            "--url",
+            fake_server.base_url,
+            "--question-col",
+            "prompt",
+            "--option-cols",
+            "o1,o2,o3,o4",
+            "--answer-col",
+            "gold",
+        ]
+    )
     assert rc == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["accuracy"] == 1.0 and rep["unparsed_replies"] == 1 and rep["per_order_accuracy"] == [1.0, 0.5]
     src.write_text("prompt\to1\to2\to3\to4\tgold\nQ\ta\tb\tc\td\tE\n", encoding="utf-8")
-    assert main(["eval", "mcq", "--input", str(src), "--question-col", "prompt", "--option-cols", "o1,o2,o3,o4",
-                 "--answer-col", "gold", "--model-path", "x"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "mcq",
+                "--input",
+                str(src),
+                "--question-col",
+                "prompt",
+                "--option-cols",
+                "o1,o2,o3,o4",
+                "--answer-col",
+                "gold",
+                "--model-path",
+                "x",
+            ]
+        )
+        == 2
+    )
     assert "bench.tsv: row 2, column 'gold': answer must be one of A, B, C, D" in capsys.readouterr().err
 
 
@@ -178,10 +309,34 @@ def test_compare_two_result_files_via_cli(tmp_path, fake_server, capsys):
     a.write_text("question,answer\nQ1,x\nQ2,y\n", encoding="utf-8")
     b.write_text("question,answer\nQ2,z\nQ1,w\n", encoding="utf-8")
     out = tmp_path / "cmp.csv"
-    assert main(["eval", "compare", "--a", str(a), "--b", str(b), "--out", str(out), "--judge-url",
-                 fake_server.base_url, "--criteria", "accuracy", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "compare",
+                "--a",
+                str(a),
+                "--b",
+                str(b),
+                "--out",
+                str(out),
+                "--judge-url",
+                fake_server.base_url,
+                "--criteria",
+                "accuracy",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "cmp.summary.json").read_text())
-    assert summary["criteria"]["accuracy"] == {"win": 0, "tie": 2, "loss": 0, "unparsed": 0, "a_win_rate": 0.5}
+    assert summary["criteria"]["accuracy"] == {
+        "win": 0,
+        "tie": 2,
+        "loss": 0,
+        "unparsed": 0,
+        "a_win_rate": 0.5,
+    }
     assert "accuracy" in capsys.readouterr().out
 
 
@@ -209,10 +364,25 @@ async def test_compare_two_generator_configurations(tmp_path, fake_server):
 
     src = tmp_path / "q.csv"
     src.write_text("question\nWhat is XSS?\nWhat is SSRF?\n", encoding="utf-8")
-    args = build_parser().parse_args(["eval", "compare", "--input", str(src), "--a-set", "generator=extractive",
-                                      "--b-set", "generator=openai", "--out", str(tmp_path / "c.csv"),
-                                      "--judge-url", fake_server.base_url, "--criteria", "accuracy,safety",
-                                      "--no-progress"])
+    args = build_parser().parse_args(
+        [
+            "eval",
+            "compare",
+            "--input",
+            str(src),
+            "--a-set",
+            "generator=extractive",
+            "--b-set",
+            "generator=openai",
+            "--out",
+            str(tmp_path / "c.csv"),
+            "--judge-url",
+            fake_server.base_url,
+            "--criteria",
+            "accuracy,safety",
+            "--no-progress",
+        ]
+    )
     assert await run_eval(args, Settings(), open_app) == 0
     assert seen == ["extractive", "openai"]
     summary = json.loads((tmp_path / "c.summary.json").read_text())
@@ -227,13 +397,26 @@ async def _seed_feedback(url: str) -> None:
 
     db = await Database.open(url)
     try:
-        for n, (platform, q, a, r) in enumerate([("telegram", "What is XSS?", "Script injection.", 1),
-                                                 ("discord", "What is CSRF?", "Forged requests.", -1)]):
+        for n, (platform, q, a, r) in enumerate(
+            [
+                ("telegram", "What is XSS?", "Script injection.", 1),
+                ("discord", "What is CSRF?", "Forged requests.", -1),
+            ]
+        ):
             key = ConversationKey(platform, f"chat{n}", f"user{n}")
             await db.conversations.commit_exchange(
-                platform=platform, event_id=f"e{n}", key=key, user=UserRef(platform, f"user{n}", "U"),
-                user_text=q, user_tokens=3, assistant_text=a, assistant_tokens=3, sources=[],
-                user_platform_message_id=None, assistant_platform_message_ids=[f"m{n}"])
+                platform=platform,
+                event_id=f"e{n}",
+                key=key,
+                user=UserRef(platform, f"user{n}", "U"),
+                user_text=q,
+                user_tokens=3,
+                assistant_text=a,
+                assistant_tokens=3,
+                sources=[],
+                user_platform_message_id=None,
+                assistant_platform_message_ids=[f"m{n}"],
+            )
             msg = await db.conversations.last_assistant(key)
             await db.feedback.record(platform=platform, user_id=f"user{n}", message_id=msg.id, rating=r)
     finally:
@@ -249,7 +432,9 @@ def test_export_feedback_is_a_judge_input(tmp_path, capsys):
     assert counts["written"] == 2 and counts["thumbs_down"] == 1
     table = read_table(out, required=("question", "answer"))
     assert [(r["question"], r["answer"], r["rating"], r["platform"]) for r in table.rows] == [
-        ("What is XSS?", "Script injection.", "+1", "telegram"), ("What is CSRF?", "Forged requests.", "-1", "discord")]
+        ("What is XSS?", "Script injection.", "+1", "telegram"),
+        ("What is CSRF?", "Forged requests.", "-1", "discord"),
+    ]
     assert all(r["created_at"] for r in table.rows)
     assert main(["eval", "export-feedback", "--out", str(out), "--database-url", url, "--only", "down"]) == 0
     assert [r["question"] for r in read_table(out).rows] == ["What is CSRF?"]
@@ -264,10 +449,18 @@ async def test_answers_come_from_the_real_pipeline_with_retrieval(tmp_path, fake
 
     kb = tmp_path / "kb"
     kb.mkdir()
-    (kb / "xss.md").write_text("# Cross-site scripting\nCWE-79: untrusted input placed in a page runs as script. "
-                               "Prevent it with output encoding and a Content Security Policy.\n", encoding="utf-8")
-    settings = Settings(generator="extractive", dense_retrieval=False, packs=[], data_dir=tmp_path,
-                        database_url=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
+    (kb / "xss.md").write_text(
+        "# Cross-site scripting\nCWE-79: untrusted input placed in a page runs as script. "
+        "Prevent it with output encoding and a Content Security Policy.\n",
+        encoding="utf-8",
+    )
+    settings = Settings(
+        generator="extractive",
+        dense_retrieval=False,
+        packs=[],
+        data_dir=tmp_path,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+    )
 
     @asynccontextmanager
     async def open_app(s):
@@ -286,12 +479,28 @@ async def test_answers_come_from_the_real_pipeline_with_retrieval(tmp_path, fake
     src = tmp_path / "q.csv"
     src.write_text("question\nHow do I prevent cross-site scripting?\n", encoding="utf-8")
     out = tmp_path / "r.csv"
-    args = build_parser().parse_args(["eval", "judge", "--input", str(src), "--out", str(out), "--judge-url",
-                                      fake_server.base_url, "--repeats", "1", "--criteria", "hallucination",
-                                      "--no-progress"])
+    args = build_parser().parse_args(
+        [
+            "eval",
+            "judge",
+            "--input",
+            str(src),
+            "--out",
+            str(out),
+            "--judge-url",
+            fake_server.base_url,
+            "--repeats",
+            "1",
+            "--criteria",
+            "hallucination",
+            "--no-progress",
+        ]
+    )
     assert await run_eval(args, settings, open_app) == 0
-    (row,) = csv.DictReader(open(out, encoding="utf-8"))
+    (row,) = csv.DictReader(out.read_text(encoding="utf-8").splitlines())
     assert "Content Security Policy" in row["answer"]
     assert json.loads(row["sources"])[0]["title"] == "Cross-site scripting"
-    judge_prompt = next(r for r in fake_server.requests if r.body and "messages" in r.body).messages[-1]["content"]
+    judge_prompt = next(r for r in fake_server.requests if r.body and "messages" in r.body).messages[-1][
+        "content"
+    ]
     assert "RETRIEVED PASSAGES" in judge_prompt and "CWE-79: untrusted input" in judge_prompt

@@ -7,13 +7,12 @@ import json
 import re
 
 import pytest
+from conftest import criterion_of
 
 from core.evaluation.compare import PairwiseComparer, pairs_from_columns, pairs_from_results
 from core.evaluation.io import EvalInputError, read_table
 from core.evaluation.rubrics import load_rubrics
 from tests.fakes.openai_server import Reply
-
-from conftest import criterion_of
 
 RUBRICS = load_rubrics()
 ANS = re.compile(r"ANSWER A:\n(.*?)\n\nANSWER B:\n(.*?)\n\nIgnore", re.S)
@@ -49,19 +48,35 @@ def pair_handler(req) -> Reply:
 
 async def test_swap_logic_win_loss_tie_and_unparsed(tmp_path, fake_server, make_judge):
     fake_server.set_reply(pair_handler)
-    a = write(tmp_path / "a.csv", ["question", "answer", "accuracy_mean"],
-              [["What is XSS?", "good answer", "4"], ["What is CSRF?", "weak answer", "2"],
-               ["What is SSRF?", "good one", "5"], ["Only in A?", "x", "1"]])
-    b = write(tmp_path / "b.csv", ["question", "answer"],
-              [["what is  csrf?", "good answer B"], ["What is XSS?", "weak B"], ["What is SSRF?", "also good"],
-               ["Only in B?", "y"]])
+    a = write(
+        tmp_path / "a.csv",
+        ["question", "answer", "accuracy_mean"],
+        [
+            ["What is XSS?", "good answer", "4"],
+            ["What is CSRF?", "weak answer", "2"],
+            ["What is SSRF?", "good one", "5"],
+            ["Only in A?", "x", "1"],
+        ],
+    )
+    b = write(
+        tmp_path / "b.csv",
+        ["question", "answer"],
+        [
+            ["what is  csrf?", "good answer B"],
+            ["What is XSS?", "weak B"],
+            ["What is SSRF?", "also good"],
+            ["Only in B?", "y"],
+        ],
+    )
     pairs, unmatched = pairs_from_results(read_table(a), read_table(b))
     assert [p.question for p in pairs] == ["What is XSS?", "What is CSRF?", "What is SSRF?"]
     assert sorted(unmatched) == ["Only in A?", "Only in B?"]
     crit = RUBRICS.select(["accuracy", "fluency", "safety", "relevance"])
     out = tmp_path / "verdicts.csv"
-    summary = await PairwiseComparer(make_judge(max_attempts=2), RUBRICS, crit, progress=False).run(pairs, out)
-    rows = {r["question"]: r for r in csv.DictReader(open(out, encoding="utf-8"))}
+    summary = await PairwiseComparer(make_judge(max_attempts=2), RUBRICS, crit, progress=False).run(
+        pairs, out
+    )
+    rows = {r["question"]: r for r in csv.DictReader(out.read_text(encoding="utf-8").splitlines())}
     assert rows["What is XSS?"]["accuracy_verdict"] == "win"
     assert rows["What is CSRF?"]["accuracy_verdict"] == "loss"
     assert rows["What is SSRF?"]["accuracy_verdict"] == "tie"

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import math
 import re
+from collections.abc import Callable
 
 import pytest
 import torch
 
-from core.evaluation.local import (GhostLMLocal, LocalJudge, TorchLM, fit_prompt, load_local_lm,
-                                   score_candidates)
+from core.evaluation.local import (
+    GhostLMLocal,
+    LocalJudge,
+    TorchLM,
+    fit_prompt,
+    load_local_lm,
+    score_candidates,
+)
 from core.evaluation.mcq import McqItem, option_orders, report, score_local
 
 VOCAB = [chr(c) for c in range(32, 127)] + ["\n", "…"]
@@ -52,7 +57,9 @@ async def test_probability_weighted_score_is_exact_and_samples_follow_it():
     assert prefix == '{"score": ' and cands == [lm.encode(d)[0] for d in "12345"]
     judge = LocalJudge(lm, temperature=1.0, reason_tokens=4)
     rs = await judge.rate("sys", "rate this", repeats=4000, seed=7)
-    assert rs.expected == pytest.approx(sum(p * s for p, s in zip(PROBS, range(1, 6))), abs=1e-6)  # 3.15 (float32 logits)
+    assert rs.expected == pytest.approx(
+        sum(p * s for p, s in zip(PROBS, range(1, 6))), abs=1e-6
+    )  # 3.15 (float32 logits)
     assert rs.probabilities == pytest.approx(PROBS, abs=1e-6)
     freq = [rs.scores.count(s) / 4000 for s in range(1, 6)]
     assert freq == pytest.approx(PROBS, abs=0.03)
@@ -99,8 +106,9 @@ def test_generic_logprob_maths_matches_ghostlm_helpers(tiny_ghostlm):
     ghost = GhostLMLocal(model, tok)
     generic = TorchLM("generic", lambda b: model(b)[0], tok.encode, tok.decode, ghost.chat_ids, 256)
     prompt, options = "Question: Which port does HTTPS use?\nAnswer:", [" 443", " 80", " 22 and 25"]
-    assert generic.option_logprobs(prompt, options) == pytest.approx(ghost.option_logprobs(prompt, options),
-                                                                     abs=1e-4)
+    assert generic.option_logprobs(prompt, options) == pytest.approx(
+        ghost.option_logprobs(prompt, options), abs=1e-4
+    )
     ids = tok.encode(prompt)
     cands = [tok.encode(x)[0] for x in (" 443", " 80")]
     assert generic.next_token_probs(ids, cands) == pytest.approx(ghost.next_token_probs(ids, cands), abs=1e-5)
@@ -126,8 +134,10 @@ class PositionBiasedScorer:
 
 
 def test_option_orders_cancel_position_bias():
-    items = [McqItem("Which port does HTTPS use by default?", ("80", "8080", "443", "22"), 2, 2),
-             McqItem("Which CWE is SQL injection?", ("CWE-89", "CWE-79", "CWE-22", "CWE-352"), 0, 3)]
+    items = [
+        McqItem("Which port does HTTPS use by default?", ("80", "8080", "443", "22"), 2, 2),
+        McqItem("Which CWE is SQL injection?", ("CWE-89", "CWE-79", "CWE-22", "CWE-352"), 0, 3),
+    ]
     scorer = PositionBiasedScorer({"443": 0.6, "CWE-89": 0.6})
     results = score_local(items, scorer, orders=2)
     # order 0 (as listed) always picks the first-listed option; order 1 (reversed) the last-listed one
@@ -154,10 +164,18 @@ def test_mcq_with_tiny_ghostlm_is_mean_over_orders_of_ghostlm_scores(tiny_ghostl
     model, tok, _ = tiny_ghostlm
     item = McqItem("Which port does HTTPS use?", ("443", "80", "22", "25"), 0, 2)
     (res,) = score_local([item], GhostLMLocal(model, tok), orders=2)
-    a = option_logprobs(model, tok, "Question: Which port does HTTPS use?\nA. 443\nB. 80\nC. 22\nD. 25\nAnswer:",
-                        [" 443", " 80", " 22", " 25"])
-    b = option_logprobs(model, tok, "Question: Which port does HTTPS use?\nA. 25\nB. 22\nC. 80\nD. 443\nAnswer:",
-                        [" 443", " 80", " 22", " 25"])
+    a = option_logprobs(
+        model,
+        tok,
+        "Question: Which port does HTTPS use?\nA. 443\nB. 80\nC. 22\nD. 25\nAnswer:",
+        [" 443", " 80", " 22", " 25"],
+    )
+    b = option_logprobs(
+        model,
+        tok,
+        "Question: Which port does HTTPS use?\nA. 25\nB. 22\nC. 80\nD. 443\nAnswer:",
+        [" 443", " 80", " 22", " 25"],
+    )
     assert res.scores == pytest.approx([(x + y) / 2 for x, y in zip(a, b)], abs=1e-6)
 
 
@@ -169,13 +187,21 @@ async def test_hf_directory_judge_and_option_scores_match_its_logits(tmp_path):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(['{"score": 1} {"score": 2} {"score": 3} {"score": 4} {"score": 5} port 443'] * 20,
-                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        ['{"score": 1} {"score": 2} {"score": 3} {"score": 4} {"score": 5} port 443'] * 20,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<|endoftext|>"],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
     fast.save_pretrained(tmp_path)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=fast.vocab_size, n_positions=128, n_embd=16, n_layer=1, n_head=2))
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=fast.vocab_size, n_positions=128, n_embd=16, n_layer=1, n_head=2)
+    )
     with torch.no_grad():
         model.lm_head.weight.mul_(20.0)
     model.save_pretrained(tmp_path)
@@ -185,7 +211,9 @@ async def test_hf_directory_judge_and_option_scores_match_its_logits(tmp_path):
     assert not isinstance(lm, GhostLMLocal) and lm.context_length == 128
     prefix, cands = score_candidates(lm)
     rs = await LocalJudge(lm, reason_tokens=2).rate("sys", "judge this", repeats=3, seed=0)
-    ids = fast.encode("sys\n\njudge this\n\n", add_special_tokens=False) + fast.encode(prefix, add_special_tokens=False)
+    ids = fast.encode("sys\n\njudge this\n\n", add_special_tokens=False) + fast.encode(
+        prefix, add_special_tokens=False
+    )
     with torch.no_grad():
         full = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].double(), dim=-1)
     p = full[cands] / full[cands].sum()
@@ -206,15 +234,24 @@ def test_hf_chat_template_is_used_when_present(tmp_path):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(["system user assistant hello"] * 10,
-                            trainers.BpeTrainer(vocab_size=280, special_tokens=["<|endoftext|>"], show_progress=False,
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        ["system user assistant hello"] * 10,
+        trainers.BpeTrainer(
+            vocab_size=280,
+            special_tokens=["<|endoftext|>"],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
-    fast.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
-                          "{% if add_generation_prompt %}<assistant>{% endif %}")
+    fast.chat_template = (
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     fast.save_pretrained(tmp_path)
-    GPT2LMHeadModel(GPT2Config(vocab_size=fast.vocab_size, n_positions=64, n_embd=8, n_layer=1, n_head=1)
-                    ).save_pretrained(tmp_path)
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=fast.vocab_size, n_positions=64, n_embd=8, n_layer=1, n_head=1)
+    ).save_pretrained(tmp_path)
     lm = load_local_lm(tmp_path)
     ids = lm.chat_ids("sys", "hello")
     assert all(isinstance(i, int) for i in ids)

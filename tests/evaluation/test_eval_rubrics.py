@@ -35,11 +35,14 @@ def test_user_rubric_file_overrides_and_errors_name_the_key(tmp_path):
         load_rubrics().select(["politeness"])
 
 
-@pytest.mark.parametrize("reply, score", [
-    ('{"score": 4, "reason": "fine"}', 4),
-    ('Sure! ```json\n{"score": "2", "reason": "weak"}\n```', 2),
-    ('{"note": 1} then {"score": 5.0, "reason": "x"}', None),  # first object has no score → error
-])
+@pytest.mark.parametrize(
+    "reply, score",
+    [
+        ('{"score": 4, "reason": "fine"}', 4),
+        ('Sure! ```json\n{"score": "2", "reason": "weak"}\n```', 2),
+        ('{"note": 1} then {"score": 5.0, "reason": "x"}', None),  # first object has no score → error
+    ],
+)
 def test_parse_rating(reply, score):
     if score is None:
         with pytest.raises(JudgeParseError):
@@ -48,8 +51,19 @@ def test_parse_rating(reply, score):
         assert parse_rating(reply).score == score
 
 
-@pytest.mark.parametrize("reply", ['{"score": 0, "reason": ""}', '{"score": 6}', '{"score": 3.5}', '{"score": true}',
-                                   '{"score": "four"}', "4", "", '{"score": 3, "reason": 7}'])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        '{"score": 0, "reason": ""}',
+        '{"score": 6}',
+        '{"score": 3.5}',
+        '{"score": true}',
+        '{"score": "four"}',
+        "4",
+        "",
+        '{"score": 3, "reason": 7}',
+    ],
+)
 def test_parse_rating_rejects(reply):
     with pytest.raises(JudgeParseError):
         parse_rating(reply)

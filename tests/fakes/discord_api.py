@@ -16,8 +16,9 @@ import itertools
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -116,18 +117,44 @@ class DiscordFake:
         return str(next(self._ids))
 
     def user(self, name: str, *, bot: bool = False) -> dict[str, Any]:
-        return {"id": self.snowflake(), "username": name, "global_name": name, "discriminator": "0",
-                "avatar": None, "bot": bot}
+        return {
+            "id": self.snowflake(),
+            "username": name,
+            "global_name": name,
+            "discriminator": "0",
+            "avatar": None,
+            "bot": bot,
+        }
 
     def add_guild(self, name: str = "guild", *, roles: tuple[str, ...] = ()) -> dict[str, Any]:
         guild_id = self.snowflake()
         guild = {
-            "id": guild_id, "name": name, "icon": None, "owner_id": self.owner["id"], "features": [],
-            "emojis": [], "stickers": [], "channels": [], "threads": [], "members": [], "member_count": 2,
-            "unavailable": False, "large": False, "mfa_level": 0, "verification_level": 0,
-            "explicit_content_filter": 0, "default_message_notifications": 0, "system_channel_id": None,
-            "premium_tier": 0, "preferred_locale": "en-US", "joined_at": TS, "voice_states": [],
-            "presences": [], "stage_instances": [], "guild_scheduled_events": [], "nsfw_level": 0,
+            "id": guild_id,
+            "name": name,
+            "icon": None,
+            "owner_id": self.owner["id"],
+            "features": [],
+            "emojis": [],
+            "stickers": [],
+            "channels": [],
+            "threads": [],
+            "members": [],
+            "member_count": 2,
+            "unavailable": False,
+            "large": False,
+            "mfa_level": 0,
+            "verification_level": 0,
+            "explicit_content_filter": 0,
+            "default_message_notifications": 0,
+            "system_channel_id": None,
+            "premium_tier": 0,
+            "preferred_locale": "en-US",
+            "joined_at": TS,
+            "voice_states": [],
+            "presences": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "nsfw_level": 0,
             "roles": [self._role(guild_id, "@everyone", 0)],
         }
         for position, role_name in enumerate(roles, start=1):
@@ -140,20 +167,44 @@ class DiscordFake:
         return next(role["id"] for role in guild["roles"] if role["name"] == name)
 
     def add_channel(self, guild: dict[str, Any], name: str = "general") -> dict[str, Any]:
-        channel = {"id": self.snowflake(), "type": 0, "guild_id": guild["id"], "name": name,
-                   "position": len(guild["channels"]), "permission_overwrites": [], "nsfw": False,
-                   "parent_id": None, "topic": None, "last_message_id": None, "rate_limit_per_user": 0}
+        channel = {
+            "id": self.snowflake(),
+            "type": 0,
+            "guild_id": guild["id"],
+            "name": name,
+            "position": len(guild["channels"]),
+            "permission_overwrites": [],
+            "nsfw": False,
+            "parent_id": None,
+            "topic": None,
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+        }
         guild["channels"].append(channel)
         self.channels[channel["id"]] = channel
         return channel
 
     def add_thread(self, parent: dict[str, Any], name: str = "thread") -> dict[str, Any]:
         guild = self.guilds[parent["guild_id"]]
-        thread = {"id": self.snowflake(), "type": 11, "guild_id": guild["id"], "parent_id": parent["id"],
-                  "name": name, "owner_id": self.owner["id"], "member_count": 1, "message_count": 0,
-                  "rate_limit_per_user": 0, "flags": 0, "last_message_id": None,
-                  "thread_metadata": {"archived": False, "auto_archive_duration": 1440,
-                                      "archive_timestamp": TS, "locked": False}}
+        thread = {
+            "id": self.snowflake(),
+            "type": 11,
+            "guild_id": guild["id"],
+            "parent_id": parent["id"],
+            "name": name,
+            "owner_id": self.owner["id"],
+            "member_count": 1,
+            "message_count": 0,
+            "rate_limit_per_user": 0,
+            "flags": 0,
+            "last_message_id": None,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": TS,
+                "locked": False,
+            },
+        }
         guild["threads"].append(thread)
         self.channels[thread["id"]] = thread
         return thread
@@ -165,20 +216,54 @@ class DiscordFake:
 
     @staticmethod
     def _role(role_id: str, name: str, position: int) -> dict[str, Any]:
-        return {"id": role_id, "name": name, "color": 0, "hoist": False, "position": position,
-                "permissions": EVERYONE_PERMISSIONS, "managed": False, "mentionable": False, "flags": 0}
+        return {
+            "id": role_id,
+            "name": name,
+            "color": 0,
+            "hoist": False,
+            "position": position,
+            "permissions": EVERYONE_PERMISSIONS,
+            "managed": False,
+            "mentionable": False,
+            "flags": 0,
+        }
 
     @staticmethod
     def _member(user: dict[str, Any], roles: list[str]) -> dict[str, Any]:
-        return {"user": user, "roles": roles, "joined_at": TS, "deaf": False, "mute": False, "flags": 0,
-                "nick": None, "avatar": None, "pending": False, "premium_since": None,
-                "communication_disabled_until": None, "permissions": EVERYONE_PERMISSIONS}
+        return {
+            "user": user,
+            "roles": roles,
+            "joined_at": TS,
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "nick": None,
+            "avatar": None,
+            "pending": False,
+            "premium_since": None,
+            "communication_disabled_until": None,
+            "permissions": EVERYONE_PERMISSIONS,
+        }
 
     def _message(self, channel_id: str, author: dict[str, Any], content: str, **extra: Any) -> dict[str, Any]:
-        message = {"id": extra.pop("id", None) or self.snowflake(), "channel_id": channel_id, "author": author,
-                   "content": content, "timestamp": TS, "edited_timestamp": None, "tts": False,
-                   "mention_everyone": False, "mentions": [], "mention_roles": [], "attachments": [],
-                   "embeds": [], "pinned": False, "type": 0, "flags": 0, "components": []}
+        message = {
+            "id": extra.pop("id", None) or self.snowflake(),
+            "channel_id": channel_id,
+            "author": author,
+            "content": content,
+            "timestamp": TS,
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
+            "type": 0,
+            "flags": 0,
+            "components": [],
+        }
         message.update(extra)
         guild_id = self.channels.get(channel_id, {}).get("guild_id")
         if guild_id is not None:
@@ -190,8 +275,11 @@ class DiscordFake:
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         self._ws = ws
-        await ws.send_str(json.dumps({"op": 10, "s": None, "t": None,
-                                      "d": {"heartbeat_interval": self.heartbeat_interval_ms}}))
+        await ws.send_str(
+            json.dumps(
+                {"op": 10, "s": None, "t": None, "d": {"heartbeat_interval": self.heartbeat_interval_ms}}
+            )
+        )
         async for frame in ws:
             if frame.type != WSMsgType.TEXT:
                 continue
@@ -213,11 +301,17 @@ class DiscordFake:
 
     async def _send_ready(self, ws: web.WebSocketResponse) -> None:
         self._seq = 0
-        ready = {"v": 10, "user": self.bot_user, "session_id": f"session-{next(self._sessions)}",
-                 "resume_gateway_url": self.resume_gateway_url or self.gateway_url,
-                 "guilds": [{"id": gid, "unavailable": True} for gid in self.guilds],
-                 "application": {"id": self.application_id, "flags": 0}, "private_channels": [],
-                 "relationships": [], "shard": [0, 1]}
+        ready = {
+            "v": 10,
+            "user": self.bot_user,
+            "session_id": f"session-{next(self._sessions)}",
+            "resume_gateway_url": self.resume_gateway_url or self.gateway_url,
+            "guilds": [{"id": gid, "unavailable": True} for gid in self.guilds],
+            "application": {"id": self.application_id, "flags": 0},
+            "private_channels": [],
+            "relationships": [],
+            "shard": [0, 1],
+        }
         await self._dispatch_on(ws, "READY", ready)
         for guild in self.guilds.values():
             await self._dispatch_on(ws, "GUILD_CREATE", guild)
@@ -260,8 +354,11 @@ class DiscordFake:
             if ping_reply and reply_to["author"]["id"] == self.bot_user["id"]:
                 extra["mentions"] = [*extra.get("mentions", []), self.bot_user]  # Discord's reply ping
             extra["type"] = 19
-            extra["message_reference"] = {"message_id": reply_to["id"], "channel_id": reply_to["channel_id"],
-                                          "guild_id": reply_to.get("guild_id")}
+            extra["message_reference"] = {
+                "message_id": reply_to["id"],
+                "channel_id": reply_to["channel_id"],
+                "guild_id": reply_to.get("guild_id"),
+            }
             extra["referenced_message"] = reply_to
         message = self._message(channel["id"], author, content, **extra)
         if "guild_id" in message:
@@ -276,25 +373,41 @@ class DiscordFake:
         """Without the Message Content intent Discord blanks the text, except in DMs, messages that
         mention the bot (a pinging reply counts) and the bot's own messages."""
         intents = self.identifies[-1].get("intents", 0) if self.identifies else 0
-        exempt = ("guild_id" not in message or message["author"]["id"] == self.bot_user["id"]
-                  or any(user["id"] == self.bot_user["id"] for user in message.get("mentions", [])))
+        exempt = (
+            "guild_id" not in message
+            or message["author"]["id"] == self.bot_user["id"]
+            or any(user["id"] == self.bot_user["id"] for user in message.get("mentions", []))
+        )
         if intents & MESSAGE_CONTENT_INTENT or exempt:
             return message
         return {**message, "content": "", "embeds": [], "attachments": [], "components": []}
 
-    def _interaction_base(self, kind: int, channel: dict[str, Any], user: dict[str, Any],
-                          roles: list[str] | None) -> dict[str, Any]:
+    def _interaction_base(
+        self, kind: int, channel: dict[str, Any], user: dict[str, Any], roles: list[str] | None
+    ) -> dict[str, Any]:
         interaction_id, token = self.snowflake(), f"itoken-{self.snowflake()}"
         payload: dict[str, Any] = {
-            "id": interaction_id, "application_id": self.application_id, "type": kind, "token": token,
-            "version": 1, "channel_id": channel["id"], "channel": channel, "locale": "en-US",
-            "app_permissions": EVERYONE_PERMISSIONS, "entitlements": [], "attachment_size_limit": 26214400,
+            "id": interaction_id,
+            "application_id": self.application_id,
+            "type": kind,
+            "token": token,
+            "version": 1,
+            "channel_id": channel["id"],
+            "channel": channel,
+            "locale": "en-US",
+            "app_permissions": EVERYONE_PERMISSIONS,
+            "entitlements": [],
+            "attachment_size_limit": 26214400,
         }
         guild_id = channel.get("guild_id")
         if guild_id is not None:
-            payload.update(guild_id=guild_id, guild_locale="en-US", context=0,
-                           member=self._member(user, roles or []),
-                           authorizing_integration_owners={"0": guild_id})
+            payload.update(
+                guild_id=guild_id,
+                guild_locale="en-US",
+                context=0,
+                member=self._member(user, roles or []),
+                authorizing_integration_owners={"0": guild_id},
+            )
         else:
             payload.update(user=user, context=1, authorizing_integration_owners={"1": user["id"]})
         self.interactions[token] = InteractionState(
@@ -316,8 +429,12 @@ class DiscordFake:
         command = next((c for c in self.commands.get(scope, []) if c["name"] == name), None)
         if command is None:
             raise KeyError(f"command /{name} was not synced ({list(self.commands)})")
-        data = {"id": command["id"], "name": name, "type": 1,
-                "options": [{"name": k, "type": 3, "value": v} for k, v in (options or {}).items()]}
+        data = {
+            "id": command["id"],
+            "name": name,
+            "type": 1,
+            "options": [{"name": k, "type": 3, "value": v} for k, v in (options or {}).items()],
+        }
         if channel.get("guild_id"):
             data["guild_id"] = channel["guild_id"]
         payload["data"] = data
@@ -347,7 +464,11 @@ class DiscordFake:
         call = Call(time.monotonic(), request.method, path, dict(request.query), body)
         self.calls.append(call)
         bot_route = not path.startswith(("/webhooks/", "/interactions/"))  # those authenticate by their token
-        if self.token is not None and bot_route and request.headers.get("Authorization") != f"Bot {self.token}":
+        if (
+            self.token is not None
+            and bot_route
+            and request.headers.get("Authorization") != f"Bot {self.token}"
+        ):
             call.status = 401
             return self._json({"message": "401: Unauthorized", "code": 0}, 401)
         for limit in self._rate_limits:
@@ -355,8 +476,11 @@ class DiscordFake:
             if remaining > 0 and method == request.method and pattern.fullmatch(path):
                 limit[3] -= 1
                 call.status = 429
-                return self._json({"message": "You are being rate limited.", "retry_after": retry_after,
-                                   "global": False}, 429, {"Via": "1.1 google", "Retry-After": str(retry_after)})
+                return self._json(
+                    {"message": "You are being rate limited.", "retry_after": retry_after, "global": False},
+                    429,
+                    {"Via": "1.1 google", "Retry-After": str(retry_after)},
+                )
         for method, pattern, handler in self._routes():
             match = pattern.fullmatch(path)
             if method == request.method and match:
@@ -382,8 +506,11 @@ class DiscordFake:
     @staticmethod
     def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
         # Exactly "application/json": discord.py parses JSON only for that content type.
-        return web.Response(status=status, body=json.dumps(payload).encode(),
-                            headers={"Content-Type": "application/json", **(headers or {})})
+        return web.Response(
+            status=status,
+            body=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
 
     def _routes(self) -> list[tuple[str, re.Pattern[str], Callable[..., Awaitable[tuple[int, Any]]]]]:
         s = r"(\d+)"
@@ -406,16 +533,35 @@ class DiscordFake:
         return 200, self.bot_user
 
     async def _get_application(self, body: Any) -> tuple[int, Any]:
-        return 200, {"id": self.application_id, "name": "GhostLM", "description": "", "icon": None,
-                     "bot_public": True, "bot_require_code_grant": False, "owner": self.owner,
-                     "verify_key": "0" * 64, "flags": 0, "team": None}
+        return 200, {
+            "id": self.application_id,
+            "name": "GhostLM",
+            "description": "",
+            "icon": None,
+            "bot_public": True,
+            "bot_require_code_grant": False,
+            "owner": self.owner,
+            "verify_key": "0" * 64,
+            "flags": 0,
+            "team": None,
+        }
 
     def _store_commands(self, scope: str, app_id: str, body: list[dict[str, Any]]) -> list[dict[str, Any]]:
         commands = []
         for command in body:
-            commands.append({"id": self.snowflake(), "application_id": app_id, "version": self.snowflake(),
-                             "type": 1, "options": [], "default_member_permissions": None, "nsfw": False,
-                             **command, **({"guild_id": scope} if scope != "global" else {})})
+            commands.append(
+                {
+                    "id": self.snowflake(),
+                    "application_id": app_id,
+                    "version": self.snowflake(),
+                    "type": 1,
+                    "options": [],
+                    "default_member_permissions": None,
+                    "nsfw": False,
+                    **command,
+                    **({"guild_id": scope} if scope != "global" else {}),
+                }
+            )
         self.commands[scope] = commands
         return commands
 
@@ -428,9 +574,17 @@ class DiscordFake:
     def _state(self, token: str) -> InteractionState:
         return self.interactions[token]
 
-    def _bot_message(self, channel_id: str, body: dict[str, Any], flags: int = 0, **extra: Any) -> dict[str, Any]:
-        return self._message(channel_id, self.bot_user, body.get("content") or "",
-                             components=body.get("components") or [], flags=flags, **extra)
+    def _bot_message(
+        self, channel_id: str, body: dict[str, Any], flags: int = 0, **extra: Any
+    ) -> dict[str, Any]:
+        return self._message(
+            channel_id,
+            self.bot_user,
+            body.get("content") or "",
+            components=body.get("components") or [],
+            flags=flags,
+            **extra,
+        )
 
     async def _callback(self, body: Any, interaction_id: str, token: str) -> tuple[int, Any]:
         state = self._state(token)
@@ -439,13 +593,21 @@ class DiscordFake:
         state.callback_type, state.callback_at = body["type"], time.monotonic()
         flags = (body.get("data") or {}).get("flags") or 0
         state.defer_ephemeral = bool(flags & EPHEMERAL)
-        response: dict[str, Any] = {"id": interaction_id, "type": body["type"],
-                                    "response_message_ephemeral": state.defer_ephemeral}
+        response: dict[str, Any] = {
+            "id": interaction_id,
+            "type": body["type"],
+            "response_message_ephemeral": state.defer_ephemeral,
+        }
         resource: dict[str, Any] = {"type": body["type"]}
         if body["type"] in (4, 5):
             loading = body["type"] == 5
-            message = self._bot_message(state.channel_id, body.get("data") or {}, flags=(flags & EPHEMERAL) | (LOADING if loading else 0),
-                                        webhook_id=self.application_id, application_id=self.application_id)
+            message = self._bot_message(
+                state.channel_id,
+                body.get("data") or {},
+                flags=(flags & EPHEMERAL) | (LOADING if loading else 0),
+                webhook_id=self.application_id,
+                application_id=self.application_id,
+            )
             state.original, state.resolved = message, not loading
             response.update(response_message_id=message["id"], response_message_loading=loading)
             resource["message"] = message
@@ -481,8 +643,13 @@ class DiscordFake:
             state.original_edits.append((time.monotonic(), state.original["content"]))
             return 200, state.original
         flags = (body.get("flags") or 0) & EPHEMERAL
-        message = self._bot_message(state.channel_id, body, flags=flags, webhook_id=self.application_id,
-                                    application_id=self.application_id)
+        message = self._bot_message(
+            state.channel_id,
+            body,
+            flags=flags,
+            webhook_id=self.application_id,
+            application_id=self.application_id,
+        )
         state.followups.append(message)
         return 200, message
 
@@ -498,8 +665,10 @@ class DiscordFake:
         extra: dict[str, Any] = {}
         reference = body.get("message_reference")
         if reference:
-            reference = {key: str(value) if key.endswith("_id") and value is not None else value
-                         for key, value in reference.items()}  # Discord sends snowflakes as strings
+            reference = {
+                key: str(value) if key.endswith("_id") and value is not None else value
+                for key, value in reference.items()
+            }  # Discord sends snowflakes as strings
             extra["type"] = 19
             extra["message_reference"] = reference
             extra["referenced_message"] = self.messages.get(channel_id, {}).get(reference["message_id"])
@@ -533,7 +702,9 @@ class DiscordFake:
 
     def bot_messages(self, channel_id: str) -> list[dict[str, Any]]:
         """What the bot posted in a channel, oldest first."""
-        return [m for m in self.messages.get(channel_id, {}).values() if m["author"]["id"] == self.bot_user["id"]]
+        return [
+            m for m in self.messages.get(channel_id, {}).values() if m["author"]["id"] == self.bot_user["id"]
+        ]
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
         deadline = time.monotonic() + timeout

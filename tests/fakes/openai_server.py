@@ -19,8 +19,9 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -74,16 +75,24 @@ def fixed(reply: Reply) -> Handler:
 
 
 def error_reply(status: int, message: str | None = None, **kw: Any) -> Reply:
-    defaults = {401: "Incorrect API key provided.", 429: "Rate limit reached, slow down.",
-                500: "The server had an error while processing your request."}
+    defaults = {
+        401: "Incorrect API key provided.",
+        429: "Rate limit reached, slow down.",
+        500: "The server had an error while processing your request.",
+    }
     return Reply(status=status, error_message=message or defaults.get(status, f"HTTP {status}"), **kw)
 
 
 class FakeOpenAIServer:
     """Starts on 127.0.0.1 with a free port. ``api_key`` set → requests without that bearer key get 401."""
 
-    def __init__(self, handler: Handler | Reply | None = None, *, api_key: str | None = None,
-                 models: tuple[str, ...] = (DEFAULT_MODEL,)) -> None:
+    def __init__(
+        self,
+        handler: Handler | Reply | None = None,
+        *,
+        api_key: str | None = None,
+        models: tuple[str, ...] = (DEFAULT_MODEL,),
+    ) -> None:
         self.handler: Handler = fixed(handler) if isinstance(handler, Reply) else (handler or fixed(Reply()))
         self.api_key = api_key
         self.models = models
@@ -102,7 +111,7 @@ class FakeOpenAIServer:
     def set_reply(self, reply: Reply | Handler) -> None:
         self.handler = fixed(reply) if isinstance(reply, Reply) else reply
 
-    def start(self) -> "FakeOpenAIServer":
+    def start(self) -> FakeOpenAIServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fake-openai", daemon=True)
         self._thread.start()
@@ -120,7 +129,7 @@ class FakeOpenAIServer:
         self._loop.close()
         self._loop = None
 
-    def __enter__(self) -> "FakeOpenAIServer":
+    def __enter__(self) -> FakeOpenAIServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -161,8 +170,9 @@ class FakeOpenAIServer:
     @staticmethod
     def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
         kind = {401: "invalid_api_key", 429: "rate_limit_exceeded"}.get(status, "server_error")
-        return web.json_response({"error": {"message": message, "type": kind, "code": kind}}, status=status,
-                                 headers=headers)
+        return web.json_response(
+            {"error": {"message": message, "type": kind, "code": kind}}, status=status, headers=headers
+        )
 
     async def _models(self, request: web.Request) -> web.Response:
         await self._record(request)
@@ -184,23 +194,39 @@ class FakeOpenAIServer:
             return await self._stream(request, reply)
         if reply.broken_json:
             return web.Response(text='{"id": "x", "choices": [', content_type="application/json")
-        choice: dict[str, Any] = {"index": 0, "finish_reason": reply.finish_reason,
-                                  "message": {"role": "assistant", "content": reply.text}}
+        choice: dict[str, Any] = {
+            "index": 0,
+            "finish_reason": reply.finish_reason,
+            "message": {"role": "assistant", "content": reply.text},
+        }
         if reply.logprobs is not None and (rec.body or {}).get("logprobs"):
             choice["logprobs"] = {"content": reply.logprobs}
-        return web.json_response({"id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
-                                  "model": reply.model, "choices": [choice],
-                                  "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}},
-                                 headers=reply.headers)
+        return web.json_response(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": 0,
+                "model": reply.model,
+                "choices": [choice],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            },
+            headers=reply.headers,
+        )
 
     async def _stream(self, request: web.Request, reply: Reply) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           **reply.headers})
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **reply.headers}
+        )
         await resp.prepare(request)
 
         def chunk(delta: dict, finish: str | None = None) -> bytes:
-            body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": reply.model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            body = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": reply.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
             return f"data: {json.dumps(body)}\n\n".encode()
 
         events = [chunk({"role": "assistant", "content": ""})]

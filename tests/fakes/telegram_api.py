@@ -15,13 +15,15 @@ validation, injectable 429s. Every call is recorded with a monotonic timestamp.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -31,11 +33,22 @@ _STRING_PARAMS = frozenset(
 )
 # Tags Telegram's HTML parse mode accepts, and the attributes each may carry.
 _HTML_TAGS: dict[str, frozenset[str]] = {
-    "b": frozenset(), "strong": frozenset(), "i": frozenset(), "em": frozenset(),
-    "u": frozenset(), "ins": frozenset(), "s": frozenset(), "strike": frozenset(),
-    "del": frozenset(), "tg-spoiler": frozenset(), "span": frozenset({"class"}),
-    "a": frozenset({"href"}), "code": frozenset({"class"}), "pre": frozenset(),
-    "blockquote": frozenset({"expandable"}), "tg-emoji": frozenset({"emoji-id"}),
+    "b": frozenset(),
+    "strong": frozenset(),
+    "i": frozenset(),
+    "em": frozenset(),
+    "u": frozenset(),
+    "ins": frozenset(),
+    "s": frozenset(),
+    "strike": frozenset(),
+    "del": frozenset(),
+    "tg-spoiler": frozenset(),
+    "span": frozenset({"class"}),
+    "a": frozenset({"href"}),
+    "code": frozenset({"class"}),
+    "pre": frozenset(),
+    "blockquote": frozenset({"expandable"}),
+    "tg-emoji": frozenset({"emoji-id"}),
 }
 _ENTITY = re.compile(r"&(lt|gt|amp|quot|#\d+|#x[0-9a-fA-F]+);")
 NOT_MODIFIED = (
@@ -83,7 +96,7 @@ def visible_html_text(text: str) -> str:
         if not _ENTITY.match(text, match.start()):
             raise EntityError(f"Can't find end of the entity starting at byte offset {match.start()}")
     for match in re.finditer(r"<", text):
-        if not re.match(r"</?[a-zA-Z][a-zA-Z0-9-]*(\s[^<>]*)?>", text[match.start():]):
+        if not re.match(r"</?[a-zA-Z][a-zA-Z0-9-]*(\s[^<>]*)?>", text[match.start() :]):
             raise EntityError(f"Unexpected character at byte offset {match.start()}")
     parser = _TelegramHTML()
     parser.feed(text)
@@ -128,12 +141,23 @@ class StoredMessage:
 class FakeTelegramAPI:
     """The Bot API on 127.0.0.1. One bot, any number of chats and users."""
 
-    def __init__(self, *, token: str = "123456:TEST-token-abcdef", username: str = "ghost_test_bot",
-                 bot_id: int = 123456) -> None:
+    def __init__(
+        self,
+        *,
+        token: str = "123456:TEST-token-abcdef",
+        username: str = "ghost_test_bot",
+        bot_id: int = 123456,
+    ) -> None:
         self.token = token
-        self.bot_user = {"id": bot_id, "is_bot": True, "first_name": "GhostLM", "username": username,
-                         "can_join_groups": True, "can_read_all_group_messages": False,
-                         "supports_inline_queries": False}
+        self.bot_user = {
+            "id": bot_id,
+            "is_bot": True,
+            "first_name": "GhostLM",
+            "username": username,
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
         self.calls: list[Call] = []
         self.messages: dict[tuple[int, int], StoredMessage] = {}
         self.commands: list[dict[str, Any]] = []
@@ -198,8 +222,11 @@ class FakeTelegramAPI:
         return self._chat({"id": user_id, "type": "private", "first_name": f"User{user_id}"})
 
     def group_chat(self, chat_id: int, *, supergroup: bool = True, forum: bool = False) -> dict[str, Any]:
-        chat: dict[str, Any] = {"id": chat_id, "type": "supergroup" if supergroup else "group",
-                                "title": f"Group {chat_id}"}
+        chat: dict[str, Any] = {
+            "id": chat_id,
+            "type": "supergroup" if supergroup else "group",
+            "title": f"Group {chat_id}",
+        }
         if forum:
             chat["is_forum"] = True
         return self._chat(chat)
@@ -208,14 +235,26 @@ class FakeTelegramAPI:
         self._chats[chat["id"]] = chat
         return chat
 
-    def send_text(self, *, chat: dict[str, Any], user: dict[str, Any], text: str,
-                  reply_to: int | None = None, thread_id: int | None = None,
-                  entities: list[dict[str, Any]] | None = None) -> int:
+    def send_text(
+        self,
+        *,
+        chat: dict[str, Any],
+        user: dict[str, Any],
+        text: str,
+        reply_to: int | None = None,
+        thread_id: int | None = None,
+        entities: list[dict[str, Any]] | None = None,
+    ) -> int:
         """Inject a user's text message; bot_command and @mention entities are added automatically.
         Returns the update_id."""
         message_id = self._next_message_id(chat["id"])
-        message: dict[str, Any] = {"message_id": message_id, "date": int(time.time()), "chat": chat,
-                                   "from": user, "text": text}
+        message: dict[str, Any] = {
+            "message_id": message_id,
+            "date": int(time.time()),
+            "chat": chat,
+            "from": user,
+            "text": text,
+        }
         ents = entities if entities is not None else self.auto_entities(text)
         if ents:
             message["entities"] = ents
@@ -226,21 +265,32 @@ class FakeTelegramAPI:
             message["message_thread_id"] = thread_id
             message["is_topic_message"] = True
         self.messages[(chat["id"], message_id)] = StoredMessage(
-            chat["id"], message_id, False, text, text, None, None, thread_id=thread_id, payload=message)
+            chat["id"], message_id, False, text, text, None, None, thread_id=thread_id, payload=message
+        )
         return self.push_update({"message": message})
 
     def send_photo(self, *, chat: dict[str, Any], user: dict[str, Any]) -> int:
         """Inject a message without text (a photo), which the bot cannot read."""
         message_id = self._next_message_id(chat["id"])
-        message = {"message_id": message_id, "date": int(time.time()), "chat": chat, "from": user,
-                   "photo": [{"file_id": "AgAD", "file_unique_id": "u1", "width": 10, "height": 10}]}
+        message = {
+            "message_id": message_id,
+            "date": int(time.time()),
+            "chat": chat,
+            "from": user,
+            "photo": [{"file_id": "AgAD", "file_unique_id": "u1", "width": 10, "height": 10}],
+        }
         return self.push_update({"message": message})
 
     def press_button(self, *, chat_id: int, message_id: int, user: dict[str, Any], data: str) -> int:
         """Inject a callback query for an inline button under one of the bot's messages."""
         stored = self.messages[(chat_id, message_id)]
-        query = {"id": str(next(self._callback_ids)), "from": user, "chat_instance": f"ci{chat_id}",
-                 "message": stored.payload, "data": data}
+        query = {
+            "id": str(next(self._callback_ids)),
+            "from": user,
+            "chat_instance": f"ci{chat_id}",
+            "message": stored.payload,
+            "data": data,
+        }
         return self.push_update({"callback_query": query})
 
     def push_update(self, body: dict[str, Any], update_id: int | None = None) -> int:
@@ -263,31 +313,57 @@ class FakeTelegramAPI:
         if command:
             entities.append({"type": "bot_command", "offset": 0, "length": utf16_len(command.group())})
         for mention in re.finditer(r"(?<![\w/])@[A-Za-z0-9_]{3,}", text):
-            entities.append({"type": "mention", "offset": utf16_len(text[: mention.start()]),
-                             "length": utf16_len(mention.group())})
+            entities.append(
+                {
+                    "type": "mention",
+                    "offset": utf16_len(text[: mention.start()]),
+                    "length": utf16_len(mention.group()),
+                }
+            )
         return entities
 
     # --- failures ---------------------------------------------------------------------
     def fail_with_429(self, method: str, *, nth: int = 1, retry_after: int = 1) -> None:
         """The `nth` call of `method` from now on answers 429 Too Many Requests."""
-        self._failures.append(_Failure(method, nth, 429, f"Too Many Requests: retry after {retry_after}",
-                                       {"retry_after": retry_after}))
+        self._failures.append(
+            _Failure(
+                method,
+                nth,
+                429,
+                f"Too Many Requests: retry after {retry_after}",
+                {"retry_after": retry_after},
+            )
+        )
 
     def reject_entities(self, method: str, *, nth: int = 1) -> None:
         """The `nth` call of `method` with a parse_mode from now on is refused as if Telegram could
         not parse its entities (real Telegram is stricter than any local check)."""
-        self._failures.append(_Failure(method, nth, 400, "Bad Request: can't parse entities: Can't find end "
-                                       "of the entity starting at byte offset 12", None, needs_parse_mode=True))
+        self._failures.append(
+            _Failure(
+                method,
+                nth,
+                400,
+                "Bad Request: can't parse entities: Can't find end of the entity starting at byte offset 12",
+                None,
+                needs_parse_mode=True,
+            )
+        )
 
     # --- inspection -------------------------------------------------------------------
     def calls_to(self, method: str, chat_id: int | None = None) -> list[Call]:
-        return [c for c in self.calls if c.method == method
-                and (chat_id is None or _int(c.params.get("chat_id")) == chat_id)]
+        return [
+            c
+            for c in self.calls
+            if c.method == method and (chat_id is None or _int(c.params.get("chat_id")) == chat_id)
+        ]
 
     def bot_messages(self, chat_id: int) -> list[StoredMessage]:
         """The bot's visible messages in a chat, oldest first."""
-        return [m for (cid, _), m in sorted(self.messages.items())
-                if cid == chat_id and m.from_bot and not m.deleted]
+        return [
+            m
+            for (cid, _), m in sorted(self.messages.items())
+            if cid == chat_id and m.from_bot and not m.deleted
+        ]
 
     def chat_calls(self, chat_id: int) -> list[Call]:
         return [c for c in self.calls if _int(c.params.get("chat_id")) == chat_id]
@@ -296,18 +372,24 @@ class FakeTelegramAPI:
         async def _wait() -> None:
             async with self._changed:
                 await self._changed.wait_for(predicate)
+
         try:
             await asyncio.wait_for(_wait(), timeout)
         except TimeoutError:
-            raise AssertionError(f"timed out after {timeout}s; calls: {[c.method for c in self.calls]}")
+            raise AssertionError(
+                f"timed out after {timeout}s; calls: {[c.method for c in self.calls]}"
+            ) from None
 
-    async def wait_for_messages(self, chat_id: int, count: int, timeout: float = 10.0,
-                                final: bool = False) -> list[StoredMessage]:
+    async def wait_for_messages(
+        self, chat_id: int, count: int, timeout: float = 10.0, final: bool = False
+    ) -> list[StoredMessage]:
         """Wait until the bot has `count` messages in the chat (with `final`: the last one carries
         the feedback keyboard, i.e. the answer is complete)."""
+
         def ready() -> bool:
             msgs = self.bot_messages(chat_id)
             return len(msgs) >= count and (not final or msgs[-1].reply_markup is not None)
+
         await self.wait_for(ready, timeout)
         return self.bot_messages(chat_id)
 
@@ -331,7 +413,11 @@ class FakeTelegramAPI:
             failure = self._take_failure(method, params)
             if failure is not None:
                 call.status = failure.status
-                body: dict[str, Any] = {"ok": False, "error_code": failure.status, "description": failure.description}
+                body: dict[str, Any] = {
+                    "ok": False,
+                    "error_code": failure.status,
+                    "description": failure.description,
+                }
                 if failure.parameters:
                     body["parameters"] = failure.parameters
                 return web.json_response(body, status=failure.status)
@@ -391,10 +477,8 @@ class FakeTelegramAPI:
             if pending or remaining <= 0 or self._closing:
                 return pending
             async with self._changed:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), remaining)
-                except TimeoutError:
-                    pass
 
     async def _api_sendChatAction(self, params: dict[str, Any]) -> bool:
         self._require_chat(params)
@@ -416,16 +500,29 @@ class FakeTelegramAPI:
         visible = self._visible(raw, params.get("parse_mode"))
         thread_id = _int(params.get("message_thread_id"))
         message_id = self._next_message_id(chat["id"])
-        payload: dict[str, Any] = {"message_id": message_id, "date": int(time.time()), "chat": chat,
-                                   "from": self.bot_user, "text": visible}
+        payload: dict[str, Any] = {
+            "message_id": message_id,
+            "date": int(time.time()),
+            "chat": chat,
+            "from": self.bot_user,
+            "text": visible,
+        }
         if params.get("reply_markup"):
             payload["reply_markup"] = params["reply_markup"]
         if thread_id is not None:
             payload["message_thread_id"] = thread_id
             payload["is_topic_message"] = True
         self.messages[(chat["id"], message_id)] = StoredMessage(
-            chat["id"], message_id, True, visible, raw, params.get("parse_mode"),
-            params.get("reply_markup"), thread_id=thread_id, payload=payload)
+            chat["id"],
+            message_id,
+            True,
+            visible,
+            raw,
+            params.get("parse_mode"),
+            params.get("reply_markup"),
+            thread_id=thread_id,
+            payload=payload,
+        )
         return payload
 
     async def _api_editMessageText(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -437,8 +534,12 @@ class FakeTelegramAPI:
             raise _ApiError(400, "Bad Request: message text is empty")
         visible = self._visible(raw, params.get("parse_mode"))
         markup = params.get("reply_markup")
-        if (visible == stored.text and raw == stored.raw_text
-                and params.get("parse_mode") == stored.parse_mode and markup == stored.reply_markup):
+        if (
+            visible == stored.text
+            and raw == stored.raw_text
+            and params.get("parse_mode") == stored.parse_mode
+            and markup == stored.reply_markup
+        ):
             raise _ApiError(400, NOT_MODIFIED)
         stored.text, stored.raw_text, stored.parse_mode = visible, raw, params.get("parse_mode")
         stored.reply_markup = markup
@@ -529,5 +630,12 @@ async def _read_params(request: web.Request) -> dict[str, Any]:
     return params
 
 
-__all__ = ["Call", "EntityError", "FakeTelegramAPI", "NOT_MODIFIED", "StoredMessage", "utf16_len",
-           "visible_html_text"]
+__all__ = [
+    "NOT_MODIFIED",
+    "Call",
+    "EntityError",
+    "FakeTelegramAPI",
+    "StoredMessage",
+    "utf16_len",
+    "visible_html_text",
+]

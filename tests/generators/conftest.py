@@ -26,8 +26,18 @@ def ghostlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("ghostlm")
     tok = train_tokenizer(CORPUS, vocab_size=400, out_path=d / "tokenizer.json")
     torch.manual_seed(0)
-    cfg = GhostLMConfig(vocab_size=tok.vocab_size, context_length=128, d_model=32, n_heads=2, n_layers=1,
-                        d_ff=64, use_rope=True, use_swiglu=True, use_rmsnorm=True, dropout=0.0)
+    cfg = GhostLMConfig(
+        vocab_size=tok.vocab_size,
+        context_length=128,
+        d_model=32,
+        n_heads=2,
+        n_layers=1,
+        d_ff=64,
+        use_rope=True,
+        use_swiglu=True,
+        use_rmsnorm=True,
+        dropout=0.0,
+    )
     save_safetensors(GhostLM(cfg).eval(), d)
     return d
 
@@ -48,16 +58,34 @@ def _save_hf(d: Path, chat_template: str | None) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<s>", "</s>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<s>", "</s>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(CORPUS, trainer=trainer)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>",
-                                     additional_special_tokens=["<|im_start|>"], chat_template=chat_template)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>"],
+        chat_template=chat_template,
+    )
     hf_tok.save_pretrained(d)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(hf_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=0, eos_token_id=3, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=len(hf_tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=0,
+        eos_token_id=3,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(cfg).save_pretrained(d)
     return d
 

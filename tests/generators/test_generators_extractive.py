@@ -4,13 +4,28 @@ from core.generators.base import GenerationParams, PromptSpec
 from core.generators.extractive import INTRO, NO_PASSAGES_REPLY, ExtractiveGenerator, query_terms
 from core.types import Source
 
-XSS = Source(index=1, ref="CWE-79", source="cwe", title="Cross-site Scripting",
-             text="The product does not neutralize user input. It is then placed in a web page. "
-                  "Cross-site scripting lets attackers run script in the victim's browser. Output encoding helps.")
-SQLI = Source(index=2, ref="CWE-89", source="cwe", title="SQL Injection",
-              text="SQL injection modifies a database query. Use parameterized queries.")
-PS = Source(index=3, ref="T1059.001", source="attack", title="PowerShell",
-            text="Adversaries may abuse PowerShell commands and scripts for execution.")
+XSS = Source(
+    index=1,
+    ref="CWE-79",
+    source="cwe",
+    title="Cross-site Scripting",
+    text="The product does not neutralize user input. It is then placed in a web page. "
+    "Cross-site scripting lets attackers run script in the victim's browser. Output encoding helps.",
+)
+SQLI = Source(
+    index=2,
+    ref="CWE-89",
+    source="cwe",
+    title="SQL Injection",
+    text="SQL injection modifies a database query. Use parameterized queries.",
+)
+PS = Source(
+    index=3,
+    ref="T1059.001",
+    source="attack",
+    title="PowerShell",
+    text="Adversaries may abuse PowerShell commands and scripts for execution.",
+)
 
 
 def answer(question: str, passages, **kw) -> str:
@@ -62,12 +77,24 @@ def test_identifier_terms_match():
 
 
 def test_id_question_quotes_the_definition_and_not_unrelated_entries():
-    cwe79 = Source(1, "CWE-79", "cwe", "Cross-site Scripting", None,
-                   "CWE-79: Improper Neutralization of Input During Web Page Generation. The product does not "
-                   "neutralize user-controllable input before it is placed in output served to other users. "
-                   "Abstraction: Base.")
-    cwe185 = Source(2, "CWE-185", "cwe", "Incorrect Regular Expression", None,
-                    "CWE-185: Incorrect Regular Expression. The product specifies a regular expression badly.")
+    cwe79 = Source(
+        1,
+        "CWE-79",
+        "cwe",
+        "Cross-site Scripting",
+        None,
+        "CWE-79: Improper Neutralization of Input During Web Page Generation. The product does not "
+        "neutralize user-controllable input before it is placed in output served to other users. "
+        "Abstraction: Base.",
+    )
+    cwe185 = Source(
+        2,
+        "CWE-185",
+        "cwe",
+        "Incorrect Regular Expression",
+        None,
+        "CWE-185: Incorrect Regular Expression. The product specifies a regular expression badly.",
+    )
     text = answer("What is CWE-79?", [cwe79, cwe185])
     assert "does not neutralize user-controllable input" in text  # the definition, not just the title
     assert "[1]" in text and "[2]" not in text
@@ -76,17 +103,27 @@ def test_id_question_quotes_the_definition_and_not_unrelated_entries():
 def test_ids_match_whole_ids_only_and_heading_marks_are_dropped():
     assert "79" not in query_terms("What is CWE-79?") and "cwe-79" in query_terms("What is CWE-79?")
     assert {"t1059.001", "t1059"} <= query_terms("explain T1059.001")
-    cwe79 = Source(1, "CWE-79", "cwe", "XSS", None, "CWE-79: Cross-site scripting. ### Details Output is not encoded.")
-    capec = Source(2, "CWE-73", "cwe", "Path", None, "CWE-73: Path control. Related attack patterns: CAPEC-79.")
+    cwe79 = Source(
+        1, "CWE-79", "cwe", "XSS", None, "CWE-79: Cross-site scripting. ### Details Output is not encoded."
+    )
+    capec = Source(
+        2, "CWE-73", "cwe", "Path", None, "CWE-73: Path control. Related attack patterns: CAPEC-79."
+    )
     text = answer("What is CWE-79?", [cwe79, capec])
     assert "[2]" not in text and "###" not in text
 
 
 def test_lead_skips_catalogue_metadata_for_the_definition():
-    t1059 = Source(1, "T1059", "attack", "Command and Scripting Interpreter", None,
-                   "T1059: Command and Scripting Interpreter. Tactics: Execution. Platforms: Linux, Windows. "
-                   "Adversaries may abuse command and script interpreters to execute commands. "
-                   "These interfaces are common across platforms.")
+    t1059 = Source(
+        1,
+        "T1059",
+        "attack",
+        "Command and Scripting Interpreter",
+        None,
+        "T1059: Command and Scripting Interpreter. Tactics: Execution. Platforms: Linux, Windows. "
+        "Adversaries may abuse command and script interpreters to execute commands. "
+        "These interfaces are common across platforms.",
+    )
     text = answer("Explain MITRE ATT&CK technique T1059", [t1059])
     assert "Adversaries may abuse command and script interpreters" in text
     assert "Tactics:" not in text and "Platforms:" not in text

@@ -23,8 +23,9 @@ def test_auto_without_anything_is_extractive():
 
 
 def test_auto_openai_when_base_url_set():
-    g = build_generator(settings(openai_base_url="http://127.0.0.1:9/v1", openai_api_key="sk-x",
-                                 openai_context_length=8192))
+    g = build_generator(
+        settings(openai_base_url="http://127.0.0.1:9/v1", openai_api_key="sk-x", openai_context_length=8192)
+    )
     assert isinstance(g, OpenAIGenerator) and g.context_length == 8192
     g.close()
 
@@ -45,12 +46,15 @@ def test_auto_detects_bare_pt_dir(tmp_path: Path):
     assert isinstance(build_generator(settings(model_path=tmp_path)), GhostLMGenerator)
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"model_path": Path("/nonexistent/model.pt")}, "does not exist"),
-    ({"generator": "ghostlm"}, "needs MODEL_PATH"),
-    ({"generator": "hf"}, "needs MODEL_PATH"),
-    ({"generator": "openai"}, "needs OPENAI_BASE_URL"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"model_path": Path("/nonexistent/model.pt")}, "does not exist"),
+        ({"generator": "ghostlm"}, "needs MODEL_PATH"),
+        ({"generator": "hf"}, "needs MODEL_PATH"),
+        ({"generator": "openai"}, "needs OPENAI_BASE_URL"),
+    ],
+)
 def test_clear_errors(kw, match):
     with pytest.raises(GeneratorError, match=match):
         build_generator(settings(**kw))
@@ -66,5 +70,6 @@ def test_unrecognised_dir_and_file(tmp_path: Path):
 
 
 def test_explicit_extractive_ignores_model_path():
-    assert isinstance(build_generator(settings(generator="extractive", model_path=Path("/nope"))),
-                      ExtractiveGenerator)
+    assert isinstance(
+        build_generator(settings(generator="extractive", model_path=Path("/nope"))), ExtractiveGenerator
+    )

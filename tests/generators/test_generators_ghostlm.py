@@ -8,9 +8,13 @@ from core.generators.errors import GeneratorError
 from core.generators.ghostlm_backend import GhostLMGenerator
 from core.types import Source
 
-PASSAGE = Source(index=1, ref="CWE-79", source="cwe", title="XSS", text="Cross-site scripting injects script.")
+PASSAGE = Source(
+    index=1, ref="CWE-79", source="cwe", title="XSS", text="Cross-site scripting injects script."
+)
 # A random-init model under greedy decoding often picks a special id first; seeded full sampling gives text.
-SAMPLED = GenerationParams(max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=3)
+SAMPLED = GenerationParams(
+    max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=3
+)
 
 
 def spec(question="What is XSS?", history=()) -> PromptSpec:
@@ -45,7 +49,9 @@ def test_prompt_tokens_equals_ids_the_engine_receives(gen: GhostLMGenerator, mon
     assert gen.prompt_tokens(s) == len(seen["ids"])
     sp = gen.tokenizer.special
     assert seen["ids"][0] == sp.user and seen["ids"][-1] == sp.assistant
-    assert seen["ids"].count(sp.user) == 2 and seen["ids"].count(sp.assistant) == 2  # 1 history + the prompt's
+    assert (
+        seen["ids"].count(sp.user) == 2 and seen["ids"].count(sp.assistant) == 2
+    )  # 1 history + the prompt's
 
 
 def test_count_tokens_matches_tokenizer(gen: GhostLMGenerator):
@@ -85,15 +91,18 @@ def test_typed_end_token_is_plain_text(gen: GhostLMGenerator):
 def test_trimmed_prompt_is_logged(gen: GhostLMGenerator, caplog):
     long_q = "injection " * 400
     with caplog.at_level(logging.WARNING):
-        out = list(gen.stream(spec(question=long_q), GenerationParams(max_new_tokens=4, temperature=0.0),
-                              lambda: False))
+        out = list(
+            gen.stream(
+                spec(question=long_q), GenerationParams(max_new_tokens=4, temperature=0.0), lambda: False
+            )
+        )
     assert isinstance(out, list)
     assert any("trimmed" in r.getMessage() for r in caplog.records)
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path):
     g = GhostLMGenerator(tmp_path / "nope.safetensors")
-    with pytest.raises(GeneratorError, match="nope.safetensors"):
+    with pytest.raises(GeneratorError, match=r"nope.safetensors"):
         g.load()
 
 

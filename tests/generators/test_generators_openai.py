@@ -12,8 +12,12 @@ from core.types import Source
 from tests.fakes.openai_server import FakeOpenAIServer, Reply, error_reply
 
 KEY = "sk-test-SECRET-123456"
-SPEC = PromptSpec(system="Be concise.", question="What is XSS?", history=(),
-                  passages=(Source(index=1, ref="CWE-79", source="cwe", title="XSS", text="Script injection."),))
+SPEC = PromptSpec(
+    system="Be concise.",
+    question="What is XSS?",
+    history=(),
+    passages=(Source(index=1, ref="CWE-79", source="cwe", title="XSS", text="Script injection."),),
+)
 PARAMS = GenerationParams(max_new_tokens=64, temperature=0.2, seed=7)
 
 
@@ -45,9 +49,17 @@ def test_streaming_pieces_join_to_the_canned_reply(server, gen):
     assert "[1] XSS (CWE-79)" in req.messages[-1]["content"]
 
 
-@pytest.mark.parametrize("status, words", [(401, "rejected the API key"), (403, "rejected the API key"),
-                                           (429, "rate limiting"), (500, "failed (HTTP 500)"),
-                                           (503, "failed (HTTP 503)"), (400, "refused the request")])
+@pytest.mark.parametrize(
+    "status, words",
+    [
+        (401, "rejected the API key"),
+        (403, "rejected the API key"),
+        (429, "rate limiting"),
+        (500, "failed (HTTP 500)"),
+        (503, "failed (HTTP 503)"),
+        (400, "refused the request"),
+    ],
+)
 def test_http_errors_are_clear_and_never_contain_the_key(server, gen, status, words):
     # A server that echoes the key back in its error message must still not leak it.
     server.set_reply(error_reply(status, f"bad thing with key {KEY}", headers={"Retry-After": "3"}))
@@ -95,7 +107,7 @@ def test_broken_json_in_stream_is_an_error(server, gen):
 def test_slow_server_times_out_with_clear_message(server):
     server.set_reply(Reply("late", delay=2.0))
     g = OpenAIGenerator(server.base_url, KEY, "ghostlm", 4096, timeout=0.3)
-    with pytest.raises(GeneratorError, match="did not answer within 0.3 s"):
+    with pytest.raises(GeneratorError, match=r"did not answer within 0.3 s"):
         list(g.stream(SPEC, PARAMS, lambda: False))
     g.close()
 
@@ -106,7 +118,9 @@ def test_unreachable_server():
         port = s.getsockname()[1]
     g = OpenAIGenerator(f"http://user:{KEY}@127.0.0.1:{port}/v1?token={KEY}", KEY, "m", 4096, timeout=2)
     for call in (g.check, lambda: list(g.stream(SPEC, PARAMS, lambda: False))):
-        with pytest.raises(GeneratorError, match="cannot reach the model server at http://127.0.0.1") as info:
+        with pytest.raises(
+            GeneratorError, match=r"cannot reach the model server at http://127.0.0.1"
+        ) as info:
             call()
         assert KEY not in str(info.value)
     g.close()
@@ -118,9 +132,18 @@ def test_check_lists_models(server, gen):
 
 
 def test_complete_and_logprobs(server, gen):
-    server.set_reply(Reply("B", logprobs=[{"token": "B", "logprob": -0.1,
-                                           "top_logprobs": [{"token": "B", "logprob": -0.1},
-                                                            {"token": "A", "logprob": -2.5}]}]))
+    server.set_reply(
+        Reply(
+            "B",
+            logprobs=[
+                {
+                    "token": "B",
+                    "logprob": -0.1,
+                    "top_logprobs": [{"token": "B", "logprob": -0.1}, {"token": "A", "logprob": -2.5}],
+                }
+            ],
+        )
+    )
     msgs = [{"role": "user", "content": "A or B?"}]
     assert gen.complete(msgs, temperature=0) == "B"
     assert gen.next_token_logprobs(msgs, top_logprobs=2) == {"B": -0.1, "A": -2.5}

@@ -6,7 +6,7 @@ them crawl (measured: 33 s with 2 threads vs 10 s with 1 on a loaded 2-core box)
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import torch

@@ -59,7 +59,7 @@ def test_missing_keys(tmp_path):
     ckpt = torch.load(FIX / "legacy.pt", weights_only=True)
     del ckpt["model_state_dict"]["ln_f.bias"]
     torch.save(ckpt, tmp_path / "m.pt")
-    with pytest.raises(CheckpointError, match="ln_f.bias"):
+    with pytest.raises(CheckpointError, match=r"ln_f.bias"):
         load_model(tmp_path / "m.pt")
 
 
@@ -98,14 +98,17 @@ def test_directory_input_and_save_roundtrip(tmp_path):
     from safetensors import safe_open
 
     with safe_open(str(weights), framework="pt") as f:
-        assert "token_embedding.weight" not in f.keys() and "lm_head.weight" in f.keys()  # tied: stored once
+        assert "token_embedding.weight" not in f and "lm_head.weight" in f  # tied: stored once
     again = load_model(tmp_path / "export")
     assert again.lm_head.weight is again.token_embedding.weight
     assert np.array_equal(_logits(again), _logits(model))
     # a directory with a single .pt works too
     (tmp_path / "ptdir").mkdir()
     shutil.copy(FIX / "legacy.pt", tmp_path / "ptdir" / "ckpt_1000.pt")
-    assert np.abs(_logits(load_model(tmp_path / "ptdir"), "legacy") - np.load(FIX / "legacy.logits.npy")).max() <= 1e-4
+    assert (
+        np.abs(_logits(load_model(tmp_path / "ptdir"), "legacy") - np.load(FIX / "legacy.logits.npy")).max()
+        <= 1e-4
+    )
 
 
 def test_empty_directory(tmp_path):
@@ -137,8 +140,14 @@ def test_upstream_config_roundtrip():
 
 def test_presets():
     wide = GhostLMConfig.from_preset("ghost-wide-v0.9")
-    assert (wide.n_layers, wide.d_model, wide.n_heads, wide.d_ff, wide.vocab_size, wide.context_length) == \
-        (6, 768, 12, 3072, 50264, 512)
+    assert (wide.n_layers, wide.d_model, wide.n_heads, wide.d_ff, wide.vocab_size, wide.context_length) == (
+        6,
+        768,
+        12,
+        3072,
+        50264,
+        512,
+    )
     assert wide.use_rope and wide.use_swiglu and wide.use_rmsnorm and wide.bias
     assert 80e6 < wide.num_params_estimate() < 82e6
     v05 = PRESETS["ghost-small-v0.5"]

@@ -18,8 +18,18 @@ V = 96
 def model(request) -> GhostLM:
     modern = request.param == "modern"
     torch.manual_seed(0)
-    cfg = GhostLMConfig(vocab_size=V, context_length=32, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0,
-                        use_rope=modern, use_swiglu=modern, use_rmsnorm=modern)
+    cfg = GhostLMConfig(
+        vocab_size=V,
+        context_length=32,
+        d_model=32,
+        n_heads=4,
+        n_layers=2,
+        d_ff=64,
+        dropout=0.0,
+        use_rope=modern,
+        use_swiglu=modern,
+        use_rmsnorm=modern,
+    )
     m = GhostLM(cfg)
     with torch.no_grad():  # sharper logits than the 0.02 init, so sampled runs differ visibly
         m.token_embedding.weight.mul_(20)
@@ -113,7 +123,7 @@ def test_no_state_across_requests(model, monkeypatch):
     monkeypatch.setattr(GhostLM, "new_cache", tracking_new_cache)
     e = Engine(model)
     for i in range(30):
-        s = e.generate(PROMPT + [i], max_new_tokens=4, params=SamplingParams(seed=i), stop_ids=())
+        s = e.generate([*PROMPT, i], max_new_tokens=4, params=SamplingParams(seed=i), stop_ids=())
         if i % 3 == 0:
             next(s)
             s.close()  # abandoned mid-stream (cancelled by the consumer)

@@ -86,7 +86,7 @@ def _greedy_uncached(model: GhostLM, prompt: list[int], n: int):
         last = model(torch.tensor([seq]))[0][0, -1]
         steps.append(last.detach().numpy())
         seq.append(int(last.argmax()))
-    return seq[len(prompt):], np.stack(steps)
+    return seq[len(prompt) :], np.stack(steps)
 
 
 @torch.inference_mode()
@@ -101,7 +101,7 @@ def test_greedy_cached_and_uncached(loaded):
     # 8 prompt + 16 fed tokens (the upstream fixture stops feeding after the 15th: 23 there)
     assert [tuple(k.shape) for k, _ in past] == [(1, 4, 24, 16)] * 2
 
-    toks, steps, cache = _greedy_preallocated(model, prompt, n)
+    toks, steps, _cache = _greedy_preallocated(model, prompt, n)
     assert toks == greedy["new_tokens_cached"]
     assert np.abs(steps - step_ref).max() <= TOL
 
@@ -111,8 +111,10 @@ def test_greedy_cached_and_uncached(loaded):
 
     engine_toks = list(Engine(model).generate(prompt, max_new_tokens=n, params=GREEDY, stop_ids=()))
     assert engine_toks == greedy["new_tokens_cached"]
-    assert full_recompute_generate(model, prompt, max_new_tokens=n, params=GREEDY, stop_ids=()) == \
-        greedy["new_tokens_uncached"]
+    assert (
+        full_recompute_generate(model, prompt, max_new_tokens=n, params=GREEDY, stop_ids=())
+        == greedy["new_tokens_uncached"]
+    )
 
 
 @torch.inference_mode()
@@ -129,8 +131,20 @@ def test_chunked_prefill_uses_offset_causal_mask(loaded):
 
 
 # ---------------------------------------------------------------------------------------- GQA + QK-norm
-GQA_CFG = dict(vocab_size=1000, context_length=128, dropout=0.0, n_layers=2, d_model=64, n_heads=4, d_ff=256,
-               use_rope=True, use_swiglu=True, use_rmsnorm=True, n_kv_heads=2, use_qk_norm=True)
+GQA_CFG = dict(
+    vocab_size=1000,
+    context_length=128,
+    dropout=0.0,
+    n_layers=2,
+    d_model=64,
+    n_heads=4,
+    d_ff=256,
+    use_rope=True,
+    use_swiglu=True,
+    use_rmsnorm=True,
+    n_kv_heads=2,
+    use_qk_norm=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -152,10 +166,22 @@ def test_gqa_keys_and_shapes(gqa_model):
     assert sd["blocks.1.attn.q_norm.weight"].shape == (16,)
     assert sd["blocks.1.attn.k_norm.weight"].shape == (16,)
     keys = [k for k in sd if k.startswith("blocks.0.")]
-    assert keys == ["blocks.0." + k for k in (
-        "ln_1.weight", "attn.c_qkv.weight", "attn.c_qkv.bias", "attn.proj.weight", "attn.proj.bias",
-        "attn.q_norm.weight", "attn.k_norm.weight", "ln_2.weight", "ffn.fc1.weight", "ffn.fc2.weight",
-        "ffn.fc3.weight")]
+    assert keys == [
+        "blocks.0." + k
+        for k in (
+            "ln_1.weight",
+            "attn.c_qkv.weight",
+            "attn.c_qkv.bias",
+            "attn.proj.weight",
+            "attn.proj.bias",
+            "attn.q_norm.weight",
+            "attn.k_norm.weight",
+            "ln_2.weight",
+            "ffn.fc1.weight",
+            "ffn.fc2.weight",
+            "ffn.fc3.weight",
+        )
+    ]
     assert "pos_embedding.weight" not in sd
     assert gqa_model.num_params() == 163072
 
@@ -167,7 +193,7 @@ def test_gqa_cached_equals_uncached(gqa_model):
     logits, _, past = gqa_model(x[:, :8], use_cache=True)
     steps = [logits]
     for t in range(8, 24):
-        logits, _, past = gqa_model(x[:, t:t + 1], past_kv=past, use_cache=True)
+        logits, _, past = gqa_model(x[:, t : t + 1], past_kv=past, use_cache=True)
         steps.append(logits)
     assert (torch.cat(steps, 1) - full).abs().max() <= TOL
     assert [tuple(k.shape) for k, v in past] == [(2, 2, 24, 16)] * 2
@@ -198,7 +224,7 @@ def test_gqa_attention_matches_reference_math(gqa_model):
     emb = torch.cat([fr, fr], -1)
 
     def rope(t):
-        rot = torch.cat([-t[..., hd // 2:], t[..., : hd // 2]], -1)
+        rot = torch.cat([-t[..., hd // 2 :], t[..., : hd // 2]], -1)
         return t * emb.cos() + rot * emb.sin()
 
     q, k = rope(q), rope(k)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ghostlm.sampling import SamplingParams, Sampler, apply_repetition_penalty, top_k_filter, top_p_filter
+from ghostlm.sampling import Sampler, SamplingParams, apply_repetition_penalty, top_k_filter, top_p_filter
 
 
 def test_greedy_is_argmax():
@@ -60,7 +60,13 @@ def test_sampling_respects_masks():
 
 
 def test_invalid_params():
-    for bad in (dict(temperature=-1), dict(top_p=0.0), dict(top_p=1.5), dict(repetition_penalty=0), dict(top_k=-1)):
+    for bad in (
+        dict(temperature=-1),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(repetition_penalty=0),
+        dict(top_k=-1),
+    ):
         with pytest.raises(ValueError):
             SamplingParams(**bad)
     assert math.isclose(SamplingParams().temperature, 0.7)

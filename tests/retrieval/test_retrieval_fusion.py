@@ -8,7 +8,16 @@ from storage.knowledge import ChunkRecord
 
 def rec(cid: int, ref: str, prior: float = 0.0) -> ChunkRecord:
     return ChunkRecord(
-        id=cid, document_id=cid, source="cwe", locator=ref, ord=0, ref=ref, title=ref, url=None, text=ref, prior=prior
+        id=cid,
+        document_id=cid,
+        source="cwe",
+        locator=ref,
+        ord=0,
+        ref=ref,
+        title=ref,
+        url=None,
+        text=ref,
+        prior=prior,
     )
 
 

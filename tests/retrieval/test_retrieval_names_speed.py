@@ -19,7 +19,10 @@ from tests.retrieval.conftest import CountingEmbedder
 
 
 async def test_names_are_indexed_once_per_entry_and_follow_changes(
-    repo: KnowledgeRepository, embedder: CountingEmbedder, pack_slices: dict[str, list[PackEntry]], tmp_path: Path
+    repo: KnowledgeRepository,
+    embedder: CountingEmbedder,
+    pack_slices: dict[str, list[PackEntry]],
+    tmp_path: Path,
 ) -> None:
     dense = DenseIndex(tmp_path / "emb")
     indexer = Indexer(repo, embedder, dense)
@@ -50,11 +53,17 @@ async def test_names_are_indexed_once_per_entry_and_follow_changes(
 
 def test_name_text_lists_aliases() -> None:
     assert name_text("Improper Input Validation", "") == "Improper Input Validation"
-    assert name_text("Cross-site Scripting", "XSS; HTML Injection") == "Cross-site Scripting (XSS, HTML Injection)"
+    assert (
+        name_text("Cross-site Scripting", "XSS; HTML Injection")
+        == "Cross-site Scripting (XSS, HTML Injection)"
+    )
 
 
 async def test_hybrid_fuses_the_name_list_and_single_modes_do_not(
-    repo: KnowledgeRepository, embedder: CountingEmbedder, pack_slices: dict[str, list[PackEntry]], tmp_path: Path
+    repo: KnowledgeRepository,
+    embedder: CountingEmbedder,
+    pack_slices: dict[str, list[PackEntry]],
+    tmp_path: Path,
 ) -> None:
     dense = DenseIndex(tmp_path / "emb")
     indexer = Indexer(repo, embedder, dense)
@@ -70,7 +79,9 @@ async def test_hybrid_fuses_the_name_list_and_single_modes_do_not(
     no_names = Retriever(repo, embedder, dense, FusionConfig(name_weight=0.0))
     assert len((await no_names.candidates(question))[0]) == 2
     # A paraphrase of an entry's name finds it through the fusion.
-    sources = await retriever.search("serialized objects from untrusted sources are turned back into objects", k=2)
+    sources = await retriever.search(
+        "serialized objects from untrusted sources are turned back into objects", k=2
+    )
     assert sources[0].ref == "CWE-502"
 
 
@@ -103,17 +114,23 @@ def test_query_encoder_thread_uses_one_torch_thread(embedder: CountingEmbedder) 
     import torch
 
     main_threads = torch.get_num_threads()
-    seen = embedder.query_executor.submit(lambda: (torch.get_num_threads(), threading.current_thread().name)).result()
+    seen = embedder.query_executor.submit(
+        lambda: (torch.get_num_threads(), threading.current_thread().name)
+    ).result()
     assert seen[0] == 1 and seen[1].startswith("query-encoder")
     assert torch.get_num_threads() == main_threads  # indexing elsewhere keeps every core
 
 
 def test_large_index_bm25_keeps_the_rarest_terms_within_a_postings_budget() -> None:
-    vocabulary = _Vocabulary(100_000, {"kerberoast": 40, "ticket": 1_500, "servic": 1_900, "account": 1_800, "user": 1_950}, 0.0)
+    vocabulary = _Vocabulary(
+        100_000, {"kerberoast": 40, "ticket": 1_500, "servic": 1_900, "account": 1_800, "user": 1_950}, 0.0
+    )
     # Each under the 2 % cap, but together over 5 % of the chunks: rarest first until the budget
     # (40 + 1,500 + 1,800 = 3,340; adding "service" would pass 5,000), so the two commonest go.
     assert vocabulary.prune(["user", "service", "account", "ticket", "kerberoasting"]) == [
-        "account", "ticket", "kerberoasting"
+        "account",
+        "ticket",
+        "kerberoasting",
     ]
     small = _Vocabulary(5_000, {"user": 4_000}, 0.0)
     assert small.prune(["user", "service", "account", "ticket"]) == ["user", "service", "account", "ticket"]

@@ -5,7 +5,9 @@ import pytest
 from storage.knowledge import ChunkData, DocumentData, KnowledgeRepository, sqlite_match_expression
 
 
-def doc(locator: str, text: str, *, digest: str = "h1", ref: str | None = None, title: str = "T") -> DocumentData:
+def doc(
+    locator: str, text: str, *, digest: str = "h1", ref: str | None = None, title: str = "T"
+) -> DocumentData:
     return DocumentData(
         locator=locator,
         title=title,
@@ -23,7 +25,19 @@ async def test_migrated_schema_is_at_head_with_fts(db) -> None:  # type: ignore[
 
 @pytest.mark.parametrize(
     "query",
-    ['"', '""unbalanced', "sql*", "NEAR(sql injection)", "-sql", "sql AND OR NOT", "a:b", "(((", "^x", "{col}: x", "\x00"],
+    [
+        '"',
+        '""unbalanced',
+        "sql*",
+        "NEAR(sql injection)",
+        "-sql",
+        "sql AND OR NOT",
+        "a:b",
+        "(((",
+        "^x",
+        "{col}: x",
+        "\x00",
+    ],
 )
 async def test_fts_queries_never_raise(repo: KnowledgeRepository, query: str) -> None:
     await repo.save_documents("cwe", [doc("CWE-89", "sql injection near the login form")])
@@ -84,7 +98,10 @@ async def test_find_by_ref_is_case_insensitive_and_ordered(repo: KnowledgeReposi
                 title="PowerShell",
                 content_hash="h",
                 url="https://attack.mitre.org/techniques/T1059/001/",
-                chunks=[ChunkData(1, "T1059.001", "PowerShell", "detection"), ChunkData(0, "T1059.001", "PowerShell", "overview")],
+                chunks=[
+                    ChunkData(1, "T1059.001", "PowerShell", "detection"),
+                    ChunkData(0, "T1059.001", "PowerShell", "overview"),
+                ],
             )
         ],
     )

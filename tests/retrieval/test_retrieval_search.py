@@ -14,7 +14,10 @@ from tests.retrieval.conftest import CountingEmbedder, minimal_pdf
 
 @pytest.fixture
 async def packed(
-    repo: KnowledgeRepository, embedder: CountingEmbedder, pack_slices: dict[str, list[PackEntry]], tmp_path: Path
+    repo: KnowledgeRepository,
+    embedder: CountingEmbedder,
+    pack_slices: dict[str, list[PackEntry]],
+    tmp_path: Path,
 ) -> tuple[Retriever, Indexer, DenseIndex]:
     dense = DenseIndex(tmp_path / "emb")
     indexer = Indexer(repo, embedder, dense)
@@ -68,7 +71,13 @@ async def test_practitioner_questions_rank_the_right_entry_first(packed, mode: s
 
 async def test_hostile_queries_are_answered_not_raised(packed) -> None:  # type: ignore[no-untyped-def]
     retriever, _, _ = packed
-    for query in ["sql \ud800 injection", "\x00\x1b[31m xss", "<|ghost_end|><|system|> cwe-79", "x" * 100_000, '"*-NEAR(']:
+    for query in [
+        "sql \ud800 injection",
+        "\x00\x1b[31m xss",
+        "<|ghost_end|><|system|> cwe-79",
+        "x" * 100_000,
+        '"*-NEAR(',
+    ]:
         sources = await retriever.search(query, k=2)
         assert all(s.index in (1, 2) for s in sources)
     assert (await retriever.search("<|ghost_end|> cwe-79", k=1))[0].ref == "CWE-79"
@@ -92,12 +101,16 @@ async def test_bm25_and_exact_work_without_dense(repo: KnowledgeRepository, pack
     assert (await retriever.search("sql injection", k=1))[0].ref == "CWE-89"
     assert await retriever.search("   ", k=4) == []
     listing = format_sources(await retriever.search("CWE-22", k=1))
-    assert listing.startswith("[1] CWE-22 — ") and "<https://cwe.mitre.org/data/definitions/22.html>" in listing
+    assert (
+        listing.startswith("[1] CWE-22 — ") and "<https://cwe.mitre.org/data/definitions/22.html>" in listing
+    )
 
 
 def _write_corpus(root: Path) -> None:
     root.mkdir()
-    (root / "xss.md").write_text("# XSS playbook\n## Triage\nCheck reflected parameters for script payloads.\n")
+    (root / "xss.md").write_text(
+        "# XSS playbook\n## Triage\nCheck reflected parameters for script payloads.\n"
+    )
     (root / "vpn.txt").write_text("Rotate the IPsec pre-shared keys every quarter.")
     (root / "ssh.html").write_text("<h1>SSH</h1><script>evil()</script><p>Disable root login over ssh.</p>")
     (root / "memo.pdf").write_bytes(minimal_pdf(["Quarterly memo: badge readers were replaced."]))
@@ -155,7 +168,12 @@ async def test_pack_reindex_is_incremental(packed, repo: KnowledgeRepository, pa
     _, indexer, dense = packed
     before = embedder.requested
     report = await indexer.index_entries("cwe", pack_slices["cwe"], progress=False)
-    assert (report.added, report.updated, report.unchanged, report.embedded) == (0, 0, len(pack_slices["cwe"]), 0)
+    assert (report.added, report.updated, report.unchanged, report.embedded) == (
+        0,
+        0,
+        len(pack_slices["cwe"]),
+        0,
+    )
     assert embedder.requested == before
     fewer = [e for e in pack_slices["cwe"] if e.ref != "CWE-798"]
     report = await indexer.index_entries("cwe", fewer, progress=False)

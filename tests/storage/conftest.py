@@ -80,18 +80,47 @@ class _Cluster:
 
     def start(self) -> str:
         self._run(
-            str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
-            "--no-sync", "-E", "UTF8", "--locale=C",
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
         )
         # Durability off: a test cluster, thrown away afterwards; this keeps commits fast.
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -F -c synchronous_commit=off -c full_page_writes=off"
-        stop = [*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"]
+        options = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.root} -F -c synchronous_commit=off -c full_page_writes=off"
+        )
+        stop = [
+            *self.prefix,
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ]
         self.watchdog = subprocess.Popen(
             [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.root), *stop], start_new_session=True
         )
         self._run(
-            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"),
-            "-w", "-t", "30", "start",
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "-t",
+            "30",
+            "start",
         )
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}"
 
@@ -174,7 +203,9 @@ async def _truncate_all(url: str) -> None:
             if row["tablename"] != "alembic_version"
         ]
         if tables:
-            await conn.execute(f"TRUNCATE {', '.join(chr(34) + t + chr(34) for t in tables)} RESTART IDENTITY CASCADE")
+            await conn.execute(
+                f"TRUNCATE {', '.join(chr(34) + t + chr(34) for t in tables)} RESTART IDENTITY CASCADE"
+            )
     finally:
         await conn.close()
 

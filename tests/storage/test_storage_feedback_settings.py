@@ -12,8 +12,16 @@ KEY = ConversationKey("discord", "chan", "1")
 
 async def _answer_id(db: Database, event: str = "e1", question: str = "What is CWE-89?") -> int:
     assert await db.conversations.commit_exchange(
-        platform="discord", event_id=event, key=KEY, user=ALICE, user_text=question, user_tokens=5,
-        assistant_text="SQL injection [1].", assistant_tokens=7, sources=[], user_platform_message_id="m1",
+        platform="discord",
+        event_id=event,
+        key=KEY,
+        user=ALICE,
+        user_text=question,
+        user_tokens=5,
+        assistant_text="SQL injection [1].",
+        assistant_tokens=7,
+        sources=[],
+        user_platform_message_id="m1",
         assistant_platform_message_ids=["m2"],
     )
     last = await db.conversations.last_assistant(KEY)
@@ -70,7 +78,11 @@ async def test_stats(db: Database) -> None:
     await db.user_settings.set("telegram", "7", "lang", "de")
     mine = await db.stats.user_stats("discord", "1")
     assert {k: mine[k] for k in ("questions", "answers", "tokens_in", "tokens_out", "conversations")} == {
-        "questions": 2, "answers": 2, "tokens_in": 10, "tokens_out": 14, "conversations": 1,
+        "questions": 2,
+        "answers": 2,
+        "tokens_in": 10,
+        "tokens_out": 14,
+        "conversations": 1,
     }
     assert (mine["feedback_up"], mine["feedback_down"]) == (1, 0)
     assert mine["first_seen"] <= mine["last_seen"]
@@ -83,9 +95,17 @@ async def test_stats(db: Database) -> None:
 async def test_display_name_is_refreshed(db: Database) -> None:
     await _answer_id(db, "e1")
     await db.conversations.commit_exchange(
-        platform="discord", event_id="e2", key=KEY, user=UserRef("discord", "1", "Alice Renamed"),
-        user_text="q", user_tokens=1, assistant_text="a", assistant_tokens=1, sources=[],
-        user_platform_message_id=None, assistant_platform_message_ids=[],
+        platform="discord",
+        event_id="e2",
+        key=KEY,
+        user=UserRef("discord", "1", "Alice Renamed"),
+        user_text="q",
+        user_tokens=1,
+        assistant_text="a",
+        assistant_tokens=1,
+        sources=[],
+        user_platform_message_id=None,
+        assistant_platform_message_ids=[],
     )
     async with db.sessions() as session:
         from sqlalchemy import select

@@ -55,7 +55,10 @@ async def test_restart_keeps_history(db_url: str) -> None:
     try:
         history = await second.conversations.history(DM)
         assert [(m.role, m.text) for m in history] == [
-            ("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2"),
+            ("user", "q1"),
+            ("assistant", "a1"),
+            ("user", "q2"),
+            ("assistant", "a2"),
         ]
         assert history[1].sources == [{"ref": "CWE-79", "index": 1}]
         assert history[0].token_count == 1
@@ -118,9 +121,9 @@ async def test_history_limit_and_conversation_separation(db: Database) -> None:
 
     last = await db.conversations.history(DM, limit=3)
     assert [m.text for m in last] == ["Cross-site scripting [1].", "dm4", "Cross-site scripting [1]."]
-    assert [m.text for m in await db.conversations.history(group_alice)][0] == "private in group"
-    assert [m.text for m in await db.conversations.history(group_shared)][0] == "shared"
-    assert [m.text for m in await db.conversations.history(thread)][0] == "threaded"
+    assert next(m.text for m in await db.conversations.history(group_alice)) == "private in group"
+    assert next(m.text for m in await db.conversations.history(group_shared)) == "shared"
+    assert next(m.text for m in await db.conversations.history(thread)) == "threaded"
     assert await db.conversations.history(ConversationKey("discord", "100", "100")) == []
 
 
@@ -137,7 +140,7 @@ async def test_reset(db: Database) -> None:
     assert len(await db.conversations.history(other)) == 2
     assert await db.conversations.reset(DM) == 0
     assert await exchange(db, "4", question="fresh start")
-    assert [m.text for m in await db.conversations.history(DM)][0] == "fresh start"
+    assert next(m.text for m in await db.conversations.history(DM)) == "fresh start"
 
 
 async def test_delete_last_exchange_and_last_assistant(db: Database) -> None:

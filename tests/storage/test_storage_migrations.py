@@ -12,7 +12,15 @@ from storage import Base, ConversationKey, Database, UserRef, create_engine, hea
 from storage.engine import create_sync_sqlite_engine
 from storage.migrate import current_revision, upgrade
 
-MY_TABLES = {"users", "conversations", "messages", "message_refs", "processed_events", "feedback", "user_settings"}
+MY_TABLES = {
+    "users",
+    "conversations",
+    "messages",
+    "message_refs",
+    "processed_events",
+    "feedback",
+    "user_settings",
+}
 KEY = ConversationKey("telegram", "1", "1")
 
 
@@ -22,8 +30,16 @@ async def test_old_database_is_upgraded_in_place(db_url: str) -> None:
     assert await current_revision(engine) == "0001"
     old = Database(engine)  # repositories over the 0001 schema, as the first release would write
     assert await old.conversations.commit_exchange(
-        platform="telegram", event_id="u1", key=KEY, user=UserRef("telegram", "1", "A"), user_text="old question",
-        user_tokens=2, assistant_text="old answer", assistant_tokens=2, sources=[], user_platform_message_id="5",
+        platform="telegram",
+        event_id="u1",
+        key=KEY,
+        user=UserRef("telegram", "1", "A"),
+        user_text="old question",
+        user_tokens=2,
+        assistant_text="old answer",
+        assistant_tokens=2,
+        sources=[],
+        user_platform_message_id="5",
         assistant_platform_message_ids=["6"],
     )
     await old.user_settings.set("telegram", "1", "lang", "en")
@@ -54,7 +70,9 @@ async def test_migrations_match_models(db: Database) -> None:
         differences = await connection.run_sync(diff)
 
     def touches_mine(item: object) -> bool:
-        names = [x if isinstance(x, str) else getattr(getattr(x, "table", x), "name", None) for x in _flatten(item)]
+        names = [
+            x if isinstance(x, str) else getattr(getattr(x, "table", x), "name", None) for x in _flatten(item)
+        ]
         return any(name in MY_TABLES for name in names)
 
     assert [d for d in differences if touches_mine(d)] == []
@@ -95,8 +113,16 @@ async def test_in_memory_database_is_migrated_and_shared() -> None:
     try:
         assert await db.revision() == head_revision()
         assert await db.conversations.commit_exchange(
-            platform="cli", event_id="1", key=KEY, user=UserRef("cli", "1"), user_text="q", user_tokens=1,
-            assistant_text="a", assistant_tokens=1, sources=[], user_platform_message_id=None,
+            platform="cli",
+            event_id="1",
+            key=KEY,
+            user=UserRef("cli", "1"),
+            user_text="q",
+            user_tokens=1,
+            assistant_text="a",
+            assistant_tokens=1,
+            sources=[],
+            user_platform_message_id=None,
             assistant_platform_message_ids=[],
         )
         assert len(await db.conversations.history(KEY)) == 2  # another session sees the same database
@@ -119,7 +145,6 @@ async def test_url_for_logs_hides_password() -> None:
         assert not await db.ping()  # nothing listens on port 1: a clean False, no exception
     finally:
         await db.close()
-
 
 
 async def test_two_processes_starting_at_once_migrate_once(db_url: str) -> None:

@@ -19,8 +19,16 @@ async def _exchange(
     db: Database, event: str, key: ConversationKey, user: UserRef, q: str, a: str, ids: list[str]
 ) -> None:
     assert await db.conversations.commit_exchange(
-        platform="telegram", event_id=event, key=key, user=user, user_text=q, user_tokens=3,
-        assistant_text=a, assistant_tokens=4, sources=[], user_platform_message_id=ids[0],
+        platform="telegram",
+        event_id=event,
+        key=key,
+        user=user,
+        user_text=q,
+        user_tokens=3,
+        assistant_text=a,
+        assistant_tokens=4,
+        sources=[],
+        user_platform_message_id=ids[0],
         assistant_platform_message_ids=ids[1:],
     )
 
@@ -30,8 +38,16 @@ async def _all_rows(db: Database) -> dict[str, list[dict[str, object]]]:
         return {
             table.name: [dict(row._mapping) for row in (await session.execute(select(table))).all()]
             for table in Base.metadata.sorted_tables
-            if table.name in {"users", "conversations", "messages", "message_refs", "processed_events",
-                              "feedback", "user_settings"}
+            if table.name
+            in {
+                "users",
+                "conversations",
+                "messages",
+                "message_refs",
+                "processed_events",
+                "feedback",
+                "user_settings",
+            }
         }
 
 
@@ -39,7 +55,9 @@ async def test_forget_user_leaves_no_row(db: Database) -> None:
     await _exchange(db, "1", ALICE_DM, ALICE, "alice-dm-question", "alice-dm-answer", ["a1", "a2"])
     await _exchange(db, "2", SHARED, ALICE, "alice-group-question", "alice-group-answer", ["g1", "g2"])
     await _exchange(db, "3", SHARED, BOB, "bob-group-question", "bob-group-answer", ["g3", "g4"])
-    await _exchange(db, "4", ALICE_IN_GROUP, ALICE, "alice-topic-question", "alice-topic-answer", ["t1", "t2"])
+    await _exchange(
+        db, "4", ALICE_IN_GROUP, ALICE, "alice-topic-question", "alice-topic-answer", ["t1", "t2"]
+    )
     await _exchange(db, "5", BOB_DM, BOB, "bob-dm-question", "bob-dm-answer", ["b1", "b2"])
     bob_answer = (await db.conversations.history(BOB_DM))[1]
     alice_answer = (await db.conversations.history(ALICE_DM))[1]
@@ -60,10 +78,15 @@ async def test_forget_user_leaves_no_row(db: Database) -> None:
     for secret in ("alice", "Alice", "a1", "a2", "t1", "'g1'", "'g2'"):
         assert secret not in dump, secret
     assert not [u for u in after["users"] if (u["platform"], u["platform_user_id"]) == ("telegram", "100")]
-    assert not [c for c in after["conversations"] if c["platform"] == "telegram" and c["scope_user_id"] == "100"]
+    assert not [
+        c for c in after["conversations"] if c["platform"] == "telegram" and c["scope_user_id"] == "100"
+    ]
     assert [(r["message_id"], r["rating"]) for r in after["feedback"]] == [(bob_answer.id, 1)]  # Bob's own
     # Everything of Bob's stays; event ids stay so redeliveries are still skipped.
-    assert [m.text for m in await db.conversations.history(SHARED)] == ["bob-group-question", "bob-group-answer"]
+    assert [m.text for m in await db.conversations.history(SHARED)] == [
+        "bob-group-question",
+        "bob-group-answer",
+    ]
     assert len(await db.conversations.history(BOB_DM)) == 2
     assert await db.user_settings.get("telegram", "200") == {"lang": "bob-setting"}
     assert await db.user_settings.get("discord", "100") == {"lang": "discord-100-setting"}
