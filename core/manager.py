@@ -29,6 +29,7 @@ from core.commands import CommandContext, CommandHandler, ParsedCommand, Prefere
 from core.generators.base import GenerationParams, Generator
 from core.prompt import EMPTY_NOTICE, PromptBuilder, sanitize_text
 from core.ratelimit import RateLimiter, slow_down_message
+from core.redaction import Redactor
 from core.settings import Settings
 from core.types import Answer, ChatKind, Incoming, ReplySink, Source
 from core.worker import AlreadyPending, GenerationWorker, Piece, Queued, QueueFull, Started, WorkerClosed
@@ -109,7 +110,7 @@ class ConversationManager:
         self._clock = clock
         self._prefs_cache: OrderedDict[tuple[str, str], tuple[float, dict[str, str]]] = OrderedDict()
         self._inflight: set[tuple[str, str]] = set()
-        self._secrets = settings.secret_values()
+        self._redact = Redactor(settings.secret_values())
 
     # --- entry points -----------------------------------------------------------------------------------
     async def handle(self, incoming: Incoming, sink: ReplySink) -> None:
@@ -262,6 +263,11 @@ class ConversationManager:
             return False
         if not self.worker.accepting:
             await sink.notice(CLOSED_NOTICE, ephemeral=True)
+            return False
+        if self.worker.queue_depth >= self.worker.queue_size:  # full: refuse before any retrieval work
+            await sink.notice(
+                busy_notice(self.worker.estimate_wait(self.worker.queue_size + 1)), ephemeral=True
+            )
             return False
         key = self.conversation_key(incoming)
         # Independent lookups, concurrently: retrieval is usually the slowest, the database hops overlap it.
@@ -424,6 +430,4 @@ class ConversationManager:
     def _log_exception(self, what: str, exc: BaseException) -> None:
         """Log with the traceback, with every configured secret redacted."""
         detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        for secret in self._secrets:
-            detail = detail.replace(secret, "***")
-        logger.error("%s:\n%s", what, detail)
+        logger.error("%s:\n%s", what, self._redact(detail))
