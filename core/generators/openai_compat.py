@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from core.generators.base import GenerationParams, PromptSpec
 from core.generators.errors import GeneratorError
 from core.generators.estimate import utf8_bytes_estimate
+from core.generators.markers import neutralize_markers
 from core.generators.render import render_messages
 from core.redaction import Redactor, redact_url
 
@@ -50,6 +51,11 @@ def cached_cl100k() -> Callable[[str], int] | None:
         logger.warning("tiktoken cl100k_base cache unusable (%s); using a byte-based token estimate", e)
         return None
     return lambda text: len(enc.encode_ordinary(text))
+
+
+def _render(spec: PromptSpec) -> list[dict[str, Any]]:
+    """The messages for `spec`, with chat-template role markers in any content neutralised (see markers.py)."""
+    return [{**m, "content": neutralize_markers(m["content"])} for m in render_messages(spec)]
 
 
 class OpenAIGenerator:
@@ -91,7 +97,7 @@ class OpenAIGenerator:
 
     def prompt_tokens(self, spec: PromptSpec) -> int:
         """Estimate: content tokens + per-message overhead (the server's tokenizer is not known here)."""
-        messages = render_messages(spec)
+        messages = _render(spec)
         return (
             sum(self.count_tokens(m["content"]) + _PER_MESSAGE_TOKENS for m in messages)
             + _REPLY_PRIMING_TOKENS
@@ -179,7 +185,7 @@ class OpenAIGenerator:
     def stream(
         self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
     ) -> Iterator[str]:
-        yield from self.stream_messages(render_messages(spec), params, should_stop)
+        yield from self.stream_messages(_render(spec), params, should_stop)
 
     def stream_messages(
         self, messages: list[dict[str, Any]], params: GenerationParams, should_stop: Callable[[], bool]
