@@ -132,6 +132,14 @@ class ConversationManager:
         finally:
             self._inflight.discard(event)
 
+    def admits(self, incoming: Incoming) -> bool:
+        """The access and rate checks alone, for adapter replies that skip `handle` ("I only read text")."""
+        if not self.access.check(incoming).allowed:
+            return False
+        if self.access.is_admin(incoming.platform, incoming.user_id):
+            return True
+        return self.limiter.check(incoming.platform, incoming.user_id) == 0.0
+
     async def record_feedback(
         self,
         *,
