@@ -231,7 +231,11 @@ class ConversationManager:
         if command.name == "retry":
             await self._retry(incoming, sink)
             return
-        ctx = CommandContext(incoming.platform, incoming.user_id, self.conversation_key(incoming), is_admin)
+        # In a group, /stats shows only the caller's own numbers: everyone's totals are for a private chat.
+        group_stats = command.name == "stats" and incoming.chat_kind is ChatKind.GROUP
+        ctx = CommandContext(
+            incoming.platform, incoming.user_id, self.conversation_key(incoming), is_admin and not group_stats
+        )
         reply = await self.commands.run(command, ctx)
         if command.name in {"settings", "forget"}:
             self._prefs_cache.pop((incoming.platform, incoming.user_id), None)

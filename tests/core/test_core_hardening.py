@@ -136,3 +136,23 @@ def test_there_is_one_redact_url() -> None:
     from core.generators import openai_compat
 
     assert openai_compat.redact_url is redact_url and judges.redact_url is redact_url
+
+
+# --- Low: /stats in groups ------------------------------------------------------------------------------
+
+
+async def test_stats_in_a_group_shows_no_one_elses_data(tmp_path: Path) -> None:
+    from tests.core.core_doubles import RecordingSink
+    from tests.support import app_settings, indexed_app
+
+    async with indexed_app(app_settings(tmp_path, admin_users={"telegram:1"}), tmp_path) as app:
+
+        async def stats(kind: ChatKind, event: str) -> str:
+            sink = RecordingSink()
+            chat = "-100" if kind is ChatKind.GROUP else "1"
+            await app.manager.handle(Incoming("telegram", event, chat, kind, "1", "admin", "/stats"), sink)
+            return "\n".join(sink.notices())
+
+        assert "Everyone" in await stats(ChatKind.DM, "e1")
+        in_group = await stats(ChatKind.GROUP, "e2")
+        assert "Your statistics" in in_group and "Everyone" not in in_group
