@@ -83,6 +83,8 @@ def test_web_users_match_only_explicit_web_entries() -> None:
     assert policy.check(_web("abc")).allowed
     assert not policy.check(_web("web:abc")).allowed
     assert AccessPolicy(admin_users={"web:abc"}).is_admin("web", "abc")
+    assert AccessPolicy(allowed_users={"telegram:42", "web:*"}).check(_web("anyone")).allowed
+    assert not AccessPolicy(allowed_users={"*"}).check(_web("anyone")).allowed
     # Bare ids still match Telegram and Discord.
     assert policy.is_admin("telegram", "42") and policy.is_admin("discord", "42")
 
