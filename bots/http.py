@@ -364,7 +364,7 @@ class HttpAdapter:
             return _error(401, "Invalid or missing API key.", "invalid_request_error")
         if request.method == "POST":
             origin = request.headers.get("Origin")
-            if origin is not None and urlsplit(origin).netloc.lower() != request.host.lower():
+            if origin is not None and not self._origin_allowed(origin, request.host):
                 return _error(403, "Cross-origin requests are not accepted.", "invalid_request_error")
             if request.content_type != "application/json":
                 return _error(
@@ -388,6 +388,16 @@ class HttpAdapter:
             return True
         # Bound to every address (key required, see check_exposure): the key guards it, unless hosts are listed.
         return bound in ("0.0.0.0", "::", "") and not self._settings.http_allowed_hosts
+
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        """This server's own pages only: the Origin is the Host, or a listed name (a reverse proxy's domain)."""
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https"):
+            return False  # "null" (sandboxed frames, file: pages) and anything odd
+        return (
+            parts.netloc.lower() == host.lower()
+            or (parts.hostname or "") in self._settings.http_allowed_hosts
+        )
 
     def _authorized(self, request: web.Request, session: Session | None) -> bool:
         if self._api_key is None or request.path in OPEN_PATHS:

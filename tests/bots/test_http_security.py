@@ -167,6 +167,19 @@ async def test_cross_site_and_rebinding_requests_are_refused(open_server: HttpAd
         assert (await web.get("/", headers={"Host": f"localhost:{open_server.port}"})).status == 200
 
 
+async def test_a_reverse_proxy_domain_can_be_allowed(tmp_path: Path) -> None:
+    settings = app_settings(tmp_path, http_allowed_hosts="bot.example.org")
+    async with indexed_app(settings, tmp_path) as app, serve(app) as adapter, client(adapter) as web:
+        proxied = {"Host": "bot.example.org", "Origin": "https://bot.example.org"}
+        assert (await web.post("/api/chat", json={"text": "/help"}, headers=proxied)).status == 200
+        rewritten = {
+            "Origin": "https://bot.example.org"
+        }  # a proxy that rewrites Host to the upstream address
+        assert (await web.post("/api/chat", json={"text": "/help"}, headers=rewritten)).status == 200
+        other = {"Host": "other.example.org"}
+        assert (await web.post("/api/chat", json={"text": "/help"}, headers=other)).status == 421
+
+
 async def test_the_page_forbids_inline_script_it_did_not_write(open_server: HttpAdapter) -> None:
     async with client(open_server) as web:
         page = await web.get("/")
