@@ -258,6 +258,14 @@ class CompletionLimits:
         return low
 
 
+def _text_of(content: Any) -> str | None:
+    """A message's text: a string, or the text parts of a list of content parts (OpenAI's newer format)."""
+    if isinstance(content, list):
+        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        return "\n".join(t for t in texts if isinstance(t, str)) or None
+    return content if isinstance(content, str) else None
+
+
 def _completion_options(payload: dict[str, Any]) -> tuple[int | None, list[str], float | None]:
     """(max_tokens, stop, temperature) of an OpenAI request, validated."""
     max_tokens = payload.get("max_completion_tokens", payload.get("max_tokens"))
@@ -564,9 +572,15 @@ class HttpAdapter:
         messages = payload.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _bad_request("'messages' must be a non-empty list.")
-        question = next(
-            (m.get("content") for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"),
-            None,
+        question = _text_of(
+            next(
+                (
+                    m.get("content")
+                    for m in reversed(messages)
+                    if isinstance(m, dict) and m.get("role") == "user"
+                ),
+                None,
+            )
         )
         if not isinstance(question, str) or not question.strip():
             raise _bad_request("The last user message must have text content.")

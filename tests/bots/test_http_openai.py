@@ -110,6 +110,12 @@ async def test_temperature_and_max_tokens_reach_the_generator(tmp_path: Path) ->
     assert generator.params[1].max_new_tokens == settings.max_new_tokens
 
 
+async def test_content_parts_are_read_as_text(api: openai.AsyncOpenAI) -> None:
+    parts = [{"type": "text", "text": "How do I detect"}, {"type": "text", "text": "Kerberoasting?"}]
+    completion = await api.chat.completions.create(model="m", messages=[{"role": "user", "content": parts}])
+    assert "4769" in (completion.choices[0].message.content or "")
+
+
 async def test_bad_parameters_are_a_400(api: openai.AsyncOpenAI) -> None:
     for extra in (
         {"max_tokens": 0},
