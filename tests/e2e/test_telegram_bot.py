@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import threading
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -17,17 +15,10 @@ from core.types import Answer
 from storage.values import ConversationKey
 from tests.e2e.conftest import Harness, ScriptedGenerator
 from tests.fakes.telegram_api import FakeTelegramAPI, StoredMessage
+from tests.support import eventually
 
 ALICE, BOB, STRANGER = 4242, 5151, 9999
 GROUP = -1001234
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def reply(
