@@ -106,7 +106,7 @@ async def test_dm_conversation_keeps_history(bot_factory: Any) -> None:
 async def test_streaming_edits_respect_the_throttle(bot_factory: Any) -> None:
     words = " ".join(f"token{i}" for i in range(120))
     generator = ScriptedGenerator(script=lambda spec: words, delay=0.02)
-    async with bot_factory(generator=generator) as h:
+    async with bot_factory(generator=generator, telegram_streaming="edit") as h:
         fake = h.fake
         chat, user = fake.private_chat(ALICE), fake.user(ALICE)
         messages = await ask(h, chat, user, "stream please")
@@ -127,7 +127,7 @@ async def test_streaming_edits_respect_the_throttle(bot_factory: Any) -> None:
 async def test_429_in_the_middle_of_a_reply_delays_it(bot_factory: Any) -> None:
     words = " ".join(f"w{i}" for i in range(150))
     generator = ScriptedGenerator(script=lambda spec: words, delay=0.02)
-    async with bot_factory(generator=generator) as h:
+    async with bot_factory(generator=generator, telegram_streaming="edit") as h:
         fake = h.fake
         fake.fail_with_429("sendMessage", nth=1, retry_after=1)  # the streamed message's first send
         fake.fail_with_429("editMessageText", nth=1, retry_after=1)  # a streaming edit
@@ -335,7 +335,7 @@ async def _count(h: Harness, key: ConversationKey, n: int) -> bool:
 
 async def test_cancel_stops_a_running_answer(bot_factory: Any) -> None:
     generator = ScriptedGenerator(script=lambda spec: " ".join(["slow"] * 400), delay=0.02)
-    async with bot_factory(generator=generator) as h:
+    async with bot_factory(generator=generator, telegram_streaming="edit") as h:
         fake = h.fake
         chat, user = fake.private_chat(ALICE), fake.user(ALICE)
         fake.send_text(chat=chat, user=user, text="tell me a long story")
