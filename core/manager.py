@@ -179,7 +179,11 @@ class ConversationManager:
 
         try:
             reply = await self.documents.ingest(
-                self._owner(incoming), upload, progress, private_context=self.is_private(incoming)
+                # The wording says where to ask later: right here only in a DM (an ephemeral reply is one-off).
+                self._owner(incoming),
+                upload,
+                progress,
+                private_context=incoming.chat_kind is ChatKind.DM,
             )
         except UploadRefused as refused:
             await self._reply(incoming, sink, str(refused), ephemeral=True)

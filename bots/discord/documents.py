@@ -1,0 +1,60 @@
+"""Documents sent to the Discord bot: attachments in DMs (or on a message that mentions the bot), and the
+optional `file` of `/ask`. The core gets an `IncomingFile`; the bytes come through a bounded download."""
+
+from __future__ import annotations
+
+import discord
+
+from bots.downloads import fetch_limited
+from core.uploads import FileTooLarge, IncomingFile
+
+
+def attachment_upload(attachment: discord.Attachment) -> IncomingFile:
+    """An attachment as the core sees it: name, declared type and size, and a download of at most N bytes."""
+
+    async def download(limit: int) -> bytes:
+        if attachment.size > limit:
+            raise FileTooLarge
+        return await fetch_limited(attachment.url, limit)
+
+    return IncomingFile(
+        file_name=attachment.filename,
+        declared_mime=attachment.content_type,
+        declared_size=attachment.size,
+        download=download,
+    )
+
+
+class FollowupTarget:
+    """A reply that lives in ephemeral follow-ups of an interaction whose original response already shows
+    something else (the document confirmation of `/ask file:`): the first follow-up is the main message,
+    streamed by editing it."""
+
+    def __init__(self, interaction: discord.Interaction) -> None:
+        self._interaction = interaction
+        self._primary: discord.WebhookMessage | None = None
+
+    async def set_primary(self, text: str, view: discord.ui.View | None = None) -> int:
+        kwargs = {"view": view} if view is not None else {}
+        if self._primary is None:
+            self._primary = await self._interaction.followup.send(text, ephemeral=True, wait=True, **kwargs)
+        else:
+            self._primary = await self._primary.edit(content=text, **kwargs)
+        return self._primary.id
+
+    async def add(self, text: str, view: discord.ui.View | None = None) -> int:
+        kwargs = {"view": view} if view is not None else {}
+        message = await self._interaction.followup.send(text, ephemeral=True, wait=True, **kwargs)
+        return message.id
+
+    async def private(self, text: str) -> None:
+        await self._interaction.followup.send(text, ephemeral=True, wait=True)
+
+    async def status(self, text: str) -> None:
+        await self.set_primary(text)
+
+    async def typing(self) -> None:
+        """The deferred response already showed "… is thinking"."""
+
+    async def finish(self) -> None:
+        """Nothing to tidy: every message here is the user's own ephemeral one."""
