@@ -35,17 +35,22 @@ class FollowupTarget:
         self._primary: discord.WebhookMessage | None = None
 
     async def set_primary(self, text: str, view: discord.ui.View | None = None) -> int:
-        kwargs = {"view": view} if view is not None else {}
         if self._primary is None:
-            self._primary = await self._interaction.followup.send(text, ephemeral=True, wait=True, **kwargs)
+            self._primary = await self._send(text, view)
+        elif view is None:
+            self._primary = await self._primary.edit(content=text)
         else:
-            self._primary = await self._primary.edit(content=text, **kwargs)
+            self._primary = await self._primary.edit(content=text, view=view)
         return self._primary.id
 
     async def add(self, text: str, view: discord.ui.View | None = None) -> int:
-        kwargs = {"view": view} if view is not None else {}
-        message = await self._interaction.followup.send(text, ephemeral=True, wait=True, **kwargs)
-        return message.id
+        return (await self._send(text, view)).id
+
+    async def _send(self, text: str, view: discord.ui.View | None) -> discord.WebhookMessage:
+        followup = self._interaction.followup
+        if view is None:
+            return await followup.send(text, ephemeral=True, wait=True)
+        return await followup.send(text, ephemeral=True, wait=True, view=view)
 
     async def private(self, text: str) -> None:
         await self._interaction.followup.send(text, ephemeral=True, wait=True)
