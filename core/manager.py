@@ -31,6 +31,7 @@ from core.prompt import EMPTY_NOTICE, PromptBuilder, sanitize_text
 from core.ratelimit import RateLimiter, slow_down_message
 from core.settings import Settings
 from core.types import Answer, ChatKind, Incoming, ReplySink, Source
+from core.uploads import DocumentLibrary, IncomingFile, UploadRefused
 from core.worker import AlreadyPending, GenerationWorker, Piece, Queued, QueueFull, Started, WorkerClosed
 from storage import ConversationKey, Database, StoredMessage, UnknownMessage, UserRef
 
@@ -47,6 +48,10 @@ LENGTH_NOTICE = "The answer reached its length limit; /settings max_tokens N all
 ERROR_NOTICE = "Sorry — something went wrong while answering. Please try again in a moment."
 CLOSED_NOTICE = "I'm restarting right now — please send that again in a minute."
 EMPTY_ANSWER_NOTICE = "I couldn't produce an answer this time. Please rephrase your question."
+UPLOAD_FAILED_NOTICE = (
+    "Sorry — I couldn't index that document, and nothing was stored. Please try again later."
+)
+NO_DOCUMENTS_NOTICE = "I can't index documents in this setup — please type your question instead."
 CONFIG_NOTICE = "Sorry — I'm misconfigured (my context window is too small). Please tell the bot's operator."
 
 
@@ -59,7 +64,7 @@ def too_long_notice(length: int, limit: int) -> str:
 
 
 class Retriever(Protocol):
-    async def search(self, query: str, k: int = 4) -> list[Source]: ...
+    async def search(self, query: str, k: int = 4, *, viewer: str | None = None) -> list[Source]: ...
 
 
 def _source_dict(source: Source) -> dict[str, Any]:
@@ -88,6 +93,7 @@ class ConversationManager:
         rate_limiter: RateLimiter | None = None,
         history_limit: int = 60,
         prefs_ttl_s: float = 30.0,
+        documents: DocumentLibrary | None = None,
     ) -> None:
         self.db = db
         self.retriever = retriever
@@ -103,7 +109,8 @@ class ConversationManager:
         self.prefs = Preferences(
             default_temperature=settings.temperature, max_new_tokens=settings.max_new_tokens
         )
-        self.commands = CommandHandler(db, worker, self.access, self.prefs)
+        self.documents = documents
+        self.commands = CommandHandler(db, worker, self.access, self.prefs, documents=documents)
         self.history_limit = history_limit
         self.prefs_ttl_s = prefs_ttl_s
         self._clock = clock
@@ -130,6 +137,64 @@ class ConversationManager:
                 self._log_exception("could not tell the user about an error", sink_exc)
         finally:
             self._inflight.discard(event)
+
+    async def handle_document(self, incoming: Incoming, upload: IncomingFile, sink: ReplySink) -> None:
+        """A document the user sent: the same walk as a message (duplicate event, access policy, rate limit),
+        then index it into the sender's private collection. Never raises; the user is told the outcome."""
+        if incoming.chat_kind is ChatKind.GROUP and not incoming.addressed:
+            return
+        event = (incoming.platform, incoming.event_id)
+        if event in self._inflight:
+            return
+        self._inflight.add(event)
+        try:
+            await self._handle_document(incoming, upload, sink)
+        except Exception as exc:
+            self._log_exception("indexing an upload failed", exc)
+            try:
+                await self._reply(incoming, sink, UPLOAD_FAILED_NOTICE)
+            except Exception as sink_exc:
+                self._log_exception("could not tell the user about an error", sink_exc)
+        finally:
+            self._inflight.discard(event)
+
+    async def _handle_document(self, incoming: Incoming, upload: IncomingFile, sink: ReplySink) -> None:
+        if await self.db.conversations.is_processed(incoming.platform, incoming.event_id):
+            return
+        decision = self.access.check(incoming)
+        if not decision.allowed:
+            await self._reply(incoming, sink, REFUSAL, ephemeral=True)
+            return
+        if not self.access.is_admin(incoming.platform, incoming.user_id):
+            wait = self.limiter.check(incoming.platform, incoming.user_id)
+            if wait > 0:
+                await self._reply(incoming, sink, slow_down_message(wait), ephemeral=True)
+                return
+        if self.documents is None:
+            await self._reply(incoming, sink, NO_DOCUMENTS_NOTICE)
+            return
+
+        async def progress(text: str) -> None:
+            await sink.notice(text, ephemeral=True)
+
+        try:
+            reply = await self.documents.ingest(
+                # The wording says where to ask later: right here only in a DM (an ephemeral reply is one-off).
+                self._owner(incoming),
+                upload,
+                progress,
+                private_context=incoming.chat_kind is ChatKind.DM,
+            )
+        except UploadRefused as refused:
+            await self._reply(incoming, sink, str(refused), ephemeral=True)
+            return
+        await self._reply(incoming, sink, reply, ephemeral=True)
+
+    @staticmethod
+    def is_private(incoming: Incoming) -> bool:
+        """Contexts where only the user reads the answer (DMs, the web chat, ephemeral replies): there, and
+        only there, their private documents are searched."""
+        return incoming.chat_kind is ChatKind.DM or incoming.ephemeral
 
     async def record_feedback(
         self,
@@ -261,13 +326,19 @@ class ConversationManager:
         if command.name == "retry":
             await self._retry(incoming, sink)
             return
-        ctx = CommandContext(incoming.platform, incoming.user_id, self.conversation_key(incoming), is_admin)
+        ctx = CommandContext(
+            incoming.platform,
+            incoming.user_id,
+            self.conversation_key(incoming),
+            is_admin,
+            private=self.is_private(incoming),
+        )
         reply = await self.commands.run(command, ctx)
         if command.name in {"settings", "forget"}:
             self._prefs_cache.pop((incoming.platform, incoming.user_id), None)
         if command.name == "forget":
             self.limiter.forget(incoming.platform, incoming.user_id)
-        personal = command.name in {"settings", "stats", "forget", "cancel"}
+        personal = command.name in {"settings", "stats", "forget", "cancel", "docs"}
         await self._reply(incoming, sink, reply, ephemeral=personal)
 
     async def _retry(self, incoming: Incoming, sink: ReplySink) -> None:
@@ -307,7 +378,7 @@ class ConversationManager:
         prefs, stored, passages = await asyncio.gather(
             self._user_prefs(incoming.platform, incoming.user_id),
             self.db.conversations.history(key, limit=self.history_limit),
-            self._retrieve(question),
+            self._retrieve(question, self._owner(incoming) if self.is_private(incoming) else None),
         )
         spec = self.prompts.build(
             question, passages=passages, history=[(m.role, m.text) for m in stored], prefs=prefs
@@ -422,9 +493,10 @@ class ConversationManager:
             self._prefs_cache.popitem(last=False)
         return prefs
 
-    async def _retrieve(self, question: str) -> Sequence[Source]:
+    async def _retrieve(self, question: str, viewer: str | None) -> Sequence[Source]:
+        """Passages for the question; `viewer` (private contexts only) adds that user's own documents."""
         try:
-            return await self.retriever.search(question, k=self.settings.top_passages)
+            return await self.retriever.search(question, k=self.settings.top_passages, viewer=viewer)
         except Exception as exc:  # answer without passages rather than not at all
             self._log_exception("retrieval failed; answering without passages", exc)
             return []

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 IdList = Annotated[frozenset[str], NoDecode]
@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     rate_limit_burst: int = 3
     shared_group_history: bool = False  # one history per group chat instead of per user
     max_message_chars: int = 4000
+    max_upload_mb: int = Field(
+        default=20, ge=1, le=2000
+    )  # documents sent in chat; checked before downloading
     system_prompt: str = (
         "You are GhostLM, a concise cybersecurity assistant. Answer from the numbered passages "
         "when they are relevant and cite them as [1], [2]. If they do not contain the answer, say so."

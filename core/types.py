@@ -33,6 +33,9 @@ class Incoming:
     guild_id: str | None = None  # Discord guild, for allow lists
     role_ids: tuple[str, ...] = ()  # Discord roles, for allow lists
     platform_message_id: str | None = None  # id of the user's message on the platform
+    # The reply is seen by the asker alone (a Discord ephemeral reply): like a DM, a private context, where the
+    # user's own uploaded documents may be used.
+    ephemeral: bool = False
 
 
 @dataclass(frozen=True)

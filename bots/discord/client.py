@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
@@ -13,7 +14,8 @@ import yarl
 from discord import app_commands
 
 from bots.discord import convert
-from bots.discord.sinks import USER_INSTALL_FOLLOWUPS, DiscordSink, InteractionTarget, MessageTarget
+from bots.discord.documents import FollowupTarget, attachment_upload
+from bots.discord.sinks import USER_INSTALL_FOLLOWUPS, DiscordSink, InteractionTarget, MessageTarget, Target
 from core.commands import COMMANDS
 from core.manager import ConversationManager
 from core.settings import Settings
@@ -156,7 +158,23 @@ class GhostClient(discord.Client):
                 await MessageTarget(message).private(UNREADABLE)
                 return
             incoming = convert.from_message(message, self.user)
+            if message.attachments:
+                await self._documents(message, incoming)
+                if not incoming.text.strip():
+                    return  # only files: nothing to answer
             await self._handle(incoming, MessageTarget(message), feedback=True)
+
+    async def _documents(self, message: discord.Message, incoming: Incoming) -> None:
+        """Index each attached file into the sender's private documents (one event per attachment)."""
+        for number, attachment in enumerate(message.attachments):
+            event = dataclasses.replace(incoming, event_id=f"{message.id}:file{number}")
+            target = MessageTarget(message)
+            try:
+                await self.manager.handle_document(event, attachment_upload(attachment), DiscordSink(target))
+            except Exception:
+                log.exception("indexing a Discord attachment failed")
+            finally:
+                await target.finish()
 
     def _content_hidden(self, message: discord.Message) -> bool:
         """A reply that did not ping us, read without the Message Content intent: Discord sent it
@@ -177,10 +195,23 @@ class GhostClient(discord.Client):
             )
 
         @tree.command(name="ask", description=_describe("ask"))
-        @app_commands.describe(question="Your question")
-        async def ask(interaction: discord.Interaction, question: str) -> None:
+        @app_commands.describe(
+            question="Your question",
+            file="A PDF, Markdown, text or HTML document to index privately for you first",
+        )
+        async def ask(
+            interaction: discord.Interaction, question: str, file: discord.Attachment | None = None
+        ) -> None:
+            if file is not None:
+                await self._ask_with_file(interaction, question, file)
+                return
             # Through the core's /ask, so a question that starts with "/" is still a question.
             await self._slash(interaction, f"/ask {question}", public=True)
+
+        @tree.command(name="docs", description=_describe("docs"))
+        @app_commands.describe(delete="Delete document number N of the list")
+        async def docs(interaction: discord.Interaction, delete: int | None = None) -> None:
+            await self._slash(interaction, "/docs" if delete is None else f"/docs delete {delete}")
 
         @tree.command(name="settings", description=_describe("settings"))
         @app_commands.describe(key="Setting to change (leave empty to list them)", value="New value")
@@ -219,8 +250,34 @@ class GhostClient(discord.Client):
             # are not answered within 3 seconds, however long the generation queue is.
             await interaction.response.defer(thinking=True, ephemeral=not public)
             incoming = convert.from_interaction(interaction, text)
+            if not public:  # only the user sees the reply: a private context (their documents, /docs)
+                incoming = dataclasses.replace(incoming, ephemeral=True)
             target = InteractionTarget(interaction, public=public, followup_limit=followup_limit(interaction))
             await self._handle(incoming, target, feedback=public)
+
+    async def _ask_with_file(
+        self, interaction: discord.Interaction, question: str, file: discord.Attachment
+    ) -> None:
+        """`/ask file:`: index the file privately, then answer the question, all ephemeral (a private context,
+        so the answer may use the new document wherever the command was used)."""
+        if not self._accepting:
+            await interaction.response.send_message(
+                "I'm restarting, please try again in a minute.", ephemeral=True
+            )
+            return
+        with self._tracked():
+            await interaction.response.defer(thinking=True, ephemeral=True)
+            base = dataclasses.replace(
+                convert.from_interaction(interaction, f"/ask {question}"), ephemeral=True
+            )
+            upload = dataclasses.replace(base, event_id=f"{interaction.id}:file", text="")
+            status = InteractionTarget(interaction, public=False)
+            try:
+                await self.manager.handle_document(upload, attachment_upload(file), DiscordSink(status))
+            except Exception:
+                log.exception("indexing a Discord attachment failed")
+            target = FollowupTarget(interaction, followup_limit=followup_limit(interaction))
+            await self._handle(base, target, feedback=False)
 
     async def _on_tree_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
@@ -228,9 +285,7 @@ class GhostClient(discord.Client):
         log.error("slash command /%s failed", getattr(interaction.command, "name", "?"), exc_info=error)
 
     # --- shared ------------------------------------------------------------------------
-    async def _handle(
-        self, incoming: Incoming, target: InteractionTarget | MessageTarget, *, feedback: bool
-    ) -> None:
+    async def _handle(self, incoming: Incoming, target: Target, *, feedback: bool) -> None:
         sink = DiscordSink(target, feedback_view=FeedbackView.template() if feedback else None)
         try:
             await self.manager.handle(incoming, sink)

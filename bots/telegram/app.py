@@ -29,12 +29,14 @@ from telegram.ext import (
     filters,
 )
 
+from bots.downloads import fetch_limited
 from bots.logs import SecretRedactor
 from bots.telegram.sink import FEEDBACK_DOWN, FEEDBACK_UP, DraftChats, StreamingMode, TelegramSink
 from core.commands import COMMANDS
 from core.manager import ConversationManager
 from core.settings import Settings
 from core.types import ChatKind, Incoming
+from core.uploads import DownloadFailed, FileTooLarge, IncomingFile
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,9 @@ ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.MESSAGE_REACTIO
 REACTION_RATINGS = {"👍": 1, "👎": -1}
 DM_EDIT_INTERVAL_S = 1.0
 GROUP_EDIT_INTERVAL_S = 3.0
-NOT_TEXT_REPLY = "I can only read text messages. Please type your question."
+NOT_TEXT_REPLY = (
+    "I can only read text messages and documents (PDF, Markdown, text, HTML). Please type your question."
+)
 ERROR_REPLY = "Sorry, something went wrong while answering. Please try again."
 _COMMAND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 
@@ -165,6 +169,92 @@ class TelegramHandlers:
         """A photo, sticker, voice note… in a DM: say politely what the bot can read."""
         if update.message is not None:
             await _best_effort(self.sink_for(update.message, context.bot).notice(NOT_TEXT_REPLY))
+
+    # --- documents ------------------------------------------------------------------------------
+    @staticmethod
+    def document_incoming(update: Update, bot_id: int, bot_username: str) -> Incoming | None:
+        """A document message as the core sees it, or None in a group when its caption does not address
+        the bot (a caption @mention or /ask, or a reply to the bot). Mentions and commands of a caption
+        live in `caption_entities`."""
+        message = update.message
+        if message is None or message.document is None or update.effective_user is None:
+            return None
+        chat, user = message.chat, update.effective_user
+        dm = chat.type == chat.PRIVATE
+        username = bot_username.lower()
+        caption = message.caption or ""
+        mentioned = any(
+            (entity.type == entity.MENTION and value.lower() == f"@{username}")
+            or (entity.type == entity.TEXT_MENTION and entity.user is not None and entity.user.id == bot_id)
+            for entity, value in message.parse_caption_entities().items()
+        )
+        entities = message.caption_entities or ()
+        asked = False
+        if entities and entities[0].type == entities[0].BOT_COMMAND and entities[0].offset == 0:
+            name, _, target = message.parse_caption_entity(entities[0])[1:].partition("@")
+            if target and target.lower() != username:
+                return None  # /ask@other_bot
+            asked = name.lower() == "ask"
+        replied = message.reply_to_message
+        reply_to_bot = (
+            replied is not None
+            and replied.from_user is not None
+            and replied.from_user.id == bot_id
+            and not replied.forum_topic_created
+        )
+        if not (dm or mentioned or asked or reply_to_bot):
+            return None
+        return Incoming(
+            platform=PLATFORM,
+            event_id=str(update.update_id),
+            chat_id=str(chat.id),
+            chat_kind=ChatKind.DM if dm else ChatKind.GROUP,
+            user_id=str(user.id),
+            user_name=user.full_name or user.username or str(user.id),
+            text=caption,
+            addressed=True,
+            thread_id=str(message.message_thread_id)
+            if message.is_topic_message and message.message_thread_id
+            else None,
+            platform_message_id=str(message.message_id),
+        )
+
+    async def on_document(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A file: indexed into the sender's private documents (DMs, or a group caption that addresses us)."""
+        bot = context.bot
+        incoming = self.document_incoming(update, bot.id, bot.username)
+        message = update.message
+        if incoming is None or message is None or message.document is None:
+            return
+        document = message.document
+
+        async def download(limit: int) -> bytes:
+            if document.file_size is not None and document.file_size > limit:
+                raise FileTooLarge
+            try:
+                file = await bot.get_file(document.file_id)
+            except TelegramError as exc:  # e.g. "file is too big" (the cloud Bot API serves up to 20 MB)
+                if "too big" in exc.message.lower():
+                    raise FileTooLarge from None
+                raise DownloadFailed(exc.message) from None
+            if file.file_size is not None and file.file_size > limit:
+                raise FileTooLarge
+            if not file.file_path:
+                raise DownloadFailed("no file path")
+            return await fetch_limited(file.file_path, limit)
+
+        upload = IncomingFile(
+            file_name=document.file_name or "document",
+            declared_mime=document.mime_type,
+            declared_size=document.file_size,
+            download=download,
+        )
+        sink = self.sink_for(message, bot)
+        try:
+            await self._manager.handle_document(incoming, upload, sink)
+        except Exception:
+            log.exception("telegram document update %s failed", update.update_id)
+            await _best_effort(sink.notice(ERROR_REPLY))
 
     async def on_feedback(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.callback_query
@@ -309,6 +399,7 @@ def build_application(settings: Settings, manager: ConversationManager) -> Appli
     only_new = filters.UpdateType.MESSAGE  # edits of old messages are not new questions
     application.add_handler(CommandHandler(sorted(names), handlers.on_message, filters=only_new))
     application.add_handler(MessageHandler(only_new & filters.TEXT, handlers.on_message))
+    application.add_handler(MessageHandler(only_new & filters.Document.ALL, handlers.on_document))
     application.add_handler(
         MessageHandler(
             only_new & filters.ChatType.PRIVATE & ~filters.TEXT & ~filters.StatusUpdate.ALL,

@@ -19,7 +19,7 @@ from tests.e2e.discord_fixtures import (
     slash,
 )
 
-COMMANDS = {"ask", "reset", "sources", "forget", "settings", "stats", "help", "retry", "cancel"}
+COMMANDS = {"ask", "reset", "sources", "forget", "settings", "stats", "help", "retry", "cancel", "docs"}
 DOCS = {
     "xss.md": "# Cross-site scripting\n\nCWE-79 cross-site scripting: escape output, use a content security policy."
 }
@@ -40,7 +40,10 @@ async def test_commands_are_synced_to_the_configured_guild(discord_bot) -> None:
             ("value", False),
         ]
         ask = next(c for c in synced if c["name"] == "ask")
-        assert [(o["name"], o.get("required", False)) for o in ask["options"]] == [("question", True)]
+        assert [(o["name"], o.get("required", False)) for o in ask["options"]] == [
+            ("question", True),
+            ("file", False),
+        ]
         assert "global" not in h.fake.commands
 
 

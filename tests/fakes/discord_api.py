@@ -96,12 +96,15 @@ class DiscordFake:
         self._runner: web.AppRunner | None = None
         self._sessions = itertools.count(1)
         self.port = 0
+        self.attachments: dict[str, bytes] = {}  # attachment id → bytes served at its URL (the CDN)
+        self.attachment_downloads: list[str] = []  # attachment ids, in download order
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        app.router.add_get("/attachments/{attachment_id}/{filename}", self._attachment)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -550,6 +553,92 @@ class DiscordFake:
         state = self.interactions[payload["token"]]
         await self.dispatch("INTERACTION_CREATE", payload)
         return state
+
+    # --- attachments (files users send; served like Discord's CDN) ---------------------------
+    def add_attachment(
+        self, data: bytes, filename: str, *, content_type: str | None = None, size: int | None = None
+    ) -> dict[str, Any]:
+        """An attachment payload whose `url` serves `data`; `size` is what Discord declares (default: real)."""
+        attachment_id = self.snowflake()
+        self.attachments[attachment_id] = data
+        url = f"http://127.0.0.1:{self.port}/attachments/{attachment_id}/{filename}"
+        payload: dict[str, Any] = {
+            "id": attachment_id,
+            "filename": filename,
+            "size": len(data) if size is None else size,
+            "url": url,
+            "proxy_url": url,
+        }
+        if content_type:
+            payload["content_type"] = content_type
+        return payload
+
+    async def push_attachment_message(
+        self,
+        channel: dict[str, Any],
+        author: dict[str, Any],
+        content: str,
+        attachments: list[dict[str, Any]],
+        *,
+        mention_bot: bool = False,
+        roles: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """A user message carrying files (DMs; in a guild only a mention of the bot makes it ours)."""
+        extra: dict[str, Any] = {"attachments": attachments}
+        if mention_bot:
+            content = f"<@{self.bot_user['id']}> {content}".strip()
+            extra["mentions"] = [self.bot_user]
+        message = self._message(channel["id"], author, content, **extra)
+        if "guild_id" in message:
+            member = self._member(author, roles or [])
+            member.pop("user")
+            message["member"] = member
+        self.messages.setdefault(channel["id"], {})[message["id"]] = message
+        await self.dispatch("MESSAGE_CREATE", self._as_received(message))
+        return message
+
+    async def push_slash_with_attachment(
+        self,
+        name: str,
+        channel: dict[str, Any],
+        user: dict[str, Any],
+        options: dict[str, str],
+        attachment: dict[str, Any],
+        *,
+        option: str = "file",
+        roles: list[str] | None = None,
+    ) -> InteractionState:
+        """A slash command with an attachment option (type 11): the value is the attachment id, the
+        attachment itself is in `data.resolved.attachments`."""
+        payload = self._interaction_base(2, channel, user, roles)
+        scope = channel.get("guild_id") if channel.get("guild_id") in self.commands else "global"
+        command = next((c for c in self.commands.get(scope, []) if c["name"] == name), None)
+        if command is None:
+            raise KeyError(f"command /{name} was not synced ({list(self.commands)})")
+        data: dict[str, Any] = {
+            "id": command["id"],
+            "name": name,
+            "type": 1,
+            "options": [
+                *({"name": k, "type": 3, "value": v} for k, v in options.items()),
+                {"name": option, "type": 11, "value": attachment["id"]},
+            ],
+            "resolved": {"attachments": {attachment["id"]: attachment}},
+        }
+        if channel.get("guild_id"):
+            data["guild_id"] = channel["guild_id"]
+        payload["data"] = data
+        state = self.interactions[payload["token"]]
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return state
+
+    async def _attachment(self, request: web.Request) -> web.Response:
+        attachment_id = request.match_info["attachment_id"]
+        data = self.attachments.get(attachment_id)
+        if data is None:
+            return web.Response(status=404, text="Not Found")
+        self.attachment_downloads.append(attachment_id)
+        return web.Response(body=data, content_type="application/octet-stream")
 
     # --- REST ------------------------------------------------------------------------------
     def rate_limit(self, method: str, path_regex: str, *, retry_after: float = 0.5, times: int = 1) -> None:

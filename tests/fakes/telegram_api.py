@@ -186,6 +186,7 @@ class FakeTelegramAPI:
         self._closing = False
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.files: dict[str, FakeFile] = {}  # file_id → a document users sent (getFile + download)
 
     # --- lifecycle --------------------------------------------------------------------
     async def start(self, port: int = 0) -> None:
@@ -292,6 +293,42 @@ class FakeTelegramAPI:
             "from": user,
             "photo": [{"file_id": "AgAD", "file_unique_id": "u1", "width": 10, "height": 10}],
         }
+        return self.push_update({"message": message})
+
+    def send_document(
+        self,
+        *,
+        chat: dict[str, Any],
+        user: dict[str, Any],
+        data: bytes,
+        file_name: str,
+        mime_type: str | None = None,
+        caption: str | None = None,
+        declared_size: int | None = None,
+    ) -> int:
+        """Inject a document message (its bytes then served by getFile + the file route); mentions and
+        commands in the caption become `caption_entities`. Returns the update_id."""
+        file_id = f"BQAC{len(self.files) + 1:04d}{int(time.time() * 1000)}"
+        self.files[file_id] = FakeFile(file_id, f"documents/file_{len(self.files) + 1}", data)
+        document: dict[str, Any] = {
+            "file_id": file_id,
+            "file_unique_id": f"u{file_id}",
+            "file_name": file_name,
+            "file_size": declared_size if declared_size is not None else len(data),
+        }
+        if mime_type:
+            document["mime_type"] = mime_type
+        message: dict[str, Any] = {
+            "message_id": self._next_message_id(chat["id"]),
+            "date": int(time.time()),
+            "chat": chat,
+            "from": user,
+            "document": document,
+        }
+        if caption:
+            message["caption"] = caption
+            if entities := self.auto_entities(caption):
+                message["caption_entities"] = entities
         return self.push_update({"message": message})
 
     def press_button(self, *, chat_id: int, message_id: int, user: dict[str, Any], data: str) -> int:
@@ -444,7 +481,17 @@ class FakeTelegramAPI:
 
     # --- the API ----------------------------------------------------------------------
     async def _file(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": False, "error_code": 404, "description": "Not Found"}, status=404)
+        """File download: `GET {file_base_url}{token}/{file_path}` of a document a user sent."""
+        if request.match_info["token"] != self.token:
+            return _error(401, "Unauthorized")
+        path = request.match_info["path"]
+        found = next((f for f in self.files.values() if f.file_path == path), None)
+        if found is None:
+            return _error(404, "Not Found")
+        found.downloads += 1
+        self.calls.append(Call("download", {"file_path": path}, time.monotonic()))
+        await self._notify()
+        return web.Response(body=found.data, content_type="application/octet-stream")
 
     async def _handle(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
@@ -524,6 +571,19 @@ class FakeTelegramAPI:
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def _api_getFile(self, params: dict[str, Any]) -> dict[str, Any]:
+        found = self.files.get(str(params.get("file_id")))
+        if found is None:
+            raise _ApiError(400, "Bad Request: invalid file_id")
+        if len(found.data) > FILE_DOWNLOAD_LIMIT:
+            raise _ApiError(400, "Bad Request: file is too big")
+        return {
+            "file_id": found.file_id,
+            "file_unique_id": f"u{found.file_id}",
+            "file_size": len(found.data),
+            "file_path": found.file_path,
+        }
 
     async def _api_sendChatAction(self, params: dict[str, Any]) -> bool:
         self._require_chat(params)
@@ -647,6 +707,19 @@ class FakeTelegramAPI:
         return next(counter)
 
 
+FILE_DOWNLOAD_LIMIT = 20 * 1024 * 1024  # the cloud Bot API's getFile limit
+
+
+@dataclass
+class FakeFile:
+    """A document a user sent: served by getFile and the file download route."""
+
+    file_id: str
+    file_path: str
+    data: bytes
+    downloads: int = 0
+
+
 @dataclass
 class _Failure:
     method: str
@@ -698,6 +771,7 @@ __all__ = [
     "Call",
     "Draft",
     "EntityError",
+    "FakeFile",
     "FakeTelegramAPI",
     "StoredMessage",
     "utf16_len",
