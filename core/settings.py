@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 IdList = Annotated[frozenset[str], NoDecode]
@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     admin_users: IdList = frozenset()
     rate_limit_per_minute: float = 6.0
     rate_limit_burst: int = 3
+    processed_events_retention_hours: float = Field(default=48.0, gt=0)  # dedup memory; pruned while running
     shared_group_history: bool = False  # one history per group chat instead of per user
     max_message_chars: int = 4000
     system_prompt: str = (
