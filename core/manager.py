@@ -105,7 +105,8 @@ class _Delivery:
             await asyncio.gather(*list(self._tasks))
 
 
-RepairInterrupted = Callable[[PendingReplyRow, str], Awaitable[None]]
+InterruptedReply = PendingReplyRow  # what an adapter's repair gets: chat key, user, the ids it had sent
+RepairInterrupted = Callable[[InterruptedReply, str], Awaitable[None]]
 
 
 @dataclass

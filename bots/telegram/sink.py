@@ -23,7 +23,7 @@ from telegram.error import BadRequest, RetryAfter, TelegramError
 from bots.render import sources_footer, split_message, utf16_len
 from bots.streaming import ThrottledEditor
 from bots.telegram.markup import to_telegram_html
-from core.types import Answer
+from core.types import Answer, MessageListener
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,11 @@ class TelegramSink:
         self._edit_task: asyncio.Task[None] | None = None
         self._typing: asyncio.Task[None] | None = None
         self._editor = ThrottledEditor(self._stream_edit, min_interval=min_interval, min_growth=min_growth)
+        self._listener: MessageListener | None = None
+
+    def on_message(self, listener: MessageListener) -> None:
+        """`core.types.ReportsMessages`: every message this reply sends is reported (crash repair edits it)."""
+        self._listener = listener
 
     # --- ReplySink ----------------------------------------------------------------------
     async def notice(self, text: str, *, ephemeral: bool = False) -> None:
@@ -277,7 +282,7 @@ class TelegramSink:
         self, text: str, parse_mode: str | None, markup: InlineKeyboardMarkup | None
     ) -> Message:
         reply = ReplyParameters(self._reply_to, allow_sending_without_reply=True) if self._reply_to else None
-        return await self._bot.send_message(
+        message = await self._bot.send_message(
             self._chat_id,
             text,
             parse_mode=parse_mode,
@@ -286,6 +291,9 @@ class TelegramSink:
             reply_parameters=reply,
             link_preview_options=_NO_PREVIEW,
         )
+        if self._listener is not None:
+            self._listener(str(message.message_id))
+        return message
 
     def _edit(
         self, message_id: int
