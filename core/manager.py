@@ -5,11 +5,25 @@ rate limit → text checks (empty, too long, control characters) → command, or
 key → history → retrieve → budget → worker → sink (queued / started / partial / final) → commit.
 
 Documented behaviour:
-- A full queue gets an immediate "busy" notice; nothing is stored and the event is NOT marked processed, so a
-  redelivery or a resend can succeed later. The same holds while the bot shuts down.
-- A second question while the first is pending is refused politely (the user can /cancel the first).
+- Delivery is at most once per event, with an outbox for crashes. The event id, the question and the answer are
+  committed in one transaction (with /retry's removal of the exchange it replaces), so a redelivered event is
+  never answered twice. Before the sink sends anything, the reply is recorded in the outbox
+  (`db.outbox`: event, chat, the platform message ids the sink reports as it creates them, state); the commit
+  removes it. `recover(platform, repair)`, called by each adapter at start, repairs what a killed process left:
+  a reply that was final is stored; one cut off is edited (by the adapter) to INTERRUPTED_NOTICE and /retry
+  asks its question again.
+- Platforms do NOT redeliver after a crash: python-telegram-bot confirms an update on its next getUpdates
+  (issued while the answer is generated), webhook mode answers 200 once the update is queued, and Discord's
+  gateway replays nothing after a new session. So "not marked processed" below means a resend by the user (or a
+  platform retry of an event we never acknowledged) can succeed, not that a crashed event comes back.
+- A full queue gets an immediate "busy" notice; nothing is stored and the event is NOT marked processed. The
+  same holds while the bot shuts down, for a second question while the first is pending (the user can /cancel
+  the first), and for refusals (access denied, rate limited): refused events are not recorded.
 - Cancelled, timed-out or failed answers are not stored (only the event id is, so a redelivery is not answered
   twice); the user is told what happened.
+- /forget wins over an answer in flight: it deletes the user's outbox rows, and a commit that finds its row gone
+  stores nothing (the user still sees that answer; no user, conversation or exchange is re-created).
+- Processed event ids older than PROCESSED_EVENTS_RETENTION_HOURS are pruned by `maintain()` while the bot runs.
 - /cancel is never rate limited (a user must always be able to stop a runaway answer); admins are never limited.
 """
 
