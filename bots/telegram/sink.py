@@ -18,7 +18,7 @@ from telegram import (
     ReplyParameters,
 )
 from telegram.constants import ChatAction, ParseMode
-from telegram.error import BadRequest, RetryAfter, TelegramError
+from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
 
 from bots.render import sources_footer, split_message, utf16_len
 from bots.streaming import ThrottledEditor
@@ -299,20 +299,31 @@ class TelegramSink:
         self, message_id: int
     ) -> Callable[[str, str | None, InlineKeyboardMarkup | None], Awaitable[Message]]:
         async def edit(text: str, parse_mode: str | None, markup: InlineKeyboardMarkup | None) -> Message:
-            # Every edit of one message keeps the streaming floor, the final one included.
-            wait = self._min_interval - (time.monotonic() - self._last_write)
-            if wait > 0:
-                await asyncio.sleep(wait)
-            result: Any = await self._bot.edit_message_text(
-                text,
-                chat_id=self._chat_id,
-                message_id=message_id,
-                parse_mode=parse_mode,
-                reply_markup=markup,
-                link_preview_options=_NO_PREVIEW,
-            )
-            self._shown, self._last_write = text, time.monotonic()
-            return result  # a Message for bot messages (True only for inline messages)
+            for attempt in range(_FINAL_RETRIES + 1):
+                # Every edit of one message keeps the streaming floor, the final one included.
+                wait = self._min_interval - (time.monotonic() - self._last_write)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                try:
+                    result: Any = await self._bot.edit_message_text(
+                        text,
+                        chat_id=self._chat_id,
+                        message_id=message_id,
+                        parse_mode=parse_mode,
+                        reply_markup=markup,
+                        link_preview_options=_NO_PREVIEW,
+                    )
+                except NetworkError as exc:
+                    # An edit is idempotent: a 5xx or a reset connection is retried (if the lost attempt
+                    # took effect, the retry gets "not modified", which counts as delivered).
+                    if isinstance(exc, BadRequest) or attempt == _FINAL_RETRIES:
+                        raise
+                    log.info("edit in chat %s failed (%s); retrying", self._chat_id, type(exc).__name__)
+                    self._last_write = time.monotonic()  # back off one interval
+                    continue
+                self._shown, self._last_write = text, time.monotonic()
+                return result  # a Message for bot messages (True only for inline messages)
+            raise AssertionError("unreachable")
 
         return edit
 
