@@ -3,10 +3,16 @@ two answers, and the stored history equal to what the user saw."""
 
 from __future__ import annotations
 
-from core.manager import INTERRUPTED_NOTICE
+from core.manager import CANCELLED_NOTICE, CLOSED_NOTICE, ERROR_NOTICE, INTERRUPTED_NOTICE, TIMEOUT_NOTICE
 from storage import ConversationKey, Database
 from tests.fakes.telegram_api import FakeTelegramAPI
 from tests.faults.conftest import Outcome
+
+NOTICES = (INTERRUPTED_NOTICE, CANCELLED_NOTICE, CLOSED_NOTICE, ERROR_NOTICE, TIMEOUT_NOTICE)
+
+
+def is_notice(text: str) -> bool:
+    return any(notice in text for notice in NOTICES)
 
 
 def marker(question: str) -> str:
@@ -28,7 +34,7 @@ def settled(fake: FakeTelegramAPI, chat_id: int, question: str) -> bool:
     for message in fake.bot_messages(chat_id):
         if marker(question) in message.text and message.reply_markup is not None:
             return True
-        if INTERRUPTED_NOTICE in message.text:
+        if is_notice(message.text):
             return True
     return False
 
@@ -42,10 +48,11 @@ async def check_dm(
     stored = {
         history[i].text: history[i + 1] for i in range(0, len(history) - 1, 2) if history[i].role == "user"
     }
-    notices = sum(INTERRUPTED_NOTICE in m.text for m in messages)
+    notices = sum(is_notice(m.text) for m in messages)
     for question in questions:
         outcome.questions += 1
-        shown = [m for m in messages if marker(question) in m.text]
+        # Complete answers carry 👍/👎; a half-streamed one cut off by a kill does not.
+        shown = [m for m in messages if marker(question) in m.text and m.reply_markup is not None]
         if len(shown) > 1:
             outcome.duplicated += 1
         answer = stored.get(question)
