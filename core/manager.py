@@ -439,7 +439,7 @@ class ConversationManager:
                 replaces=list(replaces),
             )
             delivery = _Delivery(self.db, reply_id, self._log_exception)
-            watch_messages(sink, delivery.report)
+            repairable = watch_messages(sink, delivery.report)
             async for event in handle:
                 if isinstance(event, Piece):
                     text += event.text
@@ -487,12 +487,13 @@ class ConversationManager:
             finish_reason=handle.finish_reason,  # type: ignore[arg-type]
         )
         answer_tokens = self.context.count(answer_text)
-        await self.db.outbox.record_final(
-            reply_id,
-            answer=answer_text,
-            answer_tokens=answer_tokens,
-            sources=[_source_dict(s) for s in sources],
-        )
+        if repairable:  # a crash during delivery then stores the answer instead of calling it interrupted
+            await self.db.outbox.record_final(
+                reply_id,
+                answer=answer_text,
+                answer_tokens=answer_tokens,
+                sources=[_source_dict(s) for s in sources],
+            )
         try:
             delivered = await sink.final(answer)
         except Exception:  # the user is told it failed (handle): store nothing, keep nothing pending

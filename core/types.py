@@ -92,7 +92,9 @@ class ReportsMessages(Protocol):
     def on_message(self, listener: MessageListener) -> None: ...
 
 
-def watch_messages(sink: ReplySink, listener: MessageListener) -> None:
-    """Ask `sink` to report the messages it creates (a no-op for sinks that cannot)."""
+def watch_messages(sink: ReplySink, listener: MessageListener) -> bool:
+    """Ask `sink` to report the messages it creates; False (and nothing asked) for sinks that cannot."""
     if isinstance(sink, ReportsMessages):
         sink.on_message(listener)
+        return True
+    return False
