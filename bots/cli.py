@@ -123,7 +123,9 @@ async def run_bots(settings: Settings) -> int:
         if len(adapters) == 1:
             log.info("no platform token configured: web chat at %s", http.url)
         log.info("ghostbot is running (%s)", ", ".join(type(a).__name__ for a in adapters))
+        maintenance = asyncio.create_task(app.manager.maintain(), name="maintenance")
         await stop.wait()
+        maintenance.cancel()
         log.info("shutting down: finishing queued answers")
         # Stop taking updates first (Telegram would otherwise confirm updates that then meet a closed
         # worker), then finish — or, past the grace period, cancel — queued answers while the adapters

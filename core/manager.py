@@ -5,11 +5,25 @@ rate limit → text checks (empty, too long, control characters) → command, or
 key → history → retrieve → budget → worker → sink (queued / started / partial / final) → commit.
 
 Documented behaviour:
-- A full queue gets an immediate "busy" notice; nothing is stored and the event is NOT marked processed, so a
-  redelivery or a resend can succeed later. The same holds while the bot shuts down.
-- A second question while the first is pending is refused politely (the user can /cancel the first).
+- Delivery is at most once per event, with an outbox for crashes. The event id, the question and the answer are
+  committed in one transaction (with /retry's removal of the exchange it replaces), so a redelivered event is
+  never answered twice. Before the sink sends anything, the reply is recorded in the outbox
+  (`db.outbox`: event, chat, the platform message ids the sink reports as it creates them, state); the commit
+  removes it. `recover(platform, repair)`, called by each adapter at start, repairs what a killed process left:
+  a reply that was final is stored; one cut off is edited (by the adapter) to INTERRUPTED_NOTICE and /retry
+  asks its question again.
+- Platforms do NOT redeliver after a crash: python-telegram-bot confirms an update on its next getUpdates
+  (issued while the answer is generated), webhook mode answers 200 once the update is queued, and Discord's
+  gateway replays nothing after a new session. So "not marked processed" below means a resend by the user (or a
+  platform retry of an event we never acknowledged) can succeed, not that a crashed event comes back.
+- A full queue gets an immediate "busy" notice; nothing is stored and the event is NOT marked processed. The
+  same holds while the bot shuts down, for a second question while the first is pending (the user can /cancel
+  the first), and for refusals (access denied, rate limited): refused events are not recorded.
 - Cancelled, timed-out or failed answers are not stored (only the event id is, so a redelivery is not answered
   twice); the user is told what happened.
+- /forget wins over an answer in flight: it deletes the user's outbox rows, and a commit that finds its row gone
+  stores nothing (the user still sees that answer; no user, conversation or exchange is re-created).
+- Processed event ids older than PROCESSED_EVENTS_RETENTION_HOURS are pruned by `maintain()` while the bot runs.
 - /cancel is never rate limited (a user must always be able to stop a runaway answer); admins are never limited.
 """
 
@@ -20,7 +34,9 @@ import logging
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from core.access import REFUSAL, AccessPolicy
@@ -30,10 +46,10 @@ from core.generators.base import GenerationParams, Generator
 from core.prompt import EMPTY_NOTICE, PromptBuilder, sanitize_text
 from core.ratelimit import RateLimiter, slow_down_message
 from core.settings import Settings
-from core.types import Answer, ChatKind, Incoming, ReplySink, Source
+from core.types import Answer, ChatKind, Incoming, ReplySink, Source, watch_messages
 from core.uploads import DocumentLibrary, IncomingFile, UploadRefused
 from core.worker import AlreadyPending, GenerationWorker, Piece, Queued, QueueFull, Started, WorkerClosed
-from storage import ConversationKey, Database, StoredMessage, UnknownMessage, UserRef
+from storage import ConversationKey, Database, PendingReplyRow, StoredMessage, UnknownMessage, UserRef
 
 logger = logging.getLogger(__name__)
 _PREFS_CACHE_SIZE = 10_000
@@ -53,6 +69,9 @@ UPLOAD_FAILED_NOTICE = (
 )
 NO_DOCUMENTS_NOTICE = "I can't index documents in this setup — please type your question instead."
 CONFIG_NOTICE = "Sorry — I'm misconfigured (my context window is too small). Please tell the bot's operator."
+INTERRUPTED_NOTICE = (
+    "⚠️ I was restarted before I could finish this answer, so it was not saved. Send /retry to ask again."
+)
 
 
 def busy_notice(eta_seconds: float) -> str:
@@ -75,6 +94,45 @@ def _source_dict(source: Source) -> dict[str, Any]:
         "title": source.title,
         "url": source.url,
     }
+
+
+class _Delivery:
+    """Records the platform message ids a sink reports into the reply's outbox row, one write at a time."""
+
+    def __init__(self, db: Database, reply_id: int, log: Callable[[str, BaseException], None]) -> None:
+        self._db = db
+        self._reply_id = reply_id
+        self._log = log
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def report(self, message_id: str) -> None:
+        task = asyncio.create_task(self._record(str(message_id)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _record(self, message_id: str) -> None:
+        async with self._lock:
+            try:
+                await self._db.outbox.add_message_ids(self._reply_id, [message_id])
+            except Exception as exc:  # the reply goes on; only a crash repair would miss this id
+                self._log("could not record a delivered message id", exc)
+
+    async def flush(self) -> None:
+        """Wait for the ids reported so far to be written (before the row is committed or finished)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks))
+
+
+InterruptedReply = PendingReplyRow  # what an adapter's repair gets: chat key, user, the ids it had sent
+RepairInterrupted = Callable[[InterruptedReply, str], Awaitable[None]]
+
+
+@dataclass
+class RecoveryReport:
+    finished: int = 0  # final answers a crash kept from being stored: stored now
+    interrupted: int = 0  # replies cut off: the user was told (message edited, or a new one)
+    failed: int = 0  # the platform refused the repair (logged; still marked, so never repeated)
 
 
 class ConversationManager:
@@ -275,6 +333,59 @@ class ConversationManager:
             return None
         return message
 
+    async def recover(self, platform: str, repair: RepairInterrupted | None) -> RecoveryReport:
+        """Repair what a previous process left in the outbox for `platform`; call once at start, before the
+        adapter takes new messages. A reply that was final is stored (it was being delivered); one cut off
+        mid-generation is handed to `repair` with INTERRUPTED_NOTICE (edit its messages, or send the notice),
+        then kept as interrupted so /retry asks its question again. `repair=None`: the platform cannot reach
+        the user any more (an HTTP response, a terminal): the reply is only marked."""
+        report = RecoveryReport()
+        for row in await self.db.outbox.unfinished(platform):
+            if row.state == "final":
+                await self.db.outbox.commit_recovered(row.id)
+                report.finished += 1
+                continue
+            if repair is not None:
+                try:
+                    await repair(row, INTERRUPTED_NOTICE)
+                except Exception as exc:
+                    report.failed += 1
+                    self._log_exception(f"could not repair interrupted reply {row.id}", exc)
+            await self.db.outbox.mark_interrupted(row.id)
+            report.interrupted += 1
+        if report.finished or report.interrupted:
+            logger.info(
+                "%s: %d interrupted replies repaired, %d finished answers stored (%d repairs failed)",
+                platform,
+                report.interrupted,
+                report.finished,
+                report.failed,
+            )
+        return report
+
+    async def prune(self) -> int:
+        """Forget processed-event ids and unretried interrupted replies older than the retention setting."""
+        before = self.db_now() - timedelta(hours=self.settings.processed_events_retention_hours)
+        return await self.db.conversations.prune_processed(before) + await self.db.outbox.prune_interrupted(
+            before
+        )
+
+    async def maintain(self, *, interval_s: float | None = None) -> None:
+        """Run `prune` now and then for as long as the bot runs (cancel the task to stop)."""
+        hours = self.settings.processed_events_retention_hours
+        interval = interval_s if interval_s is not None else min(3600.0, hours * 3600 / 4)
+        while True:
+            try:
+                removed = await self.prune()
+                logger.debug("pruned %d processed events / interrupted replies", removed)
+            except Exception as exc:  # a locked or unreachable database: try again next time
+                self._log_exception("pruning processed events failed", exc)
+            await asyncio.sleep(interval)
+
+    @staticmethod
+    def db_now() -> datetime:
+        return datetime.now(UTC)
+
     def conversation_key(self, incoming: Incoming) -> ConversationKey:
         """DMs: per user. Groups: per user within the chat, or one shared history when configured."""
         shared = incoming.chat_kind is ChatKind.GROUP and self.settings.shared_group_history
@@ -292,7 +403,7 @@ class ConversationManager:
         decision = self.access.check(incoming)
         if not decision.allowed:
             logger.info("refused %s user %s: %s", incoming.platform, incoming.user_id, decision.reason)
-            await self._reply(incoming, sink, REFUSAL, ephemeral=True)
+            await sink.notice(REFUSAL, ephemeral=True)  # refused: not recorded as processed
             return
         text = sanitize_text(incoming.text)
         command = parse_command(text)
@@ -300,7 +411,7 @@ class ConversationManager:
         if not is_admin and not (command is not None and command.name == "cancel"):
             wait = self.limiter.check(incoming.platform, incoming.user_id)
             if wait > 0:
-                await self._reply(incoming, sink, slow_down_message(wait), ephemeral=True)
+                await sink.notice(slow_down_message(wait), ephemeral=True)  # refused: not recorded
                 return
         if not text:
             await self._reply(incoming, sink, EMPTY_NOTICE)
@@ -342,33 +453,44 @@ class ConversationManager:
         await self._reply(incoming, sink, reply, ephemeral=personal)
 
     async def _retry(self, incoming: Incoming, sink: ReplySink) -> None:
+        """Ask again: the question a crash cut off, else the newest exchange, which the new answer replaces in
+        the transaction that stores it (until then it stays; a failed retry or a /forget loses nothing else)."""
         key = self.conversation_key(incoming)
         owner = self._owner(incoming)
         if self.worker.pending(owner):
-            await self._reply(incoming, sink, PENDING_NOTICE, ephemeral=True)
+            await sink.notice(PENDING_NOTICE, ephemeral=True)  # busy: not recorded
+            return
+        interrupted = await self.db.outbox.take_interrupted(key, incoming.user_id)
+        if interrupted is not None:
+            await self._chat(incoming, sink, interrupted.question)
             return
         scope = incoming.user_id if key.user_id is None else None  # shared history: only your own exchange
-        removed = await self.db.conversations.delete_last_exchange(key, user_id=scope)
-        if removed is None:
+        found = await self.db.conversations.last_exchange(key, user_id=scope)
+        if found is None:
             await self._reply(incoming, sink, "There is no answer to retry yet — ask me something first.")
             return
-        question, answer = removed
-        committed = await self._chat(
+        question, answer = found
+        await self._chat(
             incoming,
             sink,
             question.text,
             user_message_id=question.platform_message_ids[0] if question.platform_message_ids else None,
+            replaces=(question.id, answer.id),
         )
-        if not committed:
-            await self._restore(incoming, key, question, answer)
 
     async def _chat(
-        self, incoming: Incoming, sink: ReplySink, question: str, *, user_message_id: str | None = None
+        self,
+        incoming: Incoming,
+        sink: ReplySink,
+        question: str,
+        *,
+        user_message_id: str | None = None,
+        replaces: tuple[int, ...] = (),
     ) -> bool:
         """Answer `question` in the conversation; returns whether the exchange was stored."""
         owner = self._owner(incoming)
         if self.worker.pending(owner):  # cheap check before any database or retrieval work
-            await self._reply(incoming, sink, PENDING_NOTICE, ephemeral=True)
+            await sink.notice(PENDING_NOTICE, ephemeral=True)  # busy: not recorded
             return False
         if not self.worker.accepting:
             await sink.notice(CLOSED_NOTICE, ephemeral=True)
@@ -380,9 +502,8 @@ class ConversationManager:
             self.db.conversations.history(key, limit=self.history_limit),
             self._retrieve(question, self._owner(incoming) if self.is_private(incoming) else None),
         )
-        spec = self.prompts.build(
-            question, passages=passages, history=[(m.role, m.text) for m in stored], prefs=prefs
-        )
+        history = [(m.role, m.text) for m in stored if m.id not in replaces]
+        spec = self.prompts.build(question, passages=passages, history=history, prefs=prefs)
         reserve = self.settings.context_reserve_tokens
         max_new = effective_max_new_tokens(self.generator.context_length, int(prefs["max_tokens"]), reserve)
         try:
@@ -408,14 +529,27 @@ class ConversationManager:
             )  # not marked: a resend may succeed
             return False
         except AlreadyPending:
-            await self._reply(incoming, sink, PENDING_NOTICE, ephemeral=True)
+            await sink.notice(PENDING_NOTICE, ephemeral=True)  # busy: not recorded
             return False
         except WorkerClosed:
             await sink.notice(CLOSED_NOTICE, ephemeral=True)
             return False
 
         text, started = "", False
+        user = UserRef(incoming.platform, incoming.user_id, incoming.user_name)
         try:
+            # The outbox row exists before the sink sends anything (queue status, stream, final).
+            reply_id = await self.db.outbox.open(
+                event_id=incoming.event_id,
+                key=key,
+                user=user,
+                question=question,
+                question_tokens=self.context.count(question),
+                user_message_id=user_message_id or incoming.platform_message_id,
+                replaces=list(replaces),
+            )
+            delivery = _Delivery(self.db, reply_id, self._log_exception)
+            repairable = watch_messages(sink, delivery.report)
             async for event in handle:
                 if isinstance(event, Piece):
                     text += event.text
@@ -451,7 +585,8 @@ class ConversationManager:
                 )
             else:
                 await sink.notice(message, ephemeral=True)
-            await self.db.conversations.mark_processed(incoming.platform, incoming.event_id)
+            await delivery.flush()
+            await self.db.outbox.finish(reply_id, incoming.platform, incoming.event_id)
             return False
 
         sources = list(fit.spec.passages)
@@ -461,19 +596,35 @@ class ConversationManager:
             notices=notices,
             finish_reason=handle.finish_reason,  # type: ignore[arg-type]
         )
-        delivered = await sink.final(answer)
+        answer_tokens = self.context.count(answer_text)
+        await delivery.flush()  # the streamed messages' ids are in the row before the final is sent
+        if repairable:  # a crash during delivery then stores the answer instead of calling it interrupted
+            await self.db.outbox.record_final(
+                reply_id,
+                answer=answer_text,
+                answer_tokens=answer_tokens,
+                sources=[_source_dict(s) for s in sources],
+            )
+        try:
+            delivered = await sink.final(answer)
+        except Exception:  # the user is told it failed (handle): store nothing, keep nothing pending
+            await self.db.outbox.finish(reply_id, incoming.platform, incoming.event_id)
+            raise
+        await delivery.flush()
+        # One transaction: the exchange, the event id, the outbox row's removal (and /retry's replacement).
         return await self.db.conversations.commit_exchange(
             platform=incoming.platform,
             event_id=incoming.event_id,
             key=key,
-            user=UserRef(incoming.platform, incoming.user_id, incoming.user_name),
+            user=user,
             user_text=question,
             user_tokens=self.context.count(question),
             assistant_text=answer_text,
-            assistant_tokens=self.context.count(answer_text),
+            assistant_tokens=answer_tokens,
             sources=[_source_dict(s) for s in sources],
             user_platform_message_id=user_message_id or incoming.platform_message_id,
             assistant_platform_message_ids=[str(x) for x in delivered],
+            outbox_id=reply_id,
         )
 
     # --- helpers -----------------------------------------------------------------------------------------
@@ -500,26 +651,6 @@ class ConversationManager:
         except Exception as exc:  # answer without passages rather than not at all
             self._log_exception("retrieval failed; answering without passages", exc)
             return []
-
-    async def _restore(
-        self, incoming: Incoming, key: ConversationKey, question: StoredMessage, answer: StoredMessage
-    ) -> None:
-        """Put back the exchange /retry removed when the new answer was not stored."""
-        await self.db.conversations.commit_exchange(
-            platform=incoming.platform,
-            event_id=f"{incoming.event_id}#restore",
-            key=key,
-            user=UserRef(incoming.platform, incoming.user_id, incoming.user_name),
-            user_text=question.text,
-            user_tokens=question.token_count,
-            assistant_text=answer.text,
-            assistant_tokens=answer.token_count,
-            sources=answer.sources,
-            user_platform_message_id=question.platform_message_ids[0]
-            if question.platform_message_ids
-            else None,
-            assistant_platform_message_ids=answer.platform_message_ids,
-        )
 
     async def _reply(
         self, incoming: Incoming, sink: ReplySink, text: str, *, ephemeral: bool = False

@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     admin_users: IdList = frozenset()
     rate_limit_per_minute: float = 6.0
     rate_limit_burst: int = 3
+    processed_events_retention_hours: float = Field(default=48.0, gt=0)  # dedup memory; pruned while running
     shared_group_history: bool = False  # one history per group chat instead of per user
     max_message_chars: int = 4000
     max_upload_mb: int = Field(

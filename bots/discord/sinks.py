@@ -17,7 +17,7 @@ import discord
 from bots import render
 from bots.render import split_message
 from bots.streaming import ThrottledEditor
-from core.types import Answer, Source
+from core.types import Answer, MessageListener, Source
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,25 @@ class DiscordSink:
         self._lock = asyncio.Lock()  # orders a late streaming edit before the final edit
         self._final = False
         self.delivered_ids: list[int] = []
+        self._listener: MessageListener | None = None
+
+    def on_message(self, listener: MessageListener) -> None:
+        """`core.types.ReportsMessages`: every public message of this reply is reported (crash repair edits it)."""
+        self._listener = listener
+
+    def _report(self, message_id: int) -> int:
+        if self._listener is not None:
+            self._listener(str(message_id))
+        return message_id
 
     async def notice(self, text: str, *, ephemeral: bool = False) -> None:
         for part in split_message(text, LIMIT):  # [] for blank text: Discord rejects empty messages
             if ephemeral:
                 await self._target.private(part)
             elif not self.delivered_ids:
-                self.delivered_ids.append(await self._target.set_primary(part))
+                self.delivered_ids.append(self._report(await self._target.set_primary(part)))
             else:
-                self.delivered_ids.append(await self._target.add(part))
+                self.delivered_ids.append(self._report(await self._target.add(part)))
 
     async def queued(self, position: int, eta_seconds: float) -> None:
         ahead = "you are next" if position <= 1 else f"position {position}"
@@ -122,9 +132,9 @@ class DiscordSink:
         for index, part in enumerate(parts):
             view = self._feedback_view if rated and index == len(parts) - 1 else None
             if index == 0:
-                ids.append(await self._target.set_primary(part, view))
+                ids.append(self._report(await self._target.set_primary(part, view)))
             else:
-                ids.append(await self._target.add(part, view))
+                ids.append(self._report(await self._target.add(part, view)))
         self.delivered_ids = ids
         for extra in answer.notices:
             await self._target.private(extra)
@@ -133,7 +143,7 @@ class DiscordSink:
     async def _stream_edit(self, text: str) -> None:
         async with self._lock:
             if not self._final:
-                await self._target.set_primary(text)
+                self._report(await self._target.set_primary(text))
 
 
 def fit_parts(parts: list[str], room: int | None) -> list[str]:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from telegram import BotCommand, Message, MessageReactionUpdated, ReactionTypeEmoji, Update
 from telegram.constants import ChatType
-from telegram.error import TelegramError
+from telegram.error import BadRequest, TelegramError
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -33,7 +33,7 @@ from bots.downloads import fetch_limited
 from bots.logs import SecretRedactor
 from bots.telegram.sink import FEEDBACK_DOWN, FEEDBACK_UP, DraftChats, StreamingMode, TelegramSink
 from core.commands import COMMANDS
-from core.manager import ConversationManager
+from core.manager import ConversationManager, InterruptedReply
 from core.settings import Settings
 from core.types import ChatKind, Incoming
 from core.uploads import DownloadFailed, FileTooLarge, IncomingFile
@@ -424,6 +424,7 @@ class TelegramAdapter:
         self, settings: Settings, manager: ConversationManager, *, drain_timeout: float | None = None
     ) -> None:
         self.settings = settings
+        self.manager = manager
         self.application = build_application(settings, manager)
         self._drain_timeout = (
             drain_timeout if drain_timeout is not None else settings.request_timeout_seconds + 10
@@ -436,6 +437,8 @@ class TelegramAdapter:
         if app.post_init is not None:
             await app.post_init(app)  # setMyCommands (run_polling would do this too)
         assert app.updater is not None
+        # Before taking updates: replies a killed process left half-sent are edited to say so.
+        await self.manager.recover("telegram", self.repair_interrupted)
         if self.settings.telegram_webhook_url:
             await self._start_webhook()
         else:
@@ -448,6 +451,21 @@ class TelegramAdapter:
         await app.start()
         mode = "on a webhook" if self.webhook_port is not None else "polling"
         log.info("telegram: @%s is %s", app.bot.username, mode)
+
+    async def repair_interrupted(self, reply: InterruptedReply, notice: str) -> None:
+        """Tell the user a reply was cut off by a crash: edit the message it had started, else send one."""
+        bot = self.application.bot
+        chat_id = int(reply.key.chat_id)
+        for message_id in reply.message_ids[:1]:
+            try:
+                await bot.edit_message_text(notice, chat_id=chat_id, message_id=int(message_id))
+                return
+            except BadRequest as exc:  # deleted, too old to edit, or already showing it
+                if "not modified" in exc.message.lower():
+                    return
+                log.info("telegram: interrupted reply %s not editable (%s)", reply.id, exc.message)
+        thread = int(reply.key.thread_id) if reply.key.thread_id else None
+        await bot.send_message(chat_id, notice, message_thread_id=thread)
 
     async def stop_receiving(self) -> None:
         """Take no new updates (call before draining the worker); replies in flight continue."""

@@ -19,12 +19,20 @@ from telegram import (
     ReplyParameters,
 )
 from telegram.constants import ChatAction, ParseMode
-from telegram.error import BadRequest, EndPointNotFound, Forbidden, InvalidToken, RetryAfter, TelegramError
+from telegram.error import (
+    BadRequest,
+    EndPointNotFound,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+)
 
 from bots.render import sources_footer, split_message, utf16_len
 from bots.streaming import ThrottledEditor
 from bots.telegram.markup import to_telegram_html
-from core.types import Answer
+from core.types import Answer, MessageListener
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +136,11 @@ class TelegramSink:
         self._edit_task: asyncio.Task[None] | None = None
         self._typing: asyncio.Task[None] | None = None
         self._editor = ThrottledEditor(self._stream_edit, min_interval=min_interval, min_growth=min_growth)
+        self._listener: MessageListener | None = None
+
+    def on_message(self, listener: MessageListener) -> None:
+        """`core.types.ReportsMessages`: every message this reply sends is reported (crash repair edits it)."""
+        self._listener = listener
 
     # --- ReplySink ----------------------------------------------------------------------
     async def notice(self, text: str, *, ephemeral: bool = False) -> None:
@@ -358,7 +371,7 @@ class TelegramSink:
         self, text: str, parse_mode: str | None, markup: InlineKeyboardMarkup | None
     ) -> Message:
         reply = ReplyParameters(self._reply_to, allow_sending_without_reply=True) if self._reply_to else None
-        return await self._bot.send_message(
+        message = await self._bot.send_message(
             self._chat_id,
             text,
             parse_mode=parse_mode,
@@ -367,25 +380,39 @@ class TelegramSink:
             reply_parameters=reply,
             link_preview_options=_NO_PREVIEW,
         )
+        if self._listener is not None:
+            self._listener(str(message.message_id))
+        return message
 
     def _edit(
         self, message_id: int
     ) -> Callable[[str, str | None, InlineKeyboardMarkup | None], Awaitable[Message]]:
         async def edit(text: str, parse_mode: str | None, markup: InlineKeyboardMarkup | None) -> Message:
-            # Every edit of one message keeps the streaming floor, the final one included.
-            wait = self._min_interval - (time.monotonic() - self._last_write)
-            if wait > 0:
-                await asyncio.sleep(wait)
-            result: Any = await self._bot.edit_message_text(
-                text,
-                chat_id=self._chat_id,
-                message_id=message_id,
-                parse_mode=parse_mode,
-                reply_markup=markup,
-                link_preview_options=_NO_PREVIEW,
-            )
-            self._shown, self._last_write = text, time.monotonic()
-            return result  # a Message for bot messages (True only for inline messages)
+            for attempt in range(_FINAL_RETRIES + 1):
+                # Every edit of one message keeps the streaming floor, the final one included.
+                wait = self._min_interval - (time.monotonic() - self._last_write)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                try:
+                    result: Any = await self._bot.edit_message_text(
+                        text,
+                        chat_id=self._chat_id,
+                        message_id=message_id,
+                        parse_mode=parse_mode,
+                        reply_markup=markup,
+                        link_preview_options=_NO_PREVIEW,
+                    )
+                except NetworkError as exc:
+                    # An edit is idempotent: a 5xx or a reset connection is retried (if the lost attempt
+                    # took effect, the retry gets "not modified", which counts as delivered).
+                    if isinstance(exc, BadRequest) or attempt == _FINAL_RETRIES:
+                        raise
+                    log.info("edit in chat %s failed (%s); retrying", self._chat_id, type(exc).__name__)
+                    self._last_write = time.monotonic()  # back off one interval
+                    continue
+                self._shown, self._last_write = text, time.monotonic()
+                return result  # a Message for bot messages (True only for inline messages)
+            raise AssertionError("unreachable")
 
         return edit
 

@@ -365,6 +365,11 @@ class DiscordFake:
         if self._ws is not None:
             await self._ws.send_str(json.dumps({"op": 7, "s": None, "t": None, "d": None}))
 
+    async def drop_connection(self) -> None:
+        """Close the gateway websocket as a network failure would (close code 4000: the client RESUMEs)."""
+        if self._ws is not None:
+            await self._ws.close(code=4000, message=b"fault injected")
+
     async def wait_connected(self, timeout: float = 10.0) -> None:
         await self.wait_for(lambda: self._ws is not None and bool(self.identifies or self.resumes), timeout)
 

@@ -182,6 +182,8 @@ class FakeTelegramAPI:
         self._callback_ids = itertools.count(1)
         self._chats: dict[int, dict[str, Any]] = {}
         self._failures: list[_Failure] = []
+        self.faults: list[Fault] = []  # fault injection (see `inject`)
+        self.faults_injected: list[str] = []  # "kind method" of every fault that fired
         self._changed = asyncio.Condition()
         self._closing = False
         self._runner: web.AppRunner | None = None
@@ -417,6 +419,26 @@ class FakeTelegramAPI:
             )
         )
 
+    def inject(self, fault: Fault) -> None:
+        """Arm a fault: the `nth` matching call of its method from now on fails (see `Fault`)."""
+        self.faults.append(fault)
+
+    def _take_fault(self, method: str, params: dict[str, Any]) -> Fault | None:
+        for fault in self.faults:
+            if fault.method != method or (
+                fault.chat_id is not None and _int(params.get("chat_id")) != fault.chat_id
+            ):
+                continue
+            if fault.match is not None and not fault.match(params):
+                continue
+            fault.left -= 1
+            if fault.left <= 0:
+                self.faults.remove(fault)
+                self.faults_injected.append(f"{fault.kind} {method}")
+                return fault
+            return None
+        return None
+
     def reject_entities(self, method: str, *, nth: int = 1) -> None:
         """The `nth` call of `method` with a parse_mode from now on is refused as if Telegram could
         not parse its entities (real Telegram is stricter than any local check)."""
@@ -502,6 +524,32 @@ class FakeTelegramAPI:
         self.calls.append(call)
         await self._notify()  # a long-poll returns much later: let waiters see the request now
         try:
+            fault = self._take_fault(method, params)
+            if fault is not None and fault.kind in ("429", "5xx"):
+                call.status = 429 if fault.kind == "429" else 502
+                if fault.kind == "429":
+                    return web.json_response(
+                        {
+                            "ok": False,
+                            "error_code": 429,
+                            "description": f"Too Many Requests: retry after {fault.retry_after}",
+                            "parameters": {"retry_after": fault.retry_after},
+                        },
+                        status=429,
+                    )
+                return _error(502, "Bad Gateway")
+            if fault is not None:  # "reset"/"kill": the call takes effect, then the answer never arrives
+                handler = getattr(self, f"_api_{method}")
+                try:
+                    call.result = await handler(params)
+                except _ApiError as exc:
+                    call.status = exc.status
+                if fault.action is not None:
+                    fault.action()
+                call.status = 0
+                if request.transport is not None:
+                    request.transport.abort()
+                raise ConnectionResetError("fault injected: connection reset")
             failure = self._take_failure(method, params)
             if failure is not None:
                 call.status = failure.status
@@ -721,6 +769,24 @@ class FakeFile:
 
 
 @dataclass
+class Fault:
+    """One injected failure of the `nth` call of `method` (in `chat_id`, if given, and where `match` holds).
+
+    kind "429": Too Many Requests with `retry_after`; "5xx": 502 Bad Gateway (neither takes effect);
+    "reset": the call takes effect, then the connection is cut before the answer (a lost response);
+    "kill": like reset, after running `action` (e.g. SIGKILL the bot: killed between delivery and commit).
+    """
+
+    method: str
+    kind: str
+    left: int = 1
+    chat_id: int | None = None
+    retry_after: int = 1
+    match: Callable[[dict[str, Any]], bool] | None = None
+    action: Callable[[], None] | None = None
+
+
+@dataclass
 class _Failure:
     method: str
     left: int  # calls of `method` until this one fails
@@ -773,6 +839,7 @@ __all__ = [
     "EntityError",
     "FakeFile",
     "FakeTelegramAPI",
+    "Fault",
     "StoredMessage",
     "utf16_len",
     "visible_html_text",
