@@ -36,6 +36,7 @@ def change(old: list[str], new: list[str]) -> MessageReactionUpdated:
         (["👎"], ["🔥"], 0),  # replaced by another emoji: withdraw
         ([], ["🔥"], None),  # not a rating at all
         (["🔥"], [], None),
+        (["👍"], ["👍", "🔥"], None),  # only another emoji added: the rating is left alone
     ],
 )
 def test_reaction_changes_map_to_ratings(old: list[str], new: list[str], rating: int | None) -> None:
