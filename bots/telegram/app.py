@@ -322,7 +322,7 @@ class TelegramHandlers:
 
 
 def reaction_rating(reaction: MessageReactionUpdated) -> int | None:
-    """+1/-1 for a newly set 👍/👎, 0 when the user took theirs away, None when 👍/👎 are not involved.
+    """+1/-1 for a newly set 👍/👎, 0 when the user took theirs away, None when 👍/👎 did not change.
 
     A user may set several reactions at once: a 👍/👎 that is new in this update wins over one that
     was already there (so changing 👍 to 👎 reads as 👎)."""
@@ -335,6 +335,8 @@ def reaction_rating(reaction: MessageReactionUpdated) -> int | None:
         ]
 
     old, new = ratings(reaction.old_reaction), ratings(reaction.new_reaction)
+    if sorted(old) == sorted(new):
+        return None  # only other emoji changed: the rating (maybe set by a button since) stands
     if not new:
         return 0 if old else None
     added = [rating for rating in new if rating not in old]

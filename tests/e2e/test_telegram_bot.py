@@ -408,6 +408,7 @@ async def test_webhook_mode_checks_the_secret(bot_factory: Any) -> None:
         fake = h.fake
         assert fake.webhook is not None and fake.webhook["url"] == "https://bot.example.test/telegram/hook"
         assert fake.webhook["secret_token"] == "s3cret-Token_value"
+        assert "message_reaction" in fake.webhook["allowed_updates"]  # reactions are feedback
         assert not fake.calls_to("getUpdates")
         chat, user = fake.private_chat(ALICE), fake.user(ALICE)
         update_id = fake.send_text(chat=chat, user=user, text="via webhook")

@@ -3,6 +3,7 @@ fallback when a Bot API server has no drafts, and 👍/👎 reactions stored as 
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from storage.values import ConversationKey
@@ -146,3 +147,21 @@ async def test_group_reactions_count_per_user(bot_factory: Any) -> None:
 
         await eventually(both)
         assert len(fake.calls_to("sendMessage", GROUP)) == 1  # reactions are answered by nothing
+
+
+async def test_a_queue_status_gives_way_to_the_draft(bot_factory: Any) -> None:
+    gate = threading.Event()
+    generator = ScriptedGenerator(script=lambda spec: WORDS, delay=0.02, gate=gate)
+    async with bot_factory(generator=generator) as h:
+        fake = h.fake
+        fake.send_text(chat=fake.private_chat(BOB), user=fake.user(BOB), text="first in line")
+        await fake.wait_for(lambda: len(generator.specs) == 1)  # Bob's answer holds the model
+        fake.send_text(chat=fake.private_chat(ALICE), user=fake.user(ALICE), text="second in line")
+        await fake.wait_for(lambda: bool(fake.bot_messages(ALICE)))
+        [status] = fake.bot_messages(ALICE)
+        assert "queue" in status.text
+        gate.set()
+        await fake.wait_for(lambda: any(d.chat_id == ALICE for d in fake.drafts), timeout=30)
+        [answer] = await fake.wait_for_messages(ALICE, 1, timeout=30, final=True)
+        assert answer.message_id != status.message_id and answer.text == WORDS
+        assert fake.messages[(ALICE, status.message_id)].deleted  # the draft replaced the status line

@@ -225,7 +225,7 @@ class DiscordFake:
     def add_foreign_channel(self, name: str = "elsewhere") -> dict[str, Any]:
         """A channel of a server the bot is not in (no GUILD_CREATE): only a user install reaches it."""
         guild_id = self.snowflake()
-        channel = {
+        channel: dict[str, Any] = {
             "id": self.snowflake(),
             "type": 0,
             "guild_id": guild_id,
@@ -240,12 +240,22 @@ class DiscordFake:
 
     def add_group_dm(self, *users: dict[str, Any]) -> dict[str, Any]:
         """A group DM (a private channel the bot is not in: context 2)."""
-        channel = {"id": self.snowflake(), "type": 3, "recipients": list(users), "last_message_id": None}
+        channel: dict[str, Any] = {
+            "id": self.snowflake(),
+            "type": 3,
+            "recipients": list(users),
+            "last_message_id": None,
+        }
         self.channels[channel["id"]] = channel
         return channel
 
     def add_dm(self, user: dict[str, Any]) -> dict[str, Any]:
-        channel = {"id": self.snowflake(), "type": 1, "recipients": [user], "last_message_id": None}
+        channel: dict[str, Any] = {
+            "id": self.snowflake(),
+            "type": 1,
+            "recipients": [user],
+            "last_message_id": None,
+        }
         self.channels[channel["id"]] = channel
         return channel
 
