@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 IdList = Annotated[frozenset[str], NoDecode]
@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     telegram_webhook_listen: str = "0.0.0.0"
     telegram_webhook_port: int = 8443
     telegram_webhook_secret: SecretStr | None = None
+    # How answers stream: native drafts in private chats (groups always use edits), edits, or not at all.
+    telegram_streaming: Literal["draft", "edit", "off"] = "draft"
     discord_bot_token: SecretStr | None = None
     discord_api_base_url: str = "https://discord.com/api/v10"
     discord_gateway_url: str = "wss://gateway.discord.gg/"
@@ -80,8 +82,12 @@ class Settings(BaseSettings):
     admin_users: IdList = frozenset()
     rate_limit_per_minute: float = 6.0
     rate_limit_burst: int = 3
+    processed_events_retention_hours: float = Field(default=48.0, gt=0)  # dedup memory; pruned while running
     shared_group_history: bool = False  # one history per group chat instead of per user
     max_message_chars: int = 4000
+    max_upload_mb: int = Field(
+        default=20, ge=1, le=2000
+    )  # documents sent in chat; checked before downloading
     system_prompt: str = (
         "You are GhostLM, a concise cybersecurity assistant. Answer from the numbered passages "
         "when they are relevant and cite them as [1], [2]. If they do not contain the answer, say so."

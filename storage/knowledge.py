@@ -25,14 +25,18 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     delete,
     func,
+    or_,
     select,
     text,
+    true,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 from storage.base import Base
 
@@ -101,6 +105,8 @@ class Document(Base):
     # How often practitioners meet this entry (0..1, from the pack data itself); a ranking prior.
     prior: Mapped[float] = mapped_column(Float, default=0.0)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    # A private document's owner (the core's user key, "telegram:42"); NULL = shared knowledge.
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True, default=None)
 
 
 class Chunk(Base):
@@ -364,17 +370,49 @@ def postgres_tsquery(query: str) -> str | None:
     return " | ".join(terms) if terms else None
 
 
+# --- private documents: who may read what -------------------------------------------------------------
+# Every read that can reach a user takes `viewer` (the core's user key, or None): it sees the shared knowledge
+# (owner NULL) plus the viewer's own private documents, never anyone else's. The filter is part of each
+# query (FTS hits are filtered before their LIMIT), not applied to results afterwards.
+_SQLITE_VISIBLE = "(d.owner IS NULL OR d.owner = :viewer)"
+# Chunk ids of private documents the viewer may not see; small (uploads only) and served by the owner index.
+_SQLITE_HIDDEN_CHUNKS = (
+    "SELECT hc.id FROM knowledge_chunks AS hc JOIN knowledge_documents AS hd ON hd.id = hc.document_id "
+    "WHERE hd.owner IS NOT NULL AND hd.owner IS NOT :viewer"
+)
+
+
+def visible_to(viewer: str | None) -> ColumnElement[bool]:
+    """The documents `viewer` may read: shared ones, and their own private ones."""
+    if viewer is None:
+        return Document.owner.is_(None)
+    return or_(Document.owner.is_(None), Document.owner == viewer)
+
+
 _SQLITE_META = text(
     "SELECT c.id, d.source, c.ord, c.ref, d.prior FROM knowledge_chunks AS c "
     "JOIN knowledge_documents AS d ON d.id = c.document_id "
-    "WHERE c.id IN (SELECT value FROM json_each(:ids))"
+    f"WHERE c.id IN (SELECT value FROM json_each(:ids)) AND {_SQLITE_VISIBLE}"
 )
 
-_SQLITE_RECORDS = text(
+_SQLITE_RECORDS_SQL = (
     "SELECT c.id, c.document_id, d.source, d.locator, c.ord, c.ref, c.title, c.url, c.text, d.prior "
     "FROM knowledge_chunks AS c JOIN knowledge_documents AS d ON d.id = c.document_id "
     "WHERE c.id IN (SELECT value FROM json_each(:ids))"
 )
+_SQLITE_RECORDS = text(f"{_SQLITE_RECORDS_SQL} AND {_SQLITE_VISIBLE}")
+_SQLITE_RECORDS_ALL = text(_SQLITE_RECORDS_SQL)  # maintenance (embedding every chunk), never for answers
+
+
+@dataclass(frozen=True)
+class OwnedDocument:
+    """A private document, as its owner's /docs lists it."""
+
+    id: int
+    locator: str
+    title: str
+    chunks: int
+    updated_at: datetime
 
 
 class KnowledgeRepository:
@@ -399,13 +437,16 @@ class KnowledgeRepository:
         async with self._sessions.begin() as session:
             return await self._replace(session, document_id, chunks)
 
-    async def save_documents(self, source: str, documents: Sequence[DocumentData]) -> list[SaveResult]:
-        """Upsert many documents in one transaction; chunks are rewritten only for changed ones."""
+    async def save_documents(
+        self, source: str, documents: Sequence[DocumentData], *, owner: str | None = None
+    ) -> list[SaveResult]:
+        """Upsert many documents in one transaction; chunks are rewritten only for changed ones.
+        `owner` makes new documents private to that user (uploads)."""
         results: list[SaveResult] = []
         async with self._sessions.begin() as session:
             for doc in documents:
                 document_id, status = await self._upsert(
-                    session, source, doc.locator, doc.title, doc.url, doc.content_hash, doc.prior
+                    session, source, doc.locator, doc.title, doc.url, doc.content_hash, doc.prior, owner
                 )
                 if status != "unchanged":
                     await self._replace(session, document_id, doc.chunks)
@@ -444,6 +485,7 @@ class KnowledgeRepository:
         url: str | None,
         content_hash: str,
         prior: float = 0.0,
+        owner: str | None = None,
     ) -> tuple[int, str]:
         existing = (
             await session.execute(
@@ -458,6 +500,7 @@ class KnowledgeRepository:
                 url=url,
                 content_hash=content_hash,
                 prior=prior,
+                owner=owner,
             )
             session.add(doc)
             await session.flush()
@@ -502,9 +545,11 @@ class KnowledgeRepository:
         terms = (await self._sqlite_vocabulary(session)).prune(terms)
         return " OR ".join(f'"{term}"' for term in terms)
 
-    async def fts_search(self, query: str, limit: int = 50) -> list[tuple[int, float]]:
+    async def fts_search(
+        self, query: str, limit: int = 50, *, viewer: str | None = None
+    ) -> list[tuple[int, float]]:
         """Full-text search over chunk text, title, ref and aliases: [(chunk id, score)], best first,
-        higher score is better. Any user text is safe here."""
+        higher score is better. Any user text is safe here. Only what `viewer` may read is searched."""
         async with self._sessions() as session:
             if session.bind.dialect.name == "sqlite":
                 expression = await self._sqlite_match(session, query)
@@ -513,21 +558,27 @@ class KnowledgeRepository:
                 weights = ", ".join(str(w) for w in FTS_WEIGHTS)
                 sql = text(
                     f"SELECT rowid, bm25({FTS_TABLE}, {weights}) AS score FROM {FTS_TABLE} "
-                    f"WHERE {FTS_TABLE} MATCH :q ORDER BY score LIMIT :limit"
+                    f"WHERE {FTS_TABLE} MATCH :q AND rowid NOT IN ({_SQLITE_HIDDEN_CHUNKS}) "
+                    "ORDER BY score LIMIT :limit"
                 )
-                rows = (await session.execute(sql, {"q": expression, "limit": limit})).all()
+                params = {"q": expression, "limit": limit, "viewer": viewer}
+                rows = (await session.execute(sql, params)).all()
                 return [(int(row[0]), -float(row[1])) for row in rows]  # bm25(): lower is better
             tsquery = postgres_tsquery(query)
             if tsquery is None:
                 return []
             sql = text(
-                "SELECT id, ts_rank_cd(search_vector, q) AS score FROM knowledge_chunks, "
-                "to_tsquery('english', :q) AS q WHERE search_vector @@ q ORDER BY score DESC LIMIT :limit"
+                "SELECT c.id, ts_rank_cd(c.search_vector, q) AS score FROM knowledge_chunks AS c "
+                "JOIN knowledge_documents AS d ON d.id = c.document_id, to_tsquery('english', :q) AS q "
+                "WHERE c.search_vector @@ q AND (d.owner IS NULL OR d.owner = :viewer) "
+                "ORDER BY score DESC LIMIT :limit"
             )
-            rows = (await session.execute(sql, {"q": tsquery, "limit": limit})).all()
+            rows = (await session.execute(sql, {"q": tsquery, "limit": limit, "viewer": viewer})).all()
             return [(int(row[0]), float(row[1])) for row in rows]
 
-    async def fts_search_meta(self, query: str, limit: int = 50) -> list[ChunkMeta]:
+    async def fts_search_meta(
+        self, query: str, limit: int = 50, *, viewer: str | None = None
+    ) -> list[ChunkMeta]:
         """`fts_search`'s hits, best first, with their ranking metadata: on SQLite one statement
         (a search's first half runs while the query is being encoded; fewer round trips is less
         contention for the two cores)."""
@@ -540,14 +591,17 @@ class KnowledgeRepository:
                 sql = text(
                     "SELECT c.id, d.source, c.ord, c.ref, d.prior FROM ("
                     f"SELECT rowid, bm25({FTS_TABLE}, {weights}) AS score FROM {FTS_TABLE} "
-                    f"WHERE {FTS_TABLE} MATCH :q ORDER BY score LIMIT :limit) AS hits "
+                    f"WHERE {FTS_TABLE} MATCH :q AND rowid NOT IN ({_SQLITE_HIDDEN_CHUNKS}) "
+                    "ORDER BY score LIMIT :limit) AS hits "
                     "JOIN knowledge_chunks AS c ON c.id = hits.rowid "
-                    "JOIN knowledge_documents AS d ON d.id = c.document_id ORDER BY hits.score"
+                    "JOIN knowledge_documents AS d ON d.id = c.document_id "
+                    f"WHERE {_SQLITE_VISIBLE} ORDER BY hits.score"
                 )
-                rows = (await session.execute(sql, {"q": expression, "limit": limit})).all()
+                params = {"q": expression, "limit": limit, "viewer": viewer}
+                rows = (await session.execute(sql, params)).all()
                 return [ChunkMeta(int(r[0]), r[1], int(r[2]), r[3], float(r[4])) for r in rows]
-        ids = [cid for cid, _ in await self.fts_search(query, limit)]
-        meta = await self.get_chunk_meta(ids)
+        ids = [cid for cid, _ in await self.fts_search(query, limit, viewer=viewer)]
+        meta = await self.get_chunk_meta(ids, viewer=viewer)
         return [meta[cid] for cid in ids if cid in meta]
 
     async def _sqlite_vocabulary(self, session: AsyncSession) -> _Vocabulary:
@@ -572,47 +626,61 @@ class KnowledgeRepository:
         self._vocabulary = _Vocabulary(chunks, df, now, stemmer)
         return self._vocabulary
 
-    async def phrase_search(self, phrase: str, limit: int = 10) -> list[int]:
-        """Chunks that mention `phrase` (e.g. a CVE or CAPEC id) as consecutive words."""
+    async def phrase_search(self, phrase: str, limit: int = 10, *, viewer: str | None = None) -> list[int]:
+        """Chunks that mention `phrase` (e.g. a CVE or CAPEC id) as consecutive words, of what `viewer`
+        may read."""
         async with self._sessions() as session:
             if session.bind.dialect.name == "sqlite":
                 expression = sqlite_phrase_expression(phrase)
                 if expression is None:
                     return []
                 sql = text(
-                    f"SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :q ORDER BY rank LIMIT :limit"
+                    f"SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :q "
+                    f"AND rowid NOT IN ({_SQLITE_HIDDEN_CHUNKS}) ORDER BY rank LIMIT :limit"
                 )
-                rows = (await session.execute(sql, {"q": expression, "limit": limit})).all()
+                params = {"q": expression, "limit": limit, "viewer": viewer}
+                rows = (await session.execute(sql, params)).all()
                 return [int(row[0]) for row in rows]
             if not _WORD.search(phrase):
                 return []
             # The phrase as typed: PostgreSQL's parser splits "CVE-2021-44228" in the query exactly as
             # in the text (hyphenated word, parts, signed number), so the positions line up.
             sql = text(
-                "SELECT id FROM knowledge_chunks, phraseto_tsquery('simple', :q) AS q "
-                "WHERE to_tsvector('simple', text) @@ q LIMIT :limit"
+                "SELECT c.id FROM knowledge_chunks AS c JOIN knowledge_documents AS d "
+                "ON d.id = c.document_id, phraseto_tsquery('simple', :q) AS q "
+                "WHERE to_tsvector('simple', c.text) @@ q AND (d.owner IS NULL OR d.owner = :viewer) "
+                "LIMIT :limit"
             )
-            rows = (await session.execute(sql, {"q": phrase.replace("\x00", ""), "limit": limit})).all()
+            params = {"q": phrase.replace("\x00", ""), "limit": limit, "viewer": viewer}
+            rows = (await session.execute(sql, params)).all()
             return [int(row[0]) for row in rows]
 
-    async def get_chunks(self, ids: Sequence[int]) -> list[ChunkRecord]:
-        """Chunks by id, in the order asked; ids that no longer exist are skipped."""
+    async def get_chunks(
+        self, ids: Sequence[int], *, viewer: str | None = None, all_owners: bool = False
+    ) -> list[ChunkRecord]:
+        """Chunks by id, in the order asked; ids that no longer exist or that `viewer` may not read are
+        skipped. `all_owners` reads every private document too: for maintenance (embedding), never answers."""
         if not ids:
             return []
         found: dict[int, ChunkRecord] = {}
+        visible = true() if all_owners else visible_to(viewer)
         async with self._sessions() as session:
             if session.bind.dialect.name == "sqlite":
-                rows = await session.execute(_SQLITE_RECORDS, {"ids": json.dumps([int(i) for i in ids])})
+                params = {"ids": json.dumps([int(i) for i in ids]), "viewer": viewer}
+                if all_owners:
+                    params.pop("viewer")
+                sql = _SQLITE_RECORDS_ALL if all_owners else _SQLITE_RECORDS
+                rows = await session.execute(sql, params)
                 found = {int(row[0]): ChunkRecord(*row) for row in rows.all()}
                 return [found[i] for i in ids if i in found]
             for start in range(0, len(ids), 500):
                 batch = list(ids[start : start + 500])
-                for record in await self._select_records(session, Chunk.id.in_(batch)):
+                for record in await self._select_records(session, and_(Chunk.id.in_(batch), visible)):
                     found[record.id] = record
         return [found[i] for i in ids if i in found]
 
-    async def get_chunk_meta(self, ids: Sequence[int]) -> dict[int, ChunkMeta]:
-        """Ranking metadata of chunks by id; ids that no longer exist are absent."""
+    async def get_chunk_meta(self, ids: Sequence[int], *, viewer: str | None = None) -> dict[int, ChunkMeta]:
+        """Ranking metadata of chunks by id; ids that no longer exist or `viewer` may not read are absent."""
         found: dict[int, ChunkMeta] = {}
         if not ids:
             return found
@@ -620,7 +688,8 @@ class KnowledgeRepository:
             if session.bind.dialect.name == "sqlite":
                 # One statement with one JSON parameter: every search asks for a few hundred ids, and
                 # building and binding an expanding IN per call cost more than the query itself.
-                rows = await session.execute(_SQLITE_META, {"ids": json.dumps([int(i) for i in ids])})
+                params = {"ids": json.dumps([int(i) for i in ids]), "viewer": viewer}
+                rows = await session.execute(_SQLITE_META, params)
                 for row in rows.all():
                     found[int(row[0])] = ChunkMeta(int(row[0]), row[1], int(row[2]), row[3], float(row[4]))
                 return found
@@ -628,17 +697,18 @@ class KnowledgeRepository:
                 stmt = (
                     select(Chunk.id, Document.source, Chunk.ord, Chunk.ref, Document.prior)
                     .join(Document, Chunk.document_id == Document.id)
-                    .where(Chunk.id.in_(list(ids[start : start + 500])))
+                    .where(Chunk.id.in_(list(ids[start : start + 500])), visible_to(viewer))
                 )
                 for row in (await session.execute(stmt)).all():
                     found[int(row[0])] = ChunkMeta(int(row[0]), row[1], int(row[2]), row[3], float(row[4]))
         return found
 
-    async def find_by_ref(self, ref: str) -> list[ChunkRecord]:
+    async def find_by_ref(self, ref: str, *, viewer: str | None = None) -> list[ChunkRecord]:
         """Chunks whose ref is `ref` as given or upper-cased (pack refs are canonical upper case:
-        `cwe-79` finds CWE-79), in document order. Uses the ref index, unlike a case-folding scan."""
+        `cwe-79` finds CWE-79), in document order, of what `viewer` may read. Uses the ref index."""
+        condition = and_(Chunk.ref.in_(sorted({ref, ref.upper()})), visible_to(viewer))
         async with self._sessions() as session:
-            records = await self._select_records(session, Chunk.ref.in_(sorted({ref, ref.upper()})))
+            records = await self._select_records(session, condition)
         return sorted(records, key=lambda r: (r.document_id, r.ord))
 
     async def content_hashes(self, source: str) -> dict[str, str]:
@@ -666,7 +736,7 @@ class KnowledgeRepository:
             rows = await session.execute(
                 select(Chunk.id, Document.content_hash, Chunk.title, Chunk.aliases)
                 .join(Document, Chunk.document_id == Document.id)
-                .where(Chunk.ord == 0, Document.source != "file")
+                .where(Chunk.ord == 0, Document.source != "file", Document.owner.is_(None))
                 .order_by(Chunk.id)
             )
             return [(int(r[0]), str(r[1]), str(r[2]), str(r[3] or "")) for r in rows]
@@ -674,6 +744,41 @@ class KnowledgeRepository:
     async def chunk_ids(self) -> list[int]:
         async with self._sessions() as session:
             return list((await session.execute(select(Chunk.id).order_by(Chunk.id))).scalars())
+
+    # --- private documents -------------------------------------------------------------------
+
+    async def owned_documents(self, owner: str) -> list[OwnedDocument]:
+        """The owner's private documents, oldest first, with their chunk counts."""
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(
+                    Document.id,
+                    Document.locator,
+                    Document.title,
+                    func.count(Chunk.id),
+                    Document.updated_at,
+                )
+                .outerjoin(Chunk, Chunk.document_id == Document.id)
+                .where(Document.owner == owner)
+                .group_by(Document.id)
+                .order_by(Document.id)
+            )
+            return [OwnedDocument(int(r[0]), str(r[1]), str(r[2]), int(r[3]), r[4]) for r in rows]
+
+    async def delete_owned(self, owner: str, document_ids: Sequence[int] | None = None) -> tuple[int, int]:
+        """Delete the owner's private documents (all, or those of `document_ids` that are theirs) with their
+        chunks and full-text rows, in one transaction. Returns (documents, chunks) deleted."""
+        async with self._sessions.begin() as session:
+            condition = Document.owner == owner
+            if document_ids is not None:
+                condition = and_(condition, Document.id.in_([int(i) for i in document_ids]))
+            doomed = list((await session.execute(select(Document.id).where(condition))).scalars())
+            if not doomed:
+                return 0, 0
+            # Chunks first and explicitly: the FTS triggers see each row, whatever the FK pragma.
+            chunks = await session.execute(delete(Chunk).where(Chunk.document_id.in_(doomed)))
+            await session.execute(delete(Document).where(Document.id.in_(doomed)))
+        return len(doomed), int(getattr(chunks, "rowcount", 0) or 0)
 
     async def count(self, source: str | None = None) -> tuple[int, int]:
         """(documents, chunks), of one source or all."""
@@ -718,8 +823,10 @@ __all__ = [
     "Document",
     "DocumentData",
     "KnowledgeRepository",
+    "OwnedDocument",
     "SaveResult",
     "fts_terms",
     "install_search_index",
     "sqlite_match_expression",
+    "visible_to",
 ]

@@ -12,6 +12,7 @@ from typing import Literal, Protocol, TypeVar
 from core.retrieval.dense import DenseIndex
 from core.retrieval.embedder import Embedder, EmbedderError
 from core.retrieval.ids import find_ids
+from core.retrieval.indexer import UPLOAD_SOURCE, upload_name
 from core.types import Source
 from storage.knowledge import ChunkMeta, ChunkRecord, KnowledgeRepository
 
@@ -61,9 +62,15 @@ class Retriever:
     def dense_enabled(self) -> bool:
         return self._embedder is not None
 
-    async def search(self, query: str, k: int = 4, *, mode: Mode = "hybrid") -> list[Source]:
+    async def search(
+        self, query: str, k: int = 4, *, mode: Mode = "hybrid", viewer: str | None = None
+    ) -> list[Source]:
         """Up to k passages for `query`, numbered 1..k: entries named by an exact id in the query
-        come first, then the best of the hybrid search. One passage per CWE/ATT&CK entry."""
+        come first, then the best of the hybrid search. One passage per CWE/ATT&CK entry.
+
+        `viewer` (a user key such as "telegram:42", only in that user's private contexts) adds their
+        private documents to what is searched; without it only shared knowledge is. Every query below
+        filters on it."""
         query = clean_query(query)
         if not query or k <= 0:
             return []
@@ -77,35 +84,39 @@ class Retriever:
 
         for exact in find_ids(query):
             if exact.has_own_entry:
-                records = await self._repo.find_by_ref(exact.ref)
+                records = await self._repo.find_by_ref(exact.ref, viewer=viewer)
                 if records:
                     take(records[0])  # the overview chunk names and defines the entry
             else:
-                for record in await self._repo.get_chunks(await self._repo.phrase_search(exact.ref, k)):
+                hits = await self._repo.phrase_search(exact.ref, k, viewer=viewer)
+                for record in await self._repo.get_chunks(hits, viewer=viewer):
                     take(record)
         if len(picked) < k:
-            for record in await self._hybrid(query, k + len(picked), mode):
+            for record in await self._hybrid(query, k + len(picked), mode, viewer):
                 take(record)
         return [self._to_source(i, record) for i, record in enumerate(picked, start=1)]
 
-    async def _hybrid(self, query: str, k: int, mode: Mode) -> list[ChunkRecord]:
-        lists, meta = await self.candidates(query, mode)
+    async def _hybrid(self, query: str, k: int, mode: Mode, viewer: str | None) -> list[ChunkRecord]:
+        lists, meta = await self.candidates(query, mode, viewer=viewer)
         cfg = self.fusion
         if mode != "hybrid":
             # A single signal ranks on its own (the baselines the fusion is measured against).
             cfg = replace(cfg, prior_weight=0.0, summary_weight=0.0, name_weight=0.0)
         best = [m.id for m in fuse(lists, meta, cfg)[:k]]
-        return await self._repo.get_chunks(best)  # texts only for the winners
+        return await self._repo.get_chunks(best, viewer=viewer)  # texts only for the winners
 
     async def candidates(
-        self, query: str, mode: Mode = "hybrid"
+        self, query: str, mode: Mode = "hybrid", *, viewer: str | None = None
     ) -> tuple[list[tuple[float, list[int]]], dict[int, ChunkMeta]]:
-        """The ranked chunk-id lists to fuse, each with its weight, and the chunks they name."""
+        """The ranked chunk-id lists to fuse, each with its weight, and the chunks they name (only chunks
+        `viewer` may read: the metadata query filters the dense hits, whose matrix holds every chunk)."""
         cfg = self.fusion
         # BM25, and the ranking metadata of its hits, run in the database driver's thread while the
         # encoder runs in its own: only the dense hits' metadata is fetched after encoding.
         bm25 = (
-            asyncio.ensure_future(self._bm25(query, cfg.candidates)) if mode in ("hybrid", "bm25") else None
+            asyncio.ensure_future(self._bm25(query, cfg.candidates, viewer))
+            if mode in ("hybrid", "bm25")
+            else None
         )
         dense_hits: tuple[list[int], list[int]] | None = None
         bm25_hits: tuple[list[int], dict[int, ChunkMeta]] | None = None
@@ -126,16 +137,19 @@ class Retriever:
             meta.update(bm25_hits[1])
         if dense_hits is not None:
             chunks, names = dense_hits
-            lists.append((cfg.dense_weight, chunks))
-            if names:
-                lists.append((cfg.name_weight, names))
             missing = list(dict.fromkeys(cid for cid in (*chunks, *names) if cid not in meta))
             if missing:
-                meta.update(await self._repo.get_chunk_meta(missing))
+                meta.update(await self._repo.get_chunk_meta(missing, viewer=viewer))
+            # Hits the viewer may not read (others' private documents) have no metadata: drop them.
+            lists.append((cfg.dense_weight, [cid for cid in chunks if cid in meta]))
+            if names:
+                lists.append((cfg.name_weight, [cid for cid in names if cid in meta]))
         return lists, meta
 
-    async def _bm25(self, query: str, limit: int) -> tuple[list[int], dict[int, ChunkMeta]]:
-        hits = await self._repo.fts_search_meta(query, limit)
+    async def _bm25(
+        self, query: str, limit: int, viewer: str | None
+    ) -> tuple[list[int], dict[int, ChunkMeta]]:
+        hits = await self._repo.fts_search_meta(query, limit, viewer=viewer)
         return [m.id for m in hits], {m.id: m for m in hits}
 
     def _dense_search(self, query: str, limit: int, with_names: bool) -> tuple[list[int], list[int]]:
@@ -157,10 +171,16 @@ class Retriever:
 
     @staticmethod
     def _to_source(index: int, record: ChunkRecord) -> Source:
+        if record.source == "file":
+            source = record.locator
+        elif record.source == UPLOAD_SOURCE:
+            source = upload_name(record.locator)  # the file name, never the owner part of the locator
+        else:
+            source = record.source
         return Source(
             index=index,
             ref=record.ref,
-            source=record.locator if record.source == "file" else record.source,
+            source=source,
             title=record.title,
             url=record.url,
             text=record.text,
@@ -230,7 +250,7 @@ def fuse(lists: Sequence[tuple[float, Sequence[int]]], records: dict[int, R], cf
 
 
 def _is_summary(record: _Rankable) -> bool:
-    return record.ord == 0 and record.source != "file"
+    return record.ord == 0 and record.source not in ("file", UPLOAD_SOURCE)
 
 
 def format_sources(sources: Sequence[Source]) -> str:

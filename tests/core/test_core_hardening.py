@@ -134,8 +134,8 @@ def test_redact_url_drops_credentials_query_and_fragment() -> None:
 
 
 def test_there_is_one_redact_url() -> None:
-    from core.evaluation import judges
     from core.generators import openai_compat
+    from evaluation import judges
 
     assert openai_compat.redact_url is redact_url and judges.redact_url is redact_url
 
