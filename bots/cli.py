@@ -96,8 +96,13 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 async def run_bots(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, then drain the queue and stop every adapter cleanly."""
     from bots.compose import open_app
-    from bots.http import HttpAdapter
+    from bots.http import ExposureError, HttpAdapter, check_exposure
 
+    try:
+        check_exposure(settings)  # before loading anything: an open, keyless port is refused at start
+    except ExposureError as exc:
+        print(f"ghostbot: {exc}", file=sys.stderr)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

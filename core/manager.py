@@ -45,6 +45,7 @@ from core.commands import CommandContext, CommandHandler, ParsedCommand, Prefere
 from core.generators.base import GenerationParams, Generator
 from core.prompt import EMPTY_NOTICE, PromptBuilder, sanitize_text
 from core.ratelimit import RateLimiter, slow_down_message
+from core.redaction import Redactor
 from core.settings import Settings
 from core.types import Answer, ChatKind, Incoming, ReplySink, Source, watch_messages
 from core.uploads import DocumentLibrary, IncomingFile, UploadRefused
@@ -174,7 +175,7 @@ class ConversationManager:
         self._clock = clock
         self._prefs_cache: OrderedDict[tuple[str, str], tuple[float, dict[str, str]]] = OrderedDict()
         self._inflight: set[tuple[str, str]] = set()
-        self._secrets = settings.secret_values()
+        self._redact = Redactor(settings.secret_values())
 
     # --- entry points -----------------------------------------------------------------------------------
     async def handle(self, incoming: Incoming, sink: ReplySink) -> None:
@@ -253,6 +254,14 @@ class ConversationManager:
         """Contexts where only the user reads the answer (DMs, the web chat, ephemeral replies): there, and
         only there, their private documents are searched."""
         return incoming.chat_kind is ChatKind.DM or incoming.ephemeral
+
+    def admits(self, incoming: Incoming) -> bool:
+        """The access and rate checks alone, for adapter replies that skip `handle` ("I only read text")."""
+        if not self.access.check(incoming).allowed:
+            return False
+        if self.access.is_admin(incoming.platform, incoming.user_id):
+            return True
+        return self.limiter.check(incoming.platform, incoming.user_id) == 0.0
 
     async def record_feedback(
         self,
@@ -437,11 +446,13 @@ class ConversationManager:
         if command.name == "retry":
             await self._retry(incoming, sink)
             return
+        # In a group, /stats shows only the caller's own numbers: everyone's totals are for a private chat.
+        group_stats = command.name == "stats" and incoming.chat_kind is ChatKind.GROUP
         ctx = CommandContext(
             incoming.platform,
             incoming.user_id,
             self.conversation_key(incoming),
-            is_admin,
+            is_admin and not group_stats,
             private=self.is_private(incoming),
         )
         reply = await self.commands.run(command, ctx)
@@ -494,6 +505,11 @@ class ConversationManager:
             return False
         if not self.worker.accepting:
             await sink.notice(CLOSED_NOTICE, ephemeral=True)
+            return False
+        if self.worker.queue_depth >= self.worker.queue_size:  # full: refuse before any retrieval work
+            await sink.notice(
+                busy_notice(self.worker.estimate_wait(self.worker.queue_size + 1)), ephemeral=True
+            )
             return False
         key = self.conversation_key(incoming)
         # Independent lookups, concurrently: retrieval is usually the slowest, the database hops overlap it.
@@ -666,6 +682,4 @@ class ConversationManager:
     def _log_exception(self, what: str, exc: BaseException) -> None:
         """Log with the traceback, with every configured secret redacted."""
         detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        for secret in self._secrets:
-            detail = detail.replace(secret, "***")
-        logger.error("%s:\n%s", what, detail)
+        logger.error("%s:\n%s", what, self._redact(detail))

@@ -58,6 +58,7 @@ class Answer:
     sources: list[Source] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # e.g. "your message was shortened"
     finish_reason: Literal["stop", "length", "cancelled", "timeout", "error"] = "stop"
+    prompt_tokens: int | None = None  # the prompt as fed to the generator, in its tokens (when known)
 
 
 class ReplySink(Protocol):

@@ -154,10 +154,11 @@ class GhostClient(discord.Client):
         if not self._accepting:
             return
         with self._tracked():
-            if self._content_hidden(message):
-                await MessageTarget(message).private(UNREADABLE)
-                return
             incoming = convert.from_message(message, self.user)
+            if self._content_hidden(message):
+                if self.manager.admits(incoming):  # allowed users only, and rate limited
+                    await MessageTarget(message).private(UNREADABLE)
+                return
             if message.attachments:
                 await self._documents(message, incoming)
                 if not incoming.text.strip():

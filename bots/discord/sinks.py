@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -29,21 +30,42 @@ USER_INSTALL_FOLLOWUPS = 5
 CUT_NOTE = "(Cut short: Discord allows only {n} follow-up messages here. Ask me in a DM for the rest.)"
 
 
+_MASKED_LINK = re.compile(r"\]\s*\(")
+
+
+def unmask_links(text: str) -> str:
+    """Break Discord masked links (`[text](url)`) from documents or model output: shown as typed, the real
+    URL visible, never a link whose label hides where it goes (a zero-width space between `]` and `(`)."""
+    return _MASKED_LINK.sub(lambda m: m.group(0)[0] + "\u200b" + m.group(0)[1:], text)
+
+
+_URL_UNSAFE = {">": "%3E", "<": "%3C", " ": "%20", "[": "%5B", "]": "%5D", "(": "%28", ")": "%29", "\n": ""}
+
+
+def _link(url: str) -> str:
+    """A URL in <> (no preview card); characters that could close the <> or form markdown are encoded."""
+    return "<" + "".join(_URL_UNSAFE.get(c, c) for c in url) + ">"
+
+
 def render_answer(answer: Answer) -> str:
     """The final text: answer body, then a sources footer (links in <> so Discord adds no previews)."""
-    body = answer.text.strip() or EMPTY_ANSWER
+    body = unmask_links(answer.text.strip()) or EMPTY_ANSWER
     footer = sources_footer(answer.sources)
     return f"{body}\n\n{footer}" if footer else body
 
 
 def sources_footer(sources: Sequence[Source]) -> str:
     return render.sources_footer(
-        sources, heading="**Sources**", escape=discord.utils.escape_markdown, link=lambda url: f"<{url}>"
+        sources,
+        heading="**Sources**",
+        escape=lambda t: unmask_links(discord.utils.escape_markdown(t)),
+        link=_link,
     )
 
 
 def preview(text: str) -> str:
     """What a streaming edit shows: plain text, cut to fit one message (the final reply splits)."""
+    text = unmask_links(text)
     return text if len(text) <= LIMIT else text[: LIMIT - 2].rstrip() + " …"
 
 

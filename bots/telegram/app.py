@@ -166,9 +166,15 @@ class TelegramHandlers:
             await _best_effort(sink.notice(ERROR_REPLY))
 
     async def on_not_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """A photo, sticker, voice note… in a DM: say politely what the bot can read."""
-        if update.message is not None:
-            await _best_effort(self.sink_for(update.message, context.bot).notice(NOT_TEXT_REPLY))
+        """A photo, sticker, voice note… in a DM: say politely what the bot can read (allowed users, rate-limited)."""
+        message, user = update.message, update.effective_user
+        if message is None or user is None:
+            return
+        incoming = Incoming(
+            PLATFORM, str(update.update_id), str(message.chat.id), ChatKind.DM, str(user.id), "", ""
+        )
+        if self._manager.admits(incoming):
+            await _best_effort(self.sink_for(message, context.bot).notice(NOT_TEXT_REPLY))
 
     # --- documents ------------------------------------------------------------------------------
     @staticmethod

@@ -49,7 +49,7 @@ class BotProcess:
             DATABASE_URL=f"sqlite+aiosqlite:///{self.workdir / 'ghostbot.db'}",
             DATA_DIR=str(self.workdir / "data"),
             GENERATOR="extractive",
-            PACKS="",
+            PACKS="none",
             DENSE_RETRIEVAL="false",
             HTTP_HOST="127.0.0.1",
             HTTP_PORT=str(self.http_port),
