@@ -63,9 +63,9 @@ async def test_forget_during_generation_is_not_undone_by_the_answer(make_harness
     await asyncio.to_thread(gen.running.wait, 5)
     await h.send("/forget")
     sink = await asking
-    assert sink.finals()  # the user still sees the answer …
+    assert sink.finals()  # /forget cancels the generation; the reply is closed …
     rows = await count_rows(h.db)
-    # … but nothing about them is stored again.
+    # … and nothing about the user is stored again.
     assert (rows["users"], rows["messages"], rows["conversations"], rows["pending_replies"]) == (0, 0, 0, 0)
     assert await h.db.conversations.is_processed("telegram", "f1")
 
