@@ -615,6 +615,7 @@ class ConversationManager:
         answer_tokens = self.context.count(answer_text)
         await delivery.flush()  # the streamed messages' ids are in the row before the final is sent
         if repairable:  # a crash during delivery then stores the answer instead of calling it interrupted
+            await delivery.flush()  # the streamed message's id is in the row before the final state
             await self.db.outbox.record_final(
                 reply_id,
                 answer=answer_text,
