@@ -3,10 +3,13 @@ the real core and storage. Private to their sender, only in DMs."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
+from core.retrieval import DenseIndex, Embedder, dense_directory
 from storage.knowledge import Chunk, Document
 from tests.e2e.conftest import Harness
 from tests.e2e.test_telegram_bot import ask, command, eventually, reply
@@ -148,3 +151,47 @@ async def test_bad_files_get_a_clear_reply_and_store_nothing(bot_factory: Any) -
         # the declared-too-large file was never fetched
         fetched = {c.params["file_id"] for c in fake.calls_to("getFile")}
         assert len(fetched) == len(cases) - 1
+
+
+def tiny_encoder(folder: Path) -> Path:
+    """A random 1-layer BERT with a letters-only WordPiece vocabulary, saved like a real encoder folder
+    (EMBEDDER_PATH): the dense path and the embedding matrix run for real, in a second, offline."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow  # importing transformers takes several seconds
+async def test_forget_removes_the_documents_chunks_and_embeddings(bot_factory: Any, tmp_path: Path) -> None:
+    encoder = tiny_encoder(tmp_path / "encoder")
+    async with bot_factory(dense_retrieval=True, embedder_path=encoder) as h:
+        fake = h.fake
+        alice, alice_dm = fake.user(ALICE), fake.private_chat(ALICE)
+        bob, bob_dm = fake.user(BOB), fake.private_chat(BOB)
+        await send_document(h, alice_dm, alice, 2, data=SECRET.encode(), file_name="runbook.txt")
+        await send_document(h, bob_dm, bob, 2, data=b"bob keeps his own notes", file_name="bob.txt")
+        matrix = DenseIndex(dense_directory(h.settings.data_dir, Embedder(encoder)))
+        assert len(matrix.entries()) == 2 and await stored(h) == (2, 2)
+        assert "runbook.txt#1" in (await ask(h, alice_dm, alice, QUESTION))[-1].text
+
+        assert "1 documents with their index" in await command(h, alice_dm, alice, "/forget")
+        assert await stored(h) == (1, 1)
+        async with h.app.db.sessions() as session:
+            [bob_chunk] = (await session.execute(select(Chunk.id))).scalars().all()
+        assert set(matrix.entries()) == {bob_chunk}  # Alice's embeddings are gone, Bob's stay
+        assert "runbook" not in (await ask(h, alice_dm, alice, QUESTION))[-1].text
