@@ -765,11 +765,23 @@ class KnowledgeRepository:
             )
             return [OwnedDocument(int(r[0]), str(r[1]), str(r[2]), int(r[3]), r[4]) for r in rows]
 
+    async def hidden_chunk_ids(self, viewer: str | None) -> list[int]:
+        """Ids of the private chunks `viewer` may not read (everyone's, without a viewer): what a search of
+        a vector matrix holding every chunk must mask out. Served by the owner index."""
+        condition: ColumnElement[bool] = Document.owner.is_not(None)
+        if viewer is not None:
+            condition = and_(condition, Document.owner != viewer)
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(Chunk.id).join(Document, Chunk.document_id == Document.id).where(condition)
+            )
+            return [int(cid) for cid in rows.scalars()]
+
     async def delete_owned(self, owner: str, document_ids: Sequence[int] | None = None) -> tuple[int, int]:
         """Delete the owner's private documents (all, or those of `document_ids` that are theirs) with their
         chunks and full-text rows, in one transaction. Returns (documents, chunks) deleted."""
         async with self._sessions.begin() as session:
-            condition = Document.owner == owner
+            condition: ColumnElement[bool] = Document.owner == owner
             if document_ids is not None:
                 condition = and_(condition, Document.id.in_([int(i) for i in document_ids]))
             doomed = list((await session.execute(select(Document.id).where(condition))).scalars())

@@ -113,6 +113,13 @@ async def test_a_pdf_is_indexed_privately_for_its_owner_only(parts: Parts) -> No
         assert await refs(parts, question, None, mode) == [], mode  # a group / shared context
     sources = await parts.retriever.search(question, 4, viewer=ALICE)
     assert sources[0].source == "runbook.pdf"  # the file name, never the owner's key
+    # others' private vectors are masked inside the cosine ranking, not dropped afterwards
+    private = await parts.repo.hidden_chunk_ids(BOB)
+    assert len(private) == 2 and await parts.repo.hidden_chunk_ids(ALICE) == []
+    vector = parts.embedder.encode([question])[0]
+    assert len(parts.dense.search(vector, 5)) == 2
+    assert parts.dense.search(vector, 5, exclude=private) == []
+    assert parts.dense.search(vector, 5, exclude=private[:1])[0][0] == private[1]
     # the dense matrix holds the private chunks (it is filtered in the queries, not by omission)
     assert len(parts.dense.entries()) == 2
 
