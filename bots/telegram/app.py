@@ -228,6 +228,9 @@ class TelegramHandlers:
                 raise FileTooLarge
             if not file.file_path:
                 raise DownloadFailed("no file path")
+            if not file.file_path.startswith(("http://", "https://")):
+                # A self-hosted Bot API server in --local mode answers with a path on this machine.
+                return await asyncio.to_thread(_read_local_file, file.file_path, limit)
             return await fetch_limited(file.file_path, limit)
 
         upload = IncomingFile(
@@ -281,6 +284,18 @@ def _command(message: Message) -> tuple[str, str] | None:
     raw = message.parse_entity(entities[0])[1:]
     name, _, target = raw.partition("@")
     return name.lower(), target
+
+
+def _read_local_file(path: str, limit: int) -> bytes:
+    """A file a local-mode Bot API server stored for us, at most `limit` bytes."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise DownloadFailed(type(exc).__name__) from None
+    if len(data) > limit:
+        raise FileTooLarge
+    return data
 
 
 async def _best_effort(awaitable: Any) -> None:

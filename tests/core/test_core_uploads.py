@@ -220,3 +220,13 @@ async def test_an_embedding_failure_takes_the_rows_back(parts: Parts) -> None:
     parts.embedder.fail = False
     await parts.upload(ALICE, b"delta notes about quokkas", "d.txt")  # and it can be sent again
     assert await parts.counts() == (1, 1, 1)
+
+
+async def test_private_documents_are_searched_only_in_private_contexts(make_harness: Any) -> None:
+    """The manager asks the retriever for the user's documents in DMs and ephemeral replies, never in groups."""
+    h = make_harness()
+    await h.send("what is xss?")
+    await h.send("what is xss?", group=True, chat="-5")
+    await h.send("what is xss?", group=True, chat="-5", ephemeral=True)
+    await h.send("what is xss?", user="2", platform="discord")
+    assert h.retriever.viewers == ["telegram:1", None, "telegram:1", "discord:2"]
