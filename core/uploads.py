@@ -67,11 +67,10 @@ class IncomingFile:
 
 
 # --- messages -------------------------------------------------------------------------------------------
-def too_large_message(size: int, limit_mb: int) -> str:
-    return (
-        f"That file is too large ({size / MIB:.1f} MB); I accept documents up to {limit_mb} MB. "
-        "Nothing was stored."
-    )
+def too_large_message(size: int | None, limit_mb: int) -> str:
+    """`size` None: the download passed the limit, so the real size is unknown."""
+    how_big = f"{size / MIB:.1f} MB" if size is not None else f"more than {limit_mb} MB"
+    return f"That file is too large ({how_big}); I accept documents up to {limit_mb} MB. Nothing was stored."
 
 
 ENCRYPTED = "That PDF is password-protected, so I can't read it. Please send an unprotected copy."
@@ -255,7 +254,7 @@ class DocumentLibrary:
         try:
             data = await upload.download(self.max_bytes)
         except FileTooLarge:
-            raise UploadRefused(too_large_message(self.max_bytes + 1, self.max_upload_mb)) from None
+            raise UploadRefused(too_large_message(None, self.max_upload_mb)) from None
         except DownloadFailed as exc:
             logger.warning("upload download failed: %s", exc)
             raise UploadRefused(DOWNLOAD_FAILED) from None

@@ -193,7 +193,7 @@ BAD_FILES: list[tuple[str, bytes, str, str | None, str]] = [
     ("empty text", b"  \n\t\n", "empty.txt", "text/plain", EMPTY),
     ("invalid UTF-8", "résumé".encode("latin-1") + b" notes", "cv.txt", "text/plain", NOT_UTF8),
     ("too large (declared)", b"x", "big.txt", "text/plain", "too large"),
-    ("too large (real)", b"y" * (1024 * 1024 + 1), "big2.txt", "text/plain", "too large"),
+    ("too large (real)", b"y" * (1024 * 1024 + 1), "big2.txt", "text/plain", "too large (more than 1 MB)"),
 ]
 
 
