@@ -7,6 +7,7 @@ with a `TelegramSink`, and map 👍/👎 buttons to feedback. Conversation rules
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -178,10 +179,13 @@ class TelegramHandlers:
         entities = message.caption_entities or ()
         asked = False
         if entities and entities[0].type == entities[0].BOT_COMMAND and entities[0].offset == 0:
-            name, _, target = message.parse_caption_entity(entities[0])[1:].partition("@")
+            command = message.parse_caption_entity(entities[0])
+            name, _, target = command[1:].partition("@")
             if target and target.lower() != username:
                 return None  # /ask@other_bot
             asked = name.lower() == "ask"
+            if asked:
+                caption = caption[len(command) :]
         replied = message.reply_to_message
         reply_to_bot = (
             replied is not None
@@ -191,6 +195,8 @@ class TelegramHandlers:
         )
         if not (dm or mentioned or asked or reply_to_bot):
             return None
+        if mentioned:
+            caption = re.sub(rf"(?<!\w)@{re.escape(bot_username)}\b", "", caption, flags=re.I)
         return Incoming(
             platform=PLATFORM,
             event_id=str(update.update_id),
@@ -198,7 +204,7 @@ class TelegramHandlers:
             chat_kind=ChatKind.DM if dm else ChatKind.GROUP,
             user_id=str(user.id),
             user_name=user.full_name or user.username or str(user.id),
-            text=caption,
+            text=" ".join(caption.split()),  # a question about the file, if any
             addressed=True,
             thread_id=str(message.message_thread_id)
             if message.is_topic_message and message.message_thread_id
@@ -241,7 +247,11 @@ class TelegramHandlers:
         )
         sink = self.sink_for(message, bot)
         try:
-            await self._manager.handle_document(incoming, upload, sink)
+            indexed = await self._manager.handle_document(incoming, upload, sink)
+            if indexed and incoming.text and incoming.chat_kind is ChatKind.DM:
+                # "Summarise this" as the caption: answer it from the document just indexed.
+                question = dataclasses.replace(incoming, event_id=f"{update.update_id}:caption")
+                await self._manager.handle(question, self.sink_for(message, bot))
         except Exception:
             log.exception("telegram document update %s failed", update.update_id)
             await _best_effort(sink.notice(ERROR_REPLY))

@@ -82,6 +82,26 @@ async def test_an_uploaded_pdf_answers_its_owner_in_dms_only(bot_factory: Any) -
         assert "runbook.pdf" not in answer
 
 
+async def test_a_caption_question_is_answered_from_the_new_document(bot_factory: Any) -> None:
+    async with bot_factory() as h:
+        fake = h.fake
+        alice, alice_dm = fake.user(ALICE), fake.private_chat(ALICE)
+        before = len(fake.bot_messages(ALICE))
+        fake.send_document(
+            chat=alice_dm, user=alice, data=SECRET.encode(), file_name="runbook.txt", caption=QUESTION
+        )
+        messages = await reply(fake, ALICE, before, count=3)  # progress, confirmation, the answer
+        assert messages[1].text.startswith("Indexed “runbook.txt”")
+        assert messages[-1].text.startswith(f"Answer to: {QUESTION}") and "runbook.txt#1" in messages[-1].text
+        # a refused file gets no answer to its caption
+        before = len(fake.bot_messages(ALICE))
+        fake.send_document(chat=alice_dm, user=alice, data=b"MZ\x00\x00", file_name="x.pdf", caption=QUESTION)
+        [refusal] = await reply(fake, ALICE, before, final=False)
+        assert "Windows program" in refusal.text
+        await ask(h, alice_dm, alice, "and what else?")
+        assert [spec.question for spec in h.generator.specs] == [QUESTION, "and what else?"]
+
+
 async def test_forget_removes_the_documents(bot_factory: Any) -> None:
     async with bot_factory() as h:
         fake = h.fake
