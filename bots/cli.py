@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("paths", nargs="*", type=Path)
     index.add_argument("--pack", action="append", choices=["cwe", "attack"], default=[], help="build a pack")
 
-    from core.evaluation.cli import add_eval_subcommands
+    from evaluation.cli import add_eval_subcommands
 
     evaluation = sub.add_parser("eval", help="evaluate answer quality (judge, compare, mcq, export-feedback)")
     add_eval_subcommands(
@@ -87,7 +87,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return await index(settings, args.paths, args.pack)
     if args.command == "eval":
         from bots.compose import open_app
-        from core.evaluation.cli import run_eval
+        from evaluation.cli import run_eval
 
         return await run_eval(args, settings, open_app)
     raise AssertionError(f"unhandled command {args.command}")

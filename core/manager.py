@@ -215,6 +215,51 @@ class ConversationManager:
 
         The same access policy as a question applies (a button click in a public channel must not let a
         stranger past a guild/channel/role allow list)."""
+        if rating not in (1, -1):
+            return False
+        message = await self._rated_answer(
+            platform, chat_id, user_id, platform_message_id, chat_kind, guild_id, role_ids
+        )
+        if message is None:
+            return False
+        try:
+            await self.db.feedback.record(
+                platform=platform, user_id=user_id, message_id=message.id, rating=rating
+            )
+        except UnknownMessage:  # deleted by /forget or /reset between the lookup and the write
+            return False
+        return True
+
+    async def withdraw_feedback(
+        self,
+        *,
+        platform: str,
+        chat_id: str,
+        user_id: str,
+        platform_message_id: str,
+        chat_kind: ChatKind = ChatKind.GROUP,
+        guild_id: str | None = None,
+        role_ids: tuple[str, ...] = (),
+    ) -> bool:
+        """Remove the user's rating of that answer (a 👍/👎 reaction taken back). False when there was none."""
+        message = await self._rated_answer(
+            platform, chat_id, user_id, platform_message_id, chat_kind, guild_id, role_ids
+        )
+        if message is None:
+            return False
+        return await self.db.feedback.withdraw(platform=platform, user_id=user_id, message_id=message.id)
+
+    async def _rated_answer(
+        self,
+        platform: str,
+        chat_id: str,
+        user_id: str,
+        platform_message_id: str,
+        chat_kind: ChatKind,
+        guild_id: str | None,
+        role_ids: tuple[str, ...],
+    ) -> StoredMessage | None:
+        """The stored assistant message a rating is about, if the rater may rate it."""
         clicker = Incoming(
             platform=platform,
             event_id="feedback",
@@ -226,18 +271,12 @@ class ConversationManager:
             guild_id=guild_id,
             role_ids=role_ids,
         )
-        if rating not in (1, -1) or not self.access.check(clicker).allowed:
-            return False
+        if not self.access.check(clicker).allowed:
+            return None
         message = await self.db.conversations.find_by_platform_message(platform, chat_id, platform_message_id)
         if message is None or message.role != "assistant":
-            return False
-        try:
-            await self.db.feedback.record(
-                platform=platform, user_id=user_id, message_id=message.id, rating=rating
-            )
-        except UnknownMessage:  # deleted by /forget or /reset between the lookup and the write
-            return False
-        return True
+            return None
+        return message
 
     def conversation_key(self, incoming: Incoming) -> ConversationKey:
         """DMs: per user. Groups: per user within the chat, or one shared history when configured."""

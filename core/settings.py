@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     telegram_webhook_listen: str = "0.0.0.0"
     telegram_webhook_port: int = 8443
     telegram_webhook_secret: SecretStr | None = None
+    # How answers stream: native drafts in private chats (groups always use edits), edits, or not at all.
+    telegram_streaming: Literal["draft", "edit", "off"] = "draft"
     discord_bot_token: SecretStr | None = None
     discord_api_base_url: str = "https://discord.com/api/v10"
     discord_gateway_url: str = "wss://gateway.discord.gg/"

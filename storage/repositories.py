@@ -516,6 +516,20 @@ class FeedbackRepository(_Repository):
         )
         connection.execute(stmt)
 
+    async def withdraw(self, *, platform: str, user_id: str, message_id: int) -> bool:
+        """Remove the user's rating of the message (a reaction taken back); False when there was none."""
+        return bool(await self._run.write(self._withdraw, platform, str(user_id), int(message_id)))
+
+    @staticmethod
+    def _withdraw(connection: Connection, platform: str, user_id: str, message_id: int) -> int:
+        uid = connection.execute(_user_id_query(platform, user_id)).scalar_one_or_none()
+        if uid is None:
+            return 0
+        result = connection.execute(
+            delete(feedback).where(feedback.c.user_id == uid, feedback.c.message_id == message_id)
+        )
+        return int(result.rowcount or 0)
+
     async def export(self) -> list[FeedbackRow]:
         """Every rated answer with its question, oldest rating first."""
         return await self._run.read(self._export)

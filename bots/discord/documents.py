@@ -30,9 +30,13 @@ class FollowupTarget:
     something else (the document confirmation of `/ask file:`): the first follow-up is the main message,
     streamed by editing it."""
 
-    def __init__(self, interaction: discord.Interaction) -> None:
+    def __init__(
+        self, interaction: discord.Interaction, *, followup_limit: int | None = None, used: int = 0
+    ) -> None:
         self._interaction = interaction
         self._primary: discord.WebhookMessage | None = None
+        self._followup_limit = followup_limit  # Discord's cap per interaction for user installs
+        self._sent = used  # follow-ups already spent on this interaction (the document confirmation)
 
     async def set_primary(self, text: str, view: discord.ui.View | None = None) -> int:
         if self._primary is None:
@@ -46,8 +50,15 @@ class FollowupTarget:
     async def add(self, text: str, view: discord.ui.View | None = None) -> int:
         return (await self._send(text, view)).id
 
+    def room(self) -> int | None:
+        """Follow-ups left after the main message (None: no cap)."""
+        if self._followup_limit is None:
+            return None
+        return max(0, self._followup_limit - self._sent - (0 if self._primary is not None else 1))
+
     async def _send(self, text: str, view: discord.ui.View | None) -> discord.WebhookMessage:
         followup = self._interaction.followup
+        self._sent += 1
         if view is None:
             return await followup.send(text, ephemeral=True, wait=True)
         return await followup.send(text, ephemeral=True, wait=True, view=view)

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 LIMIT = 2000  # Discord's message content limit, in characters
 PLACEHOLDER = "⏳ Working on it…"
 EMPTY_ANSWER = "(The model returned an empty answer.)"
+# Discord allows 5 follow-ups per interaction when only the user installed the app (not the server).
+USER_INSTALL_FOLLOWUPS = 5
+CUT_NOTE = "(Cut short: Discord allows only {n} follow-up messages here. Ask me in a DM for the rest.)"
 
 
 def render_answer(answer: Answer) -> str:
@@ -64,6 +67,9 @@ class Target(Protocol):
 
     async def finish(self) -> None:
         """Tidy up after the core is done with this reply."""
+
+    def room(self) -> int | None:
+        """How many more messages may follow the main one (None: no limit)."""
 
 
 class DiscordSink:
@@ -110,7 +116,7 @@ class DiscordSink:
             for text in (answer.text, *answer.notices):
                 await self.notice(text, ephemeral=True)
             return []
-        parts = split_message(render_answer(answer), LIMIT) or [EMPTY_ANSWER]
+        parts = fit_parts(split_message(render_answer(answer), LIMIT) or [EMPTY_ANSWER], self._target.room())
         rated = answer.finish_reason in ("stop", "length") and bool(answer.text.strip())
         ids: list[int] = []
         for index, part in enumerate(parts):
@@ -130,16 +136,32 @@ class DiscordSink:
                 await self._target.set_primary(text)
 
 
+def fit_parts(parts: list[str], room: int | None) -> list[str]:
+    """The main message plus at most `room` more; a cut answer ends with a note saying why."""
+    if room is None or len(parts) <= room + 1:
+        return parts
+    kept = parts[: room + 1]
+    note = CUT_NOTE.format(n=USER_INSTALL_FOLLOWUPS)
+    last = split_message(kept[-1], LIMIT - len(note) - 2)
+    kept[-1] = f"{last[0] if last else ''}\n\n{note}".strip()
+    return kept
+
+
 class InteractionTarget:
     """A deferred slash-command reply: the original response plus webhook follow-ups.
 
     Discord gives the first follow-up after a defer the defer's visibility, so an ephemeral
     notice on a public defer first resolves the original with a placeholder (deleted at the
-    end if no answer replaced it)."""
+    end if no answer replaced it). `followup_limit` caps the follow-ups (a user install in a
+    place that did not add the bot gets 5); past it, private notices are dropped (logged)."""
 
-    def __init__(self, interaction: discord.Interaction, *, public: bool) -> None:
+    def __init__(
+        self, interaction: discord.Interaction, *, public: bool, followup_limit: int | None = None
+    ) -> None:
         self._interaction = interaction
         self._public = public
+        self._followup_limit = followup_limit
+        self._followups = 0
         self._resolved = False  # the original response shows something (no longer "thinking")
         self._placeholder = False  # what it shows is only our placeholder
         self._status_message: discord.WebhookMessage | None = None
@@ -152,8 +174,14 @@ class InteractionTarget:
 
     async def add(self, text: str, view: discord.ui.View | None = None) -> int:
         kwargs = {"view": view} if view is not None else {}
+        self._followups += 1
         message = await self._interaction.followup.send(text, ephemeral=not self._public, wait=True, **kwargs)
         return message.id
+
+    def room(self) -> int | None:
+        if self._followup_limit is None:
+            return None
+        return max(0, self._followup_limit - self._followups)
 
     async def private(self, text: str) -> None:
         if not self._resolved:
@@ -162,6 +190,12 @@ class InteractionTarget:
                 return
             await self._interaction.edit_original_response(content=PLACEHOLDER)
             self._resolved, self._placeholder = True, True
+        if self.room() == 0:
+            log.warning(
+                "interaction %s: follow-up limit reached, a notice was not sent", self._interaction.id
+            )
+            return
+        self._followups += 1
         await self._interaction.followup.send(text, ephemeral=True, wait=True)
 
     async def status(self, text: str) -> None:
@@ -169,9 +203,12 @@ class InteractionTarget:
             with contextlib.suppress(discord.HTTPException):  # progress only: never fail the reply
                 await self._status_message.edit(content=text)
             return
+        if self.room() is not None:
+            return  # follow-ups are scarce here: keep them for the answer ("thinking…" is shown)
         if not self._resolved and self._public:
             await self._interaction.edit_original_response(content=PLACEHOLDER)
             self._resolved, self._placeholder = True, True
+        self._followups += 1
         self._status_message = await self._interaction.followup.send(text, ephemeral=True, wait=True)
 
     async def typing(self) -> None:
@@ -224,6 +261,9 @@ class MessageTarget:
 
     async def finish(self) -> None:
         self._stop_typing()
+
+    def room(self) -> int | None:
+        return None  # channel messages: as many as the answer needs
 
     async def _keep_typing(self) -> None:
         try:

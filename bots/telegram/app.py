@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
-import json
 import logging
 import re
 import secrets
+import socket
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp import web
-from telegram import BotCommand, Message, Update
+from telegram import BotCommand, Message, MessageReactionUpdated, ReactionTypeEmoji, Update
 from telegram.constants import ChatType
 from telegram.error import TelegramError
 from telegram.ext import (
@@ -28,12 +26,13 @@ from telegram.ext import (
     CommandHandler,
     ContextTypes,
     MessageHandler,
+    MessageReactionHandler,
     filters,
 )
 
 from bots.downloads import fetch_limited
 from bots.logs import SecretRedactor
-from bots.telegram.sink import FEEDBACK_DOWN, FEEDBACK_UP, TelegramSink
+from bots.telegram.sink import FEEDBACK_DOWN, FEEDBACK_UP, DraftChats, StreamingMode, TelegramSink
 from core.commands import COMMANDS
 from core.manager import ConversationManager
 from core.settings import Settings
@@ -45,10 +44,11 @@ log = logging.getLogger(__name__)
 PLATFORM = "telegram"
 RATE_LIMIT_RETRIES = 5  # 429s are waited out (retry_after + 0.1 s) this many times per request
 POLL_TIMEOUT_S = 10  # long-poll length; getUpdates' read timeout is this plus PTB's own
-ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
+# message_reaction must be named to be delivered at all (and in groups only to an administrator bot).
+ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.MESSAGE_REACTION]
+REACTION_RATINGS = {"👍": 1, "👎": -1}
 DM_EDIT_INTERVAL_S = 1.0
 GROUP_EDIT_INTERVAL_S = 3.0
-WEBHOOK_SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 NOT_TEXT_REPLY = (
     "I can only read text messages and documents (PDF, Markdown, text, HTML). Please type your question."
 )
@@ -69,9 +69,19 @@ def bot_commands(commands: dict[str, str]) -> list[BotCommand]:
 class TelegramHandlers:
     """The handler callbacks, bound to the manager they forward to."""
 
-    def __init__(self, manager: ConversationManager, commands: frozenset[str]) -> None:
+    def __init__(
+        self,
+        manager: ConversationManager,
+        commands: frozenset[str],
+        *,
+        streaming: StreamingMode = "draft",
+    ) -> None:
         self._manager = manager
         self._commands = commands  # the core's command names, without "/"
+        self._streaming = streaming
+        self._drafts = DraftChats()  # private chats whose Bot API refused drafts: edits there
+        # Updates run concurrently, but reaction changes must apply in order (the last one wins).
+        self._reactions = asyncio.Lock()
 
     # --- Update → Incoming --------------------------------------------------------------------
     @staticmethod
@@ -137,6 +147,9 @@ class TelegramHandlers:
             reply_to=None if dm else message.message_id,  # in groups, show which message is answered
             # Telegram allows ~20 messages a minute in a group (edits included): stream slower there.
             min_interval=DM_EDIT_INTERVAL_S if dm else GROUP_EDIT_INTERVAL_S,
+            # Drafts exist in private chats only: groups keep edit-based streaming.
+            streaming="edit" if self._streaming == "draft" and not dm else self._streaming,
+            drafts=self._drafts,
         )
 
     # --- callbacks ------------------------------------------------------------------------------
@@ -270,6 +283,41 @@ class TelegramHandlers:
         )
         await query.answer("Thanks for the feedback" if recorded else "Sorry, I no longer have that answer.")
 
+    async def on_reaction(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """👍/👎 reactions on an answer are feedback, the same rating as the buttons (the last one
+        wins). Taking the reaction away withdraws the rating; other emoji are ignored."""
+        reaction = update.message_reaction
+        if reaction is None or reaction.user is None:  # anonymous group admins react as the chat
+            return
+        rating = reaction_rating(reaction)
+        if rating is None:
+            return
+        chat_id, user_id, message_id = str(reaction.chat.id), str(reaction.user.id), str(reaction.message_id)
+        kind = ChatKind.DM if reaction.chat.type == ChatType.PRIVATE else ChatKind.GROUP
+        async with self._reactions:
+            await self._apply_reaction(chat_id, user_id, message_id, kind, rating)
+
+    async def _apply_reaction(
+        self, chat_id: str, user_id: str, message_id: str, kind: ChatKind, rating: int
+    ) -> None:
+        if rating == 0:
+            await self._manager.withdraw_feedback(
+                platform=PLATFORM,
+                chat_id=chat_id,
+                user_id=user_id,
+                platform_message_id=message_id,
+                chat_kind=kind,
+            )
+        else:
+            await self._manager.record_feedback(
+                platform=PLATFORM,
+                chat_id=chat_id,
+                user_id=user_id,
+                platform_message_id=message_id,
+                rating=rating,
+                chat_kind=kind,
+            )
+
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         # Only the exception type and Telegram's description: never a URL (it contains the token).
         error = context.error
@@ -284,6 +332,26 @@ class TelegramHandlers:
             detail,
             exc_info=None if isinstance(error, TelegramError) else error,
         )
+
+
+def reaction_rating(reaction: MessageReactionUpdated) -> int | None:
+    """+1/-1 for a newly set 👍/👎, 0 when the user took theirs away, None when 👍/👎 are not involved.
+
+    A user may set several reactions at once: a 👍/👎 that is new in this update wins over one that
+    was already there (so changing 👍 to 👎 reads as 👎)."""
+
+    def ratings(reactions: Any) -> list[int]:
+        return [
+            REACTION_RATINGS[r.emoji]
+            for r in reactions
+            if isinstance(r, ReactionTypeEmoji) and r.emoji in REACTION_RATINGS
+        ]
+
+    old, new = ratings(reaction.old_reaction), ratings(reaction.new_reaction)
+    if not new:
+        return 0 if old else None
+    added = [rating for rating in new if rating not in old]
+    return (added or new)[-1]
 
 
 def _command(message: Message) -> tuple[str, str] | None:
@@ -352,7 +420,7 @@ def build_application(settings: Settings, manager: ConversationManager) -> Appli
         .post_init(register_commands)
         .build()
     )
-    handlers = TelegramHandlers(manager, names)
+    handlers = TelegramHandlers(manager, names, streaming=settings.telegram_streaming)
     only_new = filters.UpdateType.MESSAGE  # edits of old messages are not new questions
     application.add_handler(CommandHandler(sorted(names), handlers.on_message, filters=only_new))
     application.add_handler(MessageHandler(only_new & filters.TEXT, handlers.on_message))
@@ -364,6 +432,7 @@ def build_application(settings: Settings, manager: ConversationManager) -> Appli
         )
     )
     application.add_handler(CallbackQueryHandler(handlers.on_feedback, pattern=r"^fb:[+-]1$"))
+    application.add_handler(MessageReactionHandler(handlers.on_reaction))
     application.add_error_handler(handlers.on_error)
     return application
 
@@ -371,8 +440,9 @@ def build_application(settings: Settings, manager: ConversationManager) -> Appli
 class TelegramAdapter:
     """Runs the Application inside the composition root: `await start()`, later `await stop()`.
 
-    Polling by default; with TELEGRAM_WEBHOOK_URL set, an aiohttp server receives updates
-    (the secret token header is checked on every request) and `setWebhook` registers it.
+    Polling by default; with TELEGRAM_WEBHOOK_URL set, python-telegram-bot's own webhook server
+    (`Updater.start_webhook`, the `[webhooks]` extra) receives updates, registers the URL with
+    `setWebhook` and refuses (403) every request without the secret token header.
     """
 
     def __init__(
@@ -383,8 +453,6 @@ class TelegramAdapter:
         self._drain_timeout = (
             drain_timeout if drain_timeout is not None else settings.request_timeout_seconds + 10
         )
-        self._webhook: web.AppRunner | None = None
-        self._webhook_secret = ""
         self.webhook_port: int | None = None  # the bound port (useful when the setting is 0)
 
     async def start(self) -> None:
@@ -392,10 +460,10 @@ class TelegramAdapter:
         await app.initialize()  # getMe: the bot's id and username
         if app.post_init is not None:
             await app.post_init(app)  # setMyCommands (run_polling would do this too)
+        assert app.updater is not None
         if self.settings.telegram_webhook_url:
             await self._start_webhook()
         else:
-            assert app.updater is not None
             await app.updater.start_polling(
                 poll_interval=0.0,
                 timeout=POLL_TIMEOUT_S,
@@ -403,16 +471,15 @@ class TelegramAdapter:
                 drop_pending_updates=False,  # updates sent while we were down are still questions
             )
         await app.start()
-        log.info("telegram: @%s is %s", app.bot.username, "on a webhook" if self._webhook else "polling")
+        mode = "on a webhook" if self.webhook_port is not None else "polling"
+        log.info("telegram: @%s is %s", app.bot.username, mode)
 
     async def stop_receiving(self) -> None:
         """Take no new updates (call before draining the worker); replies in flight continue."""
         app = self.application
         if app.updater is not None and app.updater.running:
-            await app.updater.stop()  # its last getUpdates confirms what was fetched
-        if self._webhook is not None:
-            await self._webhook.cleanup()
-            self._webhook = None
+            # Polling: its last getUpdates confirms what was fetched. Webhook: the server closes.
+            await app.updater.stop()
 
     async def stop(self) -> None:
         """Stop receiving, let replies in flight finish (bounded), then close the HTTP clients."""
@@ -434,32 +501,23 @@ class TelegramAdapter:
         url = settings.telegram_webhook_url or ""
         secret = settings.telegram_webhook_secret
         # Telegram allows 1-256 of [A-Za-z0-9_-]; a random one still proves requests come from Telegram.
-        self._webhook_secret = secret.get_secret_value() if secret else secrets.token_urlsafe(32)
-        path = urlsplit(url).path or "/"
-        server = web.Application()
-        server.router.add_post(path, self._on_webhook)
-        runner = web.AppRunner(server, handle_signals=False, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, settings.telegram_webhook_listen, settings.telegram_webhook_port)
-        await site.start()
-        self._webhook = runner
-        sockets = getattr(site._server, "sockets", None) or []
-        self.webhook_port = sockets[0].getsockname()[1] if sockets else settings.telegram_webhook_port
-        await self.application.bot.set_webhook(
-            url,
-            secret_token=self._webhook_secret,
-            allowed_updates=ALLOWED_UPDATES,
-            drop_pending_updates=False,
-        )
-
-    async def _on_webhook(self, request: web.Request) -> web.Response:
-        given = request.headers.get(WEBHOOK_SECRET_HEADER, "")
-        if not hmac.compare_digest(given.encode(), self._webhook_secret.encode()):
-            return web.Response(status=403, text="forbidden")
+        token = secret.get_secret_value() if secret else secrets.token_urlsafe(32)
+        # We bind the socket ourselves and hand it over (PTB's documented `unix=<socket>` form), so
+        # the bound port is known even when TELEGRAM_WEBHOOK_PORT is 0.
+        listener = socket.create_server((settings.telegram_webhook_listen, settings.telegram_webhook_port))
+        listener.setblocking(False)
+        self.webhook_port = listener.getsockname()[1]
+        assert self.application.updater is not None
         try:
-            data = json.loads(await request.text())
-            update = Update.de_json(data, self.application.bot)
-        except (ValueError, TypeError, KeyError):
-            return web.Response(status=400, text="bad update")
-        await self.application.update_queue.put(update)
-        return web.Response(status=200)
+            await self.application.updater.start_webhook(
+                url_path=urlsplit(url).path or "/",
+                webhook_url=url,
+                secret_token=token,
+                allowed_updates=ALLOWED_UPDATES,
+                drop_pending_updates=False,
+                unix=listener,
+            )
+        except BaseException:
+            listener.close()
+            self.webhook_port = None
+            raise

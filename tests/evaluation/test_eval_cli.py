@@ -1,4 +1,4 @@
-"""`ghostbot eval …` end to end through the real argparse wiring (bots/cli.py mounts core/evaluation/cli.py)."""
+"""`ghostbot eval …` end to end through the real argparse wiring (bots/cli.py mounts evaluation/cli.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import socket
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from conftest import ScriptedJudge, rating
-
 from bots.cli import build_parser
-from core.evaluation.cli import run_eval
-from core.evaluation.io import read_table
 from core.settings import Settings
 from core.types import Answer, Source
+from evaluation.cli import run_eval
+from evaluation.io import read_table
+from tests.evaluation.conftest import ScriptedJudge, rating
 from tests.fakes.openai_server import Reply
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

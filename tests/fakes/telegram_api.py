@@ -122,6 +122,17 @@ class Call:
 
 
 @dataclass
+class Draft:
+    """One accepted sendMessageDraft: a ~30 s preview the client drops when a real message arrives."""
+
+    chat_id: int
+    draft_id: int
+    text: str
+    thread_id: int | None
+    at: float  # time.monotonic()
+
+
+@dataclass
 class StoredMessage:
     """A message as it currently looks in a chat."""
 
@@ -162,6 +173,8 @@ class FakeTelegramAPI:
         self.messages: dict[tuple[int, int], StoredMessage] = {}
         self.commands: list[dict[str, Any]] = []
         self.webhook: dict[str, Any] | None = None
+        self.drafts: list[Draft] = []  # every accepted sendMessageDraft, in order
+        self.drafts_supported = True  # False: answer sendMessageDraft as an older Bot API server (404)
         self._updates: list[dict[str, Any]] = []  # not yet confirmed by an offset
         self.all_updates: dict[int, dict[str, Any]] = {}  # every update ever injected, for redelivery
         self._update_ids = itertools.count(1000)
@@ -329,6 +342,38 @@ class FakeTelegramAPI:
             "data": data,
         }
         return self.push_update({"callback_query": query})
+
+    def react(
+        self,
+        *,
+        chat_id: int,
+        message_id: int,
+        user: dict[str, Any],
+        new: list[str],
+        old: list[str] | None = None,
+    ) -> int:
+        """Inject a `message_reaction` update: `user` changed their emoji reactions on a message from
+        `old` to `new`. Telegram sends these only when allowed_updates names message_reaction (a
+        group's also only to an administrator bot): without it the update is dropped here too."""
+        if self.allowed_updates is not None and "message_reaction" not in self.allowed_updates:
+            return 0
+        reaction = {
+            "chat": self._chats[chat_id],
+            "message_id": message_id,
+            "user": user,
+            "date": int(time.time()),
+            "old_reaction": [{"type": "emoji", "emoji": e} for e in old or []],
+            "new_reaction": [{"type": "emoji", "emoji": e} for e in new],
+        }
+        return self.push_update({"message_reaction": reaction})
+
+    @property
+    def allowed_updates(self) -> list[str] | None:
+        """What the bot last asked for (getUpdates or setWebhook); None = Telegram's default set."""
+        for call in reversed(self.calls):
+            if call.method in ("getUpdates", "setWebhook") and "allowed_updates" in call.params:
+                return list(call.params["allowed_updates"] or [])
+        return None
 
     def push_update(self, body: dict[str, Any], update_id: int | None = None) -> int:
         """Queue an update (a redelivery when `update_id` is an old one) and wake the long-polls."""
@@ -585,6 +630,24 @@ class FakeTelegramAPI:
         )
         return payload
 
+    async def _api_sendMessageDraft(self, params: dict[str, Any]) -> bool:
+        if not self.drafts_supported:
+            raise _ApiError(404, "Not Found: method not found")
+        chat = self._require_chat(params)
+        if chat["type"] != "private":
+            raise _ApiError(400, "Bad Request: message drafts can be sent only to private chats")
+        draft_id = _int(params.get("draft_id"))
+        if not draft_id:
+            raise _ApiError(400, "Bad Request: draft_id must be non-zero")
+        raw = params.get("text") or ""
+        if not isinstance(raw, str):
+            raise _ApiError(400, "Bad Request: text must be a string")
+        visible = self._visible(raw, params.get("parse_mode")) if raw else ""
+        self.drafts.append(
+            Draft(chat["id"], draft_id, visible, _int(params.get("message_thread_id")), time.monotonic())
+        )
+        return True
+
     async def _api_editMessageText(self, params: dict[str, Any]) -> dict[str, Any]:
         stored = self._stored(params)
         if not stored.from_bot:
@@ -706,6 +769,7 @@ async def _read_params(request: web.Request) -> dict[str, Any]:
 __all__ = [
     "NOT_MODIFIED",
     "Call",
+    "Draft",
     "EntityError",
     "FakeFile",
     "FakeTelegramAPI",
