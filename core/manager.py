@@ -197,41 +197,43 @@ class ConversationManager:
         finally:
             self._inflight.discard(event)
 
-    async def handle_document(self, incoming: Incoming, upload: IncomingFile, sink: ReplySink) -> None:
+    async def handle_document(self, incoming: Incoming, upload: IncomingFile, sink: ReplySink) -> bool:
         """A document the user sent: the same walk as a message (duplicate event, access policy, rate limit),
-        then index it into the sender's private collection. Never raises; the user is told the outcome."""
+        then index it into the sender's private collection. Never raises; the user is told the outcome.
+        Returns whether the document is now in their collection (so a caption question can follow)."""
         if incoming.chat_kind is ChatKind.GROUP and not incoming.addressed:
-            return
+            return False
         event = (incoming.platform, incoming.event_id)
         if event in self._inflight:
-            return
+            return False
         self._inflight.add(event)
         try:
-            await self._handle_document(incoming, upload, sink)
+            return await self._handle_document(incoming, upload, sink)
         except Exception as exc:
             self._log_exception("indexing an upload failed", exc)
             try:
                 await self._reply(incoming, sink, UPLOAD_FAILED_NOTICE)
             except Exception as sink_exc:
                 self._log_exception("could not tell the user about an error", sink_exc)
+            return False
         finally:
             self._inflight.discard(event)
 
-    async def _handle_document(self, incoming: Incoming, upload: IncomingFile, sink: ReplySink) -> None:
+    async def _handle_document(self, incoming: Incoming, upload: IncomingFile, sink: ReplySink) -> bool:
         if await self.db.conversations.is_processed(incoming.platform, incoming.event_id):
-            return
+            return False
         decision = self.access.check(incoming)
         if not decision.allowed:
             await self._reply(incoming, sink, REFUSAL, ephemeral=True)
-            return
+            return False
         if not self.access.is_admin(incoming.platform, incoming.user_id):
             wait = self.limiter.check(incoming.platform, incoming.user_id)
             if wait > 0:
                 await self._reply(incoming, sink, slow_down_message(wait), ephemeral=True)
-                return
+                return False
         if self.documents is None:
             await self._reply(incoming, sink, NO_DOCUMENTS_NOTICE)
-            return
+            return False
 
         async def progress(text: str) -> None:
             await sink.notice(text, ephemeral=True)
@@ -246,8 +248,9 @@ class ConversationManager:
             )
         except UploadRefused as refused:
             await self._reply(incoming, sink, str(refused), ephemeral=True)
-            return
+            return False
         await self._reply(incoming, sink, reply, ephemeral=True)
+        return True
 
     @staticmethod
     def is_private(incoming: Incoming) -> bool:
