@@ -616,7 +616,6 @@ class ConversationManager:
             finish_reason=handle.finish_reason,  # type: ignore[arg-type]
         )
         answer_tokens = self.context.count(answer_text)
-        await delivery.flush()  # the streamed messages' ids are in the row before the final is sent
         if repairable:  # a crash during delivery then stores the answer instead of calling it interrupted
             await delivery.flush()  # the streamed message's id is in the row before the final state
             await self.db.outbox.record_final(
