@@ -189,10 +189,26 @@ class ModelHub:
             return Path(model.path)
         if not download:
             raise ModelHubError(f"{spec.name} is not downloaded: run `{PULL_COMMAND} {spec.name}`")
+        if not self.reachable():  # offline: say so now, not after huggingface_hub's ~25 s of retries
+            raise ModelHubError(
+                f"{spec.name} is not in the model cache ({self.cache_dir}) and the Hub at {self.endpoint} "
+                f"cannot be reached: run `{PULL_COMMAND} {spec.name}` when online"
+            )
         logger.info(
             "%s is not in the model cache %s: pulling it from %s", spec.name, self.cache_dir, self.endpoint
         )
         return Path(self.pull(name, progress=progress).path)
+
+    def reachable(self, timeout: float = 5.0) -> bool:
+        """Whether the endpoint answers HTTP at all (any status), with one quick try."""
+        from huggingface_hub.utils import get_session
+
+        try:
+            get_session().head(self.endpoint, timeout=timeout)
+        except Exception as exc:
+            logger.info("the Hub at %s cannot be reached: %s", self.endpoint, self.redact(str(exc)))
+            return False
+        return True
 
     def data_file(self, name: str, file: str) -> Path:
         """A file pulled with model `name` (e.g. ghostlm-v0.9's rag/chunks.jsonl), verified."""

@@ -361,3 +361,20 @@ def test_cli_index_pack_without_a_pull_says_what_to_run(tmp_path: Path) -> None:
     result = ghostbot(tmp_path, cli_env(tmp_path, closed_port_url()), "index", "--pack", PACK_NAME)
     assert result.returncode == 1
     assert "ghostbot model pull ghostlm-v0.9" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_embedding_time_estimate() -> None:
+    from core.retrieval.rag_pack import describe_duration, measure_rate
+
+    calls: list[int] = []
+
+    def encode(texts: list[str]) -> None:
+        calls.append(len(texts))
+
+    assert measure_rate(encode, ["a", "b", "c"]) > 0
+    assert calls == [1, 3]  # one warm-up text, then the timed sample
+    assert measure_rate(encode, []) == 0.0
+    assert describe_duration(20) == "about 20 s"
+    assert describe_duration(600) == "about 10 min"
+    assert describe_duration(83_000 / 20) == "about 69 min"
+    assert describe_duration(3 * 3600) == "about 3.0 h"
