@@ -295,6 +295,7 @@ def test_model_path_hf_pulls_on_first_start_then_uses_the_cache(hub: FakeHub, tm
     assert len(hub.requests) == heads  # the second start did not touch the network
 
 
+@pytest.mark.slow
 def test_pulled_gpt2_vocabulary_model_answers_with_no_network(hub: FakeHub, tmp_path: Path) -> None:
     pulled = ghostbot(tmp_path, cli_env(tmp_path, hub.url), "model", "pull")
     assert pulled.returncode == 0, pulled.stderr
