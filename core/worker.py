@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -276,7 +277,7 @@ class GenerationWorker:
         self.queue_size = queue_size
         self.timeout_s = timeout_s
         self.max_batch = max_batch
-        self.capacity = 1  # requests running at once; known once the model thread opened its session
+        self.capacity = max_batch  # requests running at once; the session may lower it once it is open
         self._avg_duration = initial_duration_s  # moving average of finished requests, for ETAs
         self._waiting: deque[GenerationHandle] = deque()
         self._by_owner: dict[str, GenerationHandle] = {}
@@ -344,8 +345,7 @@ class GenerationWorker:
         self._by_owner[owner] = handle
         self._waiting.append(handle)
         self._idle.clear()
-        if len(self._running) + len(self._waiting) > self.capacity:
-            self._report_positions()
+        self._report_positions()
         self._wakeup.set()
         return handle
 
@@ -408,6 +408,8 @@ class GenerationWorker:
             self._idle.set()
 
     def _report_positions(self) -> None:
+        if len(self._running) < self.capacity:
+            return  # a slot is free: the consumer admits the head of the queue before anyone waits
         for i, handle in enumerate(self._waiting, 1):
             if handle._position != i:
                 handle._position = i
@@ -436,9 +438,11 @@ class GenerationWorker:
             done = thread.submit(handle)
             timer = loop.call_later(self.timeout_s, self._expire, handle)
             # The thread resolves `done` even after a cancel/timeout, once the model has dropped the request.
-            done.add_done_callback(lambda _f, h=handle, t=timer, s=started: self._ended(h, t, s))
+            done.add_done_callback(functools.partial(self._ended, handle, timer, started))
 
-    def _ended(self, handle: GenerationHandle, timer: asyncio.TimerHandle, started: float) -> None:
+    def _ended(
+        self, handle: GenerationHandle, timer: asyncio.TimerHandle, started: float, _done: object = None
+    ) -> None:
         timer.cancel()
         self._release(handle)
         self._running.discard(handle)

@@ -275,7 +275,8 @@ class ContinuousBatch:
             self._prefilling.remove(row)
             row.prefill = None
         else:
-            self._drop_slot(row)
+            with torch.inference_mode():  # the cache is an inference tensor: compaction must run in the mode
+                self._drop_slot(row)
         if not self._rows:
             self._cache = None  # idle: give the memory back
 

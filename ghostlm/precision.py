@@ -10,7 +10,8 @@ faster. int8 is CPU-only (torch's dynamic quantized kernels run on CPU).
 from __future__ import annotations
 
 import logging
-from typing import Literal
+import warnings
+from typing import Literal, TypeVar, cast
 
 import torch
 import torch.nn as nn
@@ -19,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 DType = Literal["auto", "float32", "bfloat16", "int8"]
 Device = Literal["auto", "cpu", "cuda"]
+M = TypeVar("M", bound=nn.Module)
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "int8")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
@@ -65,7 +67,7 @@ def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> str:
     return "int8" if int8_supported() else "float32"
 
 
-def prepare_model(model: nn.Module, dtype: str = "auto", device: str = "auto") -> tuple[nn.Module, str, str]:
+def prepare_model(model: M, dtype: str = "auto", device: str = "auto") -> tuple[M, str, str]:
     """Move ``model`` (eval mode) to the device and precision asked for. Returns (model, dtype, device) resolved.
 
     Norms are computed in float32 whatever the weights (RMSNorm upcasts); the KV cache follows the embedding's
@@ -79,6 +81,11 @@ def prepare_model(model: nn.Module, dtype: str = "auto", device: str = "auto") -
     elif dt == "int8":
         from torch.ao.quantization import quantize_dynamic
 
-        model = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        with (
+            warnings.catch_warnings()
+        ):  # torch.ao's deprecation notices (torchao migration) are not for users
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            model = cast(M, quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8))
     logger.info("model weights: %s on %s", dt, dev)
     return model, dt, dev

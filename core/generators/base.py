@@ -67,7 +67,10 @@ class Generator(Protocol):
     """
 
     name: str
-    context_length: int  # prompt + new tokens, in this generator's own tokens
+
+    @property
+    def context_length(self) -> int:
+        """Prompt + new tokens, in this generator's own tokens."""
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` encoded as plain content (never special ids)."""
