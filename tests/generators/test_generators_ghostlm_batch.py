@@ -227,3 +227,56 @@ async def test_max_batch_one_is_one_at_a_time() -> None:
     results = await asyncio.gather(*(collect(h) for h in handles))
     assert [text_of(r).split() for r in results] == [[f"u{i}0", f"u{i}1"] for i in range(3)]
     await worker.shutdown()
+
+
+# --- OPENAI_CONCURRENCY: several streams in flight at once ---------------------------------------------------
+class MeetsOthers(ScriptedGenerator):
+    """Each stream waits until `n` streams are in flight: only concurrent requests can all finish."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(capacity=n)
+        self.barrier = threading.Barrier(n, timeout=10)
+
+    def stream(
+        self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
+    ) -> Iterator[str]:
+        self.barrier.wait()
+        yield f"{spec.question} done"
+        return "length"
+
+
+async def test_threaded_session_runs_streams_concurrently() -> None:
+    from core.generators.base import ThreadedSession
+
+    gen = MeetsOthers(3)
+    worker = GenerationWorker(gen, timeout_s=60, max_batch=8)
+    gen.open_batch = lambda max_batch: ThreadedSession(gen, 3)  # type: ignore[method-assign]
+    worker.start()
+    handles = [worker.submit(f"u{i}", spec(f"q{i}"), GenerationParams()) for i in range(3)]
+    results = await asyncio.gather(*(collect(h) for h in handles))
+    assert [text_of(r) for r in results] == [f"q{i} done" for i in range(3)]
+    assert [h.finish_reason for h in handles] == ["length"] * 3  # the stream's return value
+    await worker.shutdown()
+
+
+async def test_openai_backend_sends_requests_concurrently() -> None:
+    from pydantic import SecretStr
+
+    from core.generators.base import ThreadedSession
+    from core.generators.openai_compat import OpenAIGenerator
+    from tests.fakes.openai_server import FakeOpenAIServer, Reply
+
+    with FakeOpenAIServer(api_key="sk-x") as server:
+        server.set_reply(Reply("served"))
+        gen = OpenAIGenerator(server.base_url, SecretStr("sk-x"), "ghostlm", 4096, timeout=5, concurrency=3)
+        session = gen.open_batch(8)
+        assert isinstance(session, ThreadedSession) and session.capacity == 3
+        session.close()
+        worker = GenerationWorker(gen, timeout_s=30, max_batch=8)
+        worker.start()
+        handles = [worker.submit(f"u{i}", spec(f"q{i}"), GenerationParams()) for i in range(4)]
+        results = await asyncio.gather(*(collect(h) for h in handles))
+        assert worker.capacity == 3
+        assert [text_of(r) for r in results] == ["served"] * 4
+        await worker.shutdown()
+        gen.close()
