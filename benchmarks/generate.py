@@ -170,7 +170,7 @@ async def through_worker(gen: IdsGenerator, n: int, max_batch: int, new_tokens: 
     handles = [worker.submit(f"u{i}", spec[i], params) for i in range(n)]
 
     async def run(h: Any) -> tuple[float, list[int]]:
-        first, toks = 0.0, []
+        first, toks = 0.0, list[int]()
         async for event in h:
             if isinstance(event, Piece):
                 if not toks:
