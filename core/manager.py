@@ -197,49 +197,43 @@ class ConversationManager:
         finally:
             self._inflight.discard(event)
 
-    def admits(self, incoming: Incoming) -> bool:
-        """The access and rate checks alone, for adapter replies that skip `handle` ("I only read text")."""
-        if not self.access.check(incoming).allowed:
-            return False
-        if self.access.is_admin(incoming.platform, incoming.user_id):
-            return True
-        return self.limiter.check(incoming.platform, incoming.user_id) == 0.0
-
-    async def handle_document(self, incoming: Incoming, upload: IncomingFile, sink: ReplySink) -> None:
+    async def handle_document(self, incoming: Incoming, upload: IncomingFile, sink: ReplySink) -> bool:
         """A document the user sent: the same walk as a message (duplicate event, access policy, rate limit),
-        then index it into the sender's private collection. Never raises; the user is told the outcome."""
+        then index it into the sender's private collection. Never raises; the user is told the outcome.
+        Returns whether the document is now in their collection (so a caption question can follow)."""
         if incoming.chat_kind is ChatKind.GROUP and not incoming.addressed:
-            return
+            return False
         event = (incoming.platform, incoming.event_id)
         if event in self._inflight:
-            return
+            return False
         self._inflight.add(event)
         try:
-            await self._handle_document(incoming, upload, sink)
+            return await self._handle_document(incoming, upload, sink)
         except Exception as exc:
             self._log_exception("indexing an upload failed", exc)
             try:
                 await self._reply(incoming, sink, UPLOAD_FAILED_NOTICE)
             except Exception as sink_exc:
                 self._log_exception("could not tell the user about an error", sink_exc)
+            return False
         finally:
             self._inflight.discard(event)
 
-    async def _handle_document(self, incoming: Incoming, upload: IncomingFile, sink: ReplySink) -> None:
+    async def _handle_document(self, incoming: Incoming, upload: IncomingFile, sink: ReplySink) -> bool:
         if await self.db.conversations.is_processed(incoming.platform, incoming.event_id):
-            return
+            return False
         decision = self.access.check(incoming)
         if not decision.allowed:
             await self._reply(incoming, sink, REFUSAL, ephemeral=True)
-            return
+            return False
         if not self.access.is_admin(incoming.platform, incoming.user_id):
             wait = self.limiter.check(incoming.platform, incoming.user_id)
             if wait > 0:
                 await self._reply(incoming, sink, slow_down_message(wait), ephemeral=True)
-                return
+                return False
         if self.documents is None:
             await self._reply(incoming, sink, NO_DOCUMENTS_NOTICE)
-            return
+            return False
 
         async def progress(text: str) -> None:
             await sink.notice(text, ephemeral=True)
@@ -254,14 +248,23 @@ class ConversationManager:
             )
         except UploadRefused as refused:
             await self._reply(incoming, sink, str(refused), ephemeral=True)
-            return
+            return False
         await self._reply(incoming, sink, reply, ephemeral=True)
+        return True
 
     @staticmethod
     def is_private(incoming: Incoming) -> bool:
         """Contexts where only the user reads the answer (DMs, the web chat, ephemeral replies): there, and
         only there, their private documents are searched."""
         return incoming.chat_kind is ChatKind.DM or incoming.ephemeral
+
+    def admits(self, incoming: Incoming) -> bool:
+        """The access and rate checks alone, for adapter replies that skip `handle` ("I only read text")."""
+        if not self.access.check(incoming).allowed:
+            return False
+        if self.access.is_admin(incoming.platform, incoming.user_id):
+            return True
+        return self.limiter.check(incoming.platform, incoming.user_id) == 0.0
 
     async def record_feedback(
         self,
@@ -446,13 +449,13 @@ class ConversationManager:
         if command.name == "retry":
             await self._retry(incoming, sink)
             return
-        # Everyone's totals (admins) only where only the caller reads the reply: a group sees your own numbers.
-        public_stats = command.name == "stats" and not self.is_private(incoming)
+        # In a group, /stats shows only the caller's own numbers: everyone's totals are for a private chat.
+        group_stats = command.name == "stats" and incoming.chat_kind is ChatKind.GROUP
         ctx = CommandContext(
             incoming.platform,
             incoming.user_id,
             self.conversation_key(incoming),
-            is_admin and not public_stats,
+            is_admin and not group_stats,
             private=self.is_private(incoming),
         )
         reply = await self.commands.run(command, ctx)
@@ -613,8 +616,8 @@ class ConversationManager:
             finish_reason=handle.finish_reason,  # type: ignore[arg-type]
         )
         answer_tokens = self.context.count(answer_text)
-        await delivery.flush()  # the streamed messages' ids are in the row before the final is sent
         if repairable:  # a crash during delivery then stores the answer instead of calling it interrupted
+            await delivery.flush()  # the streamed message's id is in the row before the final state
             await self.db.outbox.record_final(
                 reply_id,
                 answer=answer_text,

@@ -22,6 +22,7 @@ import hashlib
 import io
 import logging
 import re
+import time
 import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ MAX_PDF_PAGES = 1000
 MAX_TEXT_CHARS = 2_000_000  # ~330k words, ~1,500 chunks: what one upload may add to the index
 MAX_STREAM_BYTES = 16 * MIB  # one decompressed PDF stream (pypdf's own default is 75 MB)
 MAX_DOCUMENTS_PER_USER = 50
+MAX_EXTRACT_SECONDS = 120.0  # a PDF built to be slow to parse (millions of tiny operators) is given up on
 SNIFF_BYTES = 1024
 
 Progress = Callable[[str], Awaitable[None]]
@@ -67,11 +69,10 @@ class IncomingFile:
 
 
 # --- messages -------------------------------------------------------------------------------------------
-def too_large_message(size: int, limit_mb: int) -> str:
-    return (
-        f"That file is too large ({size / MIB:.1f} MB); I accept documents up to {limit_mb} MB. "
-        "Nothing was stored."
-    )
+def too_large_message(size: int | None, limit_mb: int) -> str:
+    """`size` None: the download passed the limit, so the real size is unknown."""
+    how_big = f"{size / MIB:.1f} MB" if size is not None else f"more than {limit_mb} MB"
+    return f"That file is too large ({how_big}); I accept documents up to {limit_mb} MB. Nothing was stored."
 
 
 ENCRYPTED = "That PDF is password-protected, so I can't read it. Please send an unprotected copy."
@@ -85,6 +86,7 @@ TOO_MUCH_TEXT = (
     "from one file. Please split it."
 )
 BROKEN_PDF = "I couldn't read that PDF (it looks damaged). Nothing was stored."
+TOO_SLOW = "That PDF takes far too long to read (it is built unusually), so I gave up. Nothing was stored."
 EMPTY = "I couldn't find any text in that file (a scanned PDF holds only images of text). Nothing was stored."
 NOT_UTF8 = (
     "That text file is not valid UTF-8, so I didn't index it. Please save it as UTF-8 and send it again."
@@ -192,8 +194,10 @@ def _extract_pdf(data: bytes, fallback_title: str) -> Extracted:
         "run_length_maximum_output_length": MAX_STREAM_BYTES,
         "brotli_maximum_output_length": MAX_STREAM_BYTES,
         "stream_decoding_work_maximum_length": 4 * MAX_STREAM_BYTES,
+        "stream_parsing_work_maximum_count": 500_000,
         "page_tree_maximum_entries": 4 * MAX_PDF_PAGES,
     }
+    deadline = time.monotonic() + MAX_EXTRACT_SECONDS
     try:
         # A context variable: these limits hold for this thread's reading only.
         with pypdf.apply_configuration(None, **limits):
@@ -209,6 +213,8 @@ def _extract_pdf(data: bytes, fallback_title: str) -> Extracted:
             title = title or fallback_title
             sections, total = [], 0
             for number, page in enumerate(reader.pages, start=1):
+                if time.monotonic() > deadline:
+                    raise UploadRefused(TOO_SLOW)
                 text = (page.extract_text() or "").strip()
                 total += len(text)
                 if total > MAX_TEXT_CHARS:
@@ -255,7 +261,7 @@ class DocumentLibrary:
         try:
             data = await upload.download(self.max_bytes)
         except FileTooLarge:
-            raise UploadRefused(too_large_message(self.max_bytes + 1, self.max_upload_mb)) from None
+            raise UploadRefused(too_large_message(None, self.max_upload_mb)) from None
         except DownloadFailed as exc:
             logger.warning("upload download failed: %s", exc)
             raise UploadRefused(DOWNLOAD_FAILED) from None

@@ -375,10 +375,12 @@ def postgres_tsquery(query: str) -> str | None:
 # (owner NULL) plus the viewer's own private documents, never anyone else's. The filter is part of each
 # query (FTS hits are filtered before their LIMIT), not applied to results afterwards.
 _SQLITE_VISIBLE = "(d.owner IS NULL OR d.owner = :viewer)"
-# Chunk ids of private documents the viewer may not see; small (uploads only) and served by the owner index.
+# Chunk ids of private documents the viewer may not see; small (uploads only). Written as IN over the
+# documents so SQLite walks the owner index, then the chunks' document_id index (as a join, without table
+# statistics, it scanned every chunk).
 _SQLITE_HIDDEN_CHUNKS = (
-    "SELECT hc.id FROM knowledge_chunks AS hc JOIN knowledge_documents AS hd ON hd.id = hc.document_id "
-    "WHERE hd.owner IS NOT NULL AND hd.owner IS NOT :viewer"
+    "SELECT hc.id FROM knowledge_chunks AS hc WHERE hc.document_id IN ("
+    "SELECT hd.id FROM knowledge_documents AS hd WHERE hd.owner IS NOT NULL AND hd.owner IS NOT :viewer)"
 )
 
 
@@ -765,11 +767,22 @@ class KnowledgeRepository:
             )
             return [OwnedDocument(int(r[0]), str(r[1]), str(r[2]), int(r[3]), r[4]) for r in rows]
 
+    async def hidden_chunk_ids(self, viewer: str | None) -> list[int]:
+        """Ids of the private chunks `viewer` may not read (everyone's, without a viewer): what a search of
+        a vector matrix holding every chunk must mask out. Served by the owner index."""
+        condition: ColumnElement[bool] = Document.owner.is_not(None)
+        if viewer is not None:
+            condition = and_(condition, Document.owner != viewer)
+        async with self._sessions() as session:
+            owned = select(Document.id).where(condition)  # the owner index, then the document_id index
+            rows = await session.execute(select(Chunk.id).where(Chunk.document_id.in_(owned)))
+            return [int(cid) for cid in rows.scalars()]
+
     async def delete_owned(self, owner: str, document_ids: Sequence[int] | None = None) -> tuple[int, int]:
         """Delete the owner's private documents (all, or those of `document_ids` that are theirs) with their
         chunks and full-text rows, in one transaction. Returns (documents, chunks) deleted."""
         async with self._sessions.begin() as session:
-            condition = Document.owner == owner
+            condition: ColumnElement[bool] = Document.owner == owner
             if document_ids is not None:
                 condition = and_(condition, Document.id.in_([int(i) for i in document_ids]))
             doomed = list((await session.execute(select(Document.id).where(condition))).scalars())

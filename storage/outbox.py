@@ -219,15 +219,13 @@ class OutboxRepository(_Repository):
         return _row(row)
 
     async def prune_interrupted(self, before: datetime) -> int:
-        """Drop interrupted replies nobody retried (older than `before`)."""
+        """Drop rows untouched since `before`: interrupted replies nobody retried, and replies of platforms no
+        adapter recovers (a web request cut off by a crash). No answer in flight is that old."""
         return await self._run.write(self._prune, before)
 
     @staticmethod
     def _prune(connection: Connection, before: datetime) -> int:
-        stmt = delete(pending_replies).where(
-            _COLUMNS.state == REPLY_INTERRUPTED, _COLUMNS.updated_at < before
-        )
-        return _rowcount(connection.execute(stmt))
+        return _rowcount(connection.execute(delete(pending_replies).where(_COLUMNS.updated_at < before)))
 
     async def count(self) -> int:
         return await self._run.read(self._count)

@@ -7,6 +7,7 @@ with a `TelegramSink`, and map 👍/👎 buttons to feedback. Conversation rules
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import secrets
@@ -197,10 +198,13 @@ class TelegramHandlers:
         entities = message.caption_entities or ()
         asked = False
         if entities and entities[0].type == entities[0].BOT_COMMAND and entities[0].offset == 0:
-            name, _, target = message.parse_caption_entity(entities[0])[1:].partition("@")
+            command = message.parse_caption_entity(entities[0])
+            name, _, target = command[1:].partition("@")
             if target and target.lower() != username:
                 return None  # /ask@other_bot
             asked = name.lower() == "ask"
+            if asked:
+                caption = caption[len(command) :]
         replied = message.reply_to_message
         reply_to_bot = (
             replied is not None
@@ -210,6 +214,8 @@ class TelegramHandlers:
         )
         if not (dm or mentioned or asked or reply_to_bot):
             return None
+        if mentioned:
+            caption = re.sub(rf"(?<!\w)@{re.escape(bot_username)}\b", "", caption, flags=re.I)
         return Incoming(
             platform=PLATFORM,
             event_id=str(update.update_id),
@@ -217,7 +223,7 @@ class TelegramHandlers:
             chat_kind=ChatKind.DM if dm else ChatKind.GROUP,
             user_id=str(user.id),
             user_name=user.full_name or user.username or str(user.id),
-            text=caption,
+            text=" ".join(caption.split()),  # a question about the file, if any
             addressed=True,
             thread_id=str(message.message_thread_id)
             if message.is_topic_message and message.message_thread_id
@@ -247,6 +253,9 @@ class TelegramHandlers:
                 raise FileTooLarge
             if not file.file_path:
                 raise DownloadFailed("no file path")
+            if not file.file_path.startswith(("http://", "https://")):
+                # A self-hosted Bot API server in --local mode answers with a path on this machine.
+                return await asyncio.to_thread(_read_local_file, file.file_path, limit)
             return await fetch_limited(file.file_path, limit)
 
         upload = IncomingFile(
@@ -257,7 +266,11 @@ class TelegramHandlers:
         )
         sink = self.sink_for(message, bot)
         try:
-            await self._manager.handle_document(incoming, upload, sink)
+            indexed = await self._manager.handle_document(incoming, upload, sink)
+            if indexed and incoming.text and incoming.chat_kind is ChatKind.DM:
+                # "Summarise this" as the caption: answer it from the document just indexed.
+                question = dataclasses.replace(incoming, event_id=f"{update.update_id}:caption")
+                await self._manager.handle(question, self.sink_for(message, bot))
         except Exception:
             log.exception("telegram document update %s failed", update.update_id)
             await _best_effort(sink.notice(ERROR_REPLY))
@@ -357,6 +370,18 @@ def _command(message: Message) -> tuple[str, str] | None:
     raw = message.parse_entity(entities[0])[1:]
     name, _, target = raw.partition("@")
     return name.lower(), target
+
+
+def _read_local_file(path: str, limit: int) -> bytes:
+    """A file a local-mode Bot API server stored for us, at most `limit` bytes."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise DownloadFailed(type(exc).__name__) from None
+    if len(data) > limit:
+        raise FileTooLarge
+    return data
 
 
 async def _best_effort(awaitable: Any) -> None:

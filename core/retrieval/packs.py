@@ -20,6 +20,7 @@ from pathlib import Path
 from core.retrieval.loaders import Section
 
 PACK_NAMES = ("cwe", "attack")
+OPTIONAL_PACKS = ("ghostlm-rag",)  # built on request from a pulled model's files: core/retrieval/rag_pack.py
 # Bump when the text built from the data changes, so every entry is re-indexed once.
 PACK_FORMAT = "3"
 

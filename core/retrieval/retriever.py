@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol, TypeVar
 
+import numpy as np
+
 from core.retrieval.dense import DenseIndex
 from core.retrieval.embedder import Embedder, EmbedderError
 from core.retrieval.ids import find_ids
@@ -124,9 +126,23 @@ class Retriever:
             embedder = self._embedder
             if mode in ("hybrid", "dense") and embedder is not None:
                 with_names = mode == "hybrid" and cfg.name_weight > 0
-                dense_hits = await asyncio.get_running_loop().run_in_executor(
-                    embedder.query_executor, self._dense_search, query, cfg.candidates, with_names
-                )
+                loop = asyncio.get_running_loop()
+                # Others' private chunks are masked out of the cosine ranking itself (their ids come from
+                # the database while the query is encoded), so they never take a candidate slot.
+                hidden = asyncio.ensure_future(self._repo.hidden_chunk_ids(viewer))
+                try:
+                    vector = await loop.run_in_executor(embedder.query_executor, self._encode_query, query)
+                finally:
+                    exclude = await hidden
+                if vector is not None:
+                    dense_hits = await loop.run_in_executor(
+                        embedder.query_executor,
+                        self._dense_search,
+                        vector,
+                        cfg.candidates,
+                        with_names,
+                        exclude,
+                    )
         finally:
             if bm25 is not None:
                 bm25_hits = await bm25  # never left pending, even when the dense side failed
@@ -152,20 +168,28 @@ class Retriever:
         hits = await self._repo.fts_search_meta(query, limit, viewer=viewer)
         return [m.id for m in hits], {m.id: m for m in hits}
 
-    def _dense_search(self, query: str, limit: int, with_names: bool) -> tuple[list[int], list[int]]:
-        """(chunk ids by cosine, summary chunk ids by cosine of their entry's name), best first;
-        runs on the encoder's own query thread."""
-        embedder, dense = self._embedder, self._dense
-        if embedder is None or dense is None:
-            return [], []
+    def _encode_query(self, query: str) -> np.ndarray | None:
+        """The query's vector, on the encoder's own query thread; None when dense retrieval is off."""
+        embedder = self._embedder
+        if embedder is None or self._dense is None:
+            return None
         try:
-            vector = embedder.encode([query])[0]
+            return embedder.encode([query])[0]
         except EmbedderError:
             # Broken weights must not take answers down: keep BM25 and exact ids, say why once.
             log.exception("dense retrieval disabled")
             self._embedder = None
+            return None
+
+    def _dense_search(
+        self, vector: np.ndarray, limit: int, with_names: bool, exclude: Sequence[int]
+    ) -> tuple[list[int], list[int]]:
+        """(chunk ids by cosine, summary chunk ids by cosine of their entry's name), best first, never one
+        of `exclude` (private chunks the viewer may not read)."""
+        dense = self._dense
+        if dense is None:
             return [], []
-        chunks = [cid for cid, _ in dense.search(vector, limit)]
+        chunks = [cid for cid, _ in dense.search(vector, limit, exclude=exclude)]
         names = [cid for cid, _ in dense.names.search(vector, limit)] if with_names else []
         return chunks, names
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from core.manager import INTERRUPTED_NOTICE, RecoveryReport
 from core.types import Answer, MessageListener
-from storage import ConversationKey, PendingReplyRow, UserRef
+from storage import ConversationKey, Database, PendingReplyRow, UserRef
 from tests.core.conftest import count_rows
 from tests.core.core_doubles import BPEGenerator, RecordingSink
 
@@ -24,7 +24,7 @@ class ReportingSink(RecordingSink):
         self.listener: MessageListener | None = None
         self.rows_seen_in_final: list[list[PendingReplyRow]] = []
         self.during_final: asyncio.Future[object] | None = None
-        self.db = None
+        self.db: Database | None = None
 
     def on_message(self, listener: MessageListener) -> None:
         self.listener = listener
@@ -46,7 +46,7 @@ class ReportingSink(RecordingSink):
 async def test_reply_is_in_the_outbox_while_delivered_and_gone_after_the_commit(make_harness) -> None:
     h = make_harness()
     sink = ReportingSink()
-    sink.db = h.db  # type: ignore[assignment]
+    sink.db = h.db
     await h.manager.handle(h.incoming("what is xss?", event="o1"), sink)
     [[row]] = sink.rows_seen_in_final
     assert (row.state, row.event_id, row.question) == ("final", "o1", "what is xss?")
@@ -63,9 +63,9 @@ async def test_forget_during_generation_is_not_undone_by_the_answer(make_harness
     await asyncio.to_thread(gen.running.wait, 5)
     await h.send("/forget")
     sink = await asking
-    assert sink.finals()  # the user still sees the answer …
+    assert sink.finals()  # /forget cancels the generation; the reply is closed …
     rows = await count_rows(h.db)
-    # … but nothing about them is stored again.
+    # … and nothing about the user is stored again.
     assert (rows["users"], rows["messages"], rows["conversations"], rows["pending_replies"]) == (0, 0, 0, 0)
     assert await h.db.conversations.is_processed("telegram", "f1")
 
@@ -186,7 +186,7 @@ async def test_processed_events_are_pruned_by_age(make_harness) -> None:
     assert await h.db.conversations.is_processed("telegram", "old")
     assert await h.manager.prune() == 0  # younger than an hour
     now = h.manager.db_now()
-    h.manager.db_now = lambda: now + timedelta(hours=2)  # type: ignore[method-assign]
+    h.manager.db_now = lambda: now + timedelta(hours=2)
     assert await h.manager.prune() == 1
     assert not await h.db.conversations.is_processed("telegram", "old")
 
@@ -195,7 +195,7 @@ async def test_maintain_prunes_in_the_background(make_harness) -> None:
     h = make_harness(processed_events_retention_hours=1)
     await h.send("/help", event="old")
     now = h.manager.db_now()
-    h.manager.db_now = lambda: now + timedelta(hours=2)  # type: ignore[method-assign]
+    h.manager.db_now = lambda: now + timedelta(hours=2)
     task = asyncio.create_task(h.manager.maintain(interval_s=3600))
     try:
         for _ in range(500):

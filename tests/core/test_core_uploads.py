@@ -113,6 +113,13 @@ async def test_a_pdf_is_indexed_privately_for_its_owner_only(parts: Parts) -> No
         assert await refs(parts, question, None, mode) == [], mode  # a group / shared context
     sources = await parts.retriever.search(question, 4, viewer=ALICE)
     assert sources[0].source == "runbook.pdf"  # the file name, never the owner's key
+    # others' private vectors are masked inside the cosine ranking, not dropped afterwards
+    private = await parts.repo.hidden_chunk_ids(BOB)
+    assert len(private) == 2 and await parts.repo.hidden_chunk_ids(ALICE) == []
+    vector = parts.embedder.encode([question])[0]
+    assert len(parts.dense.search(vector, 5)) == 2
+    assert parts.dense.search(vector, 5, exclude=private) == []
+    assert parts.dense.search(vector, 5, exclude=private[:1])[0][0] == private[1]
     # the dense matrix holds the private chunks (it is filtered in the queries, not by omission)
     assert len(parts.dense.entries()) == 2
 
@@ -186,7 +193,7 @@ BAD_FILES: list[tuple[str, bytes, str, str | None, str]] = [
     ("empty text", b"  \n\t\n", "empty.txt", "text/plain", EMPTY),
     ("invalid UTF-8", "résumé".encode("latin-1") + b" notes", "cv.txt", "text/plain", NOT_UTF8),
     ("too large (declared)", b"x", "big.txt", "text/plain", "too large"),
-    ("too large (real)", b"y" * (1024 * 1024 + 1), "big2.txt", "text/plain", "too large"),
+    ("too large (real)", b"y" * (1024 * 1024 + 1), "big2.txt", "text/plain", "too large (more than 1 MB)"),
 ]
 
 
@@ -213,3 +220,13 @@ async def test_an_embedding_failure_takes_the_rows_back(parts: Parts) -> None:
     parts.embedder.fail = False
     await parts.upload(ALICE, b"delta notes about quokkas", "d.txt")  # and it can be sent again
     assert await parts.counts() == (1, 1, 1)
+
+
+async def test_private_documents_are_searched_only_in_private_contexts(make_harness: Any) -> None:
+    """The manager asks the retriever for the user's documents in DMs and ephemeral replies, never in groups."""
+    h = make_harness()
+    await h.send("what is xss?")
+    await h.send("what is xss?", group=True, chat="-5")
+    await h.send("what is xss?", group=True, chat="-5", ephemeral=True)
+    await h.send("what is xss?", user="2", platform="discord")
+    assert h.retriever.viewers == ["telegram:1", None, "telegram:1", "discord:2"]

@@ -117,6 +117,6 @@ async def test_bad_attachments_get_a_reply_and_store_nothing(discord_bot, world)
         assert "too large (30.0 MB)" in (await bot_says(h, dm, 2))[1]
         liar = fake.add_attachment(b"y" * (2 * 1024 * 1024), "liar.txt", size=100)  # declares 100 bytes
         await fake.push_attachment_message(dm, world.alice, "", [liar])
-        assert "too large" in (await bot_says(h, dm, 3))[2]
+        assert "too large (more than 1 MB)" in (await bot_says(h, dm, 3))[2]
         assert fake.attachment_downloads == [exe["id"], liar["id"]]  # the declared-too-large one never
         assert await stored(h) == (0, 0)

@@ -3,10 +3,13 @@ the real core and storage. Private to their sender, only in DMs."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
+from core.retrieval import DenseIndex, Embedder, dense_directory
 from storage.knowledge import Chunk, Document
 from tests.e2e.conftest import Harness
 from tests.e2e.test_telegram_bot import ask, command, eventually, reply
@@ -79,6 +82,26 @@ async def test_an_uploaded_pdf_answers_its_owner_in_dms_only(bot_factory: Any) -
         assert "runbook.pdf" not in answer
 
 
+async def test_a_caption_question_is_answered_from_the_new_document(bot_factory: Any) -> None:
+    async with bot_factory() as h:
+        fake = h.fake
+        alice, alice_dm = fake.user(ALICE), fake.private_chat(ALICE)
+        before = len(fake.bot_messages(ALICE))
+        fake.send_document(
+            chat=alice_dm, user=alice, data=SECRET.encode(), file_name="runbook.txt", caption=QUESTION
+        )
+        messages = await reply(fake, ALICE, before, count=3)  # progress, confirmation, the answer
+        assert messages[1].text.startswith("Indexed “runbook.txt”")
+        assert messages[-1].text.startswith(f"Answer to: {QUESTION}") and "runbook.txt#1" in messages[-1].text
+        # a refused file gets no answer to its caption
+        before = len(fake.bot_messages(ALICE))
+        fake.send_document(chat=alice_dm, user=alice, data=b"MZ\x00\x00", file_name="x.pdf", caption=QUESTION)
+        [refusal] = await reply(fake, ALICE, before, final=False)
+        assert "Windows program" in refusal.text
+        await ask(h, alice_dm, alice, "and what else?")
+        assert [spec.question for spec in h.generator.specs] == [QUESTION, "and what else?"]
+
+
 async def test_forget_removes_the_documents(bot_factory: Any) -> None:
     async with bot_factory() as h:
         fake = h.fake
@@ -133,7 +156,10 @@ async def test_bad_files_get_a_clear_reply_and_store_nothing(bot_factory: Any) -
         (dict(data=b"\xff\xfe broken", file_name="notes.txt"), "not valid UTF-8"),
         (dict(data=b"   \n", file_name="empty.txt"), "couldn't find any text"),
         (dict(data=b"small", file_name="big.txt", declared_size=50 * 1024 * 1024), "too large (50.0 MB)"),
-        (dict(data=b"z" * (2 * 1024 * 1024), file_name="big2.txt", declared_size=10), "too large"),
+        (
+            dict(data=b"z" * (2 * 1024 * 1024), file_name="big2.txt", declared_size=10),
+            "too large (more than 1 MB)",
+        ),
     ]
     async with bot_factory(max_upload_mb=1) as h:
         fake = h.fake
@@ -148,3 +174,47 @@ async def test_bad_files_get_a_clear_reply_and_store_nothing(bot_factory: Any) -
         # the declared-too-large file was never fetched
         fetched = {c.params["file_id"] for c in fake.calls_to("getFile")}
         assert len(fetched) == len(cases) - 1
+
+
+def tiny_encoder(folder: Path) -> Path:
+    """A random 1-layer BERT with a letters-only WordPiece vocabulary, saved like a real encoder folder
+    (EMBEDDER_PATH): the dense path and the embedding matrix run for real, in a second, offline."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow  # importing transformers takes several seconds
+async def test_forget_removes_the_documents_chunks_and_embeddings(bot_factory: Any, tmp_path: Path) -> None:
+    encoder = tiny_encoder(tmp_path / "encoder")
+    async with bot_factory(dense_retrieval=True, embedder_path=encoder) as h:
+        fake = h.fake
+        alice, alice_dm = fake.user(ALICE), fake.private_chat(ALICE)
+        bob, bob_dm = fake.user(BOB), fake.private_chat(BOB)
+        await send_document(h, alice_dm, alice, 2, data=SECRET.encode(), file_name="runbook.txt")
+        await send_document(h, bob_dm, bob, 2, data=b"bob keeps his own notes", file_name="bob.txt")
+        matrix = DenseIndex(dense_directory(h.settings.data_dir, Embedder(encoder)))
+        assert len(matrix.entries()) == 2 and await stored(h) == (2, 2)
+        assert "runbook.txt#1" in (await ask(h, alice_dm, alice, QUESTION))[-1].text
+
+        assert "1 documents with their index" in await command(h, alice_dm, alice, "/forget")
+        assert await stored(h) == (1, 1)
+        async with h.app.db.sessions() as session:
+            [bob_chunk] = (await session.execute(select(Chunk.id))).scalars().all()
+        assert set(matrix.entries()) == {bob_chunk}  # Alice's embeddings are gone, Bob's stay
+        assert "runbook" not in (await ask(h, alice_dm, alice, QUESTION))[-1].text

@@ -3,6 +3,7 @@ reconnect) while answers stream, and REST answers 429 to message creates and edi
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +36,16 @@ async def test_gateway_drops_and_rest_429s_lose_nothing(world: World, tmp_path: 
                 world.channel, user, questions[user["id"]], mention_bot=True, roles=[world.member_role]
             )
             # Mid-stream: the first streamed text is on screen, the answer is not finished.
-            await fake.wait_for(lambda q=questions[user["id"]]: _shown(fake, channel, q), timeout=30)
+            question = questions[user["id"]]
+            await fake.wait_for(functools.partial(_shown, fake, channel, question), timeout=30)
             if i % 2:
                 await fake.drop_connection()
                 outcome.faults.append("gateway connection dropped")
             else:
                 await fake.request_reconnect()
                 outcome.faults.append("gateway reconnect requested")
-            await fake.wait_for(
-                lambda n=resumes: len(fake.resumes) + len(fake.identifies) > n and fake._ws is not None, 30
-            )
-            await fake.wait_for(lambda q=questions[user["id"]]: _answered(fake, channel, q), timeout=30)
+            await fake.wait_for(functools.partial(_reconnected, fake, resumes), 30)
+            await fake.wait_for(functools.partial(_answered, fake, channel, question), timeout=30)
         await settled(h)
         outcome.faults += [f"429 {c.method} {c.path.split('/')[1]}" for c in fake.calls if c.status == 429]
 
@@ -78,3 +78,7 @@ def _shown(fake: Any, channel: str, question: str) -> bool:
 
 def _answered(fake: Any, channel: str, question: str) -> bool:
     return any(marker(question) in m["content"] and feedback_buttons(m) for m in fake.bot_messages(channel))
+
+
+def _reconnected(fake: Any, before: int) -> bool:
+    return len(fake.resumes) + len(fake.identifies) > before and fake._ws is not None

@@ -11,6 +11,7 @@ by the Bot API fake at a chosen request (after it took effect, before the bot se
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 from pathlib import Path
@@ -96,7 +97,7 @@ async def test_sigkill_and_sigterm_lose_and_duplicate_nothing(
             await bot.start()  # recovery runs before polling starts
             assert settled(fake, cut, q_cut)  # the half answer now says it was cut off
             fake.send_text(chat=fake.private_chat(cut), user=fake.user(cut), text="/retry")
-            await fake.wait_for(lambda c=cut, q=q_cut: _answered(fake, c, q), timeout=60)
+            await fake.wait_for(functools.partial(_answered, fake, cut, q_cut), timeout=60)
 
             fake.inject(Fault("editMessageText", "kill", chat_id=late, match=_final, action=bot.kill))
             fake.send_text(chat=fake.private_chat(late), user=fake.user(late), text=q_late)

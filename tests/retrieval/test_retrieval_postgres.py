@@ -76,6 +76,10 @@ async def test_postgres_private_documents_are_seen_by_their_owner_only(pg_repo: 
     ids = [c for c, _ in owner_hits]
     assert len(await pg_repo.get_chunk_meta(ids)) == 1 and len(await pg_repo.get_chunks(ids)) == 1
     assert len(await pg_repo.get_chunks(ids, all_owners=True)) == 2
+    assert len(await pg_repo.hidden_chunk_ids("telegram:2")) == 1
+    assert (
+        len(await pg_repo.hidden_chunk_ids(None)) == 1 and await pg_repo.hidden_chunk_ids("telegram:1") == []
+    )
     assert [d.id for d in await pg_repo.owned_documents("telegram:1")] == [mine.document_id]
     assert await pg_repo.delete_owned("telegram:1") == (1, 1)
     assert await pg_repo.count() == (1, 1)
