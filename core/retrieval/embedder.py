@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -118,8 +117,8 @@ class Embedder:
             if self._model is not None:
                 return
             _ = self.fingerprint  # verify before loading anything
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            # Local files only, and no process-wide HF_HUB_OFFLINE: that would also stop `MODEL_PATH=hf:…`
+            # from pulling a model in the same process.
             import torch
             from transformers import AutoModel, AutoTokenizer
 

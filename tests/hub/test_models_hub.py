@@ -93,7 +93,9 @@ def hub(v09_files: dict[str, bytes]) -> Iterator[FakeHub]:
 
 def cli_env(tmp_path: Path, endpoint: str, **extra: str) -> dict[str, str]:
     env = {
-        k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and not k.startswith("HF_")
+        k: v
+        for k, v in os.environ.items()
+        if not k.lower().endswith("_proxy") and not k.startswith("HF_") and k != "TRANSFORMERS_OFFLINE"
     }
     env.update(
         PYTHONPATH=str(ROOT),
