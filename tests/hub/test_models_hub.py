@@ -385,6 +385,6 @@ def test_cli_pack_choices_are_the_registered_packs() -> None:
     from bots.cli import build_parser
     from core.retrieval.packs import OPTIONAL_PACKS, PACK_NAMES
 
-    index = build_parser()._subparsers._group_actions[0].choices["index"]  # type: ignore[union-attr]
+    index = build_parser()._subparsers._group_actions[0].choices["index"]  # type: ignore[union-attr,index]
     pack = next(a for a in index._actions if a.dest == "pack")
     assert list(pack.choices) == [*PACK_NAMES, *OPTIONAL_PACKS]
