@@ -320,6 +320,8 @@ def model_pull(hub: ModelHub, name: str) -> int:
         if total is not None and bar.total != total:
             bar.total = total
         bar.update(done - bar.n)
+        if total is not None and done >= total:
+            bar.close()  # finished: the next file's bar starts below it
 
     try:
         model = hub.pull(name, progress=progress)
