@@ -1,4 +1,4 @@
-"""One stateless question → one answer, through the same retrieval, prompt and budget code as chat.
+"""One stateless question → one answer, through the same answering pipeline as chat (core/answering.py).
 
 Used by `ghostbot ask`, the HTTP API and the evaluation runner. Pass the bot's `worker` whenever the bot is
 running too, so the question queues like any chat message (one model instance, one thread at a time; a full
@@ -13,21 +13,18 @@ import logging
 import threading
 import uuid
 
-from core.budget import ContextBudget, compute_budget, effective_max_new_tokens
-from core.generators.base import GenerationParams, Generator, PromptSpec
-from core.manager import (
+from core.answering import (
     CLOSED_NOTICE,
-    EMPTY_ANSWER_NOTICE,
-    ERROR_NOTICE,
-    SHORTENED_NOTICE,
-    TIMEOUT_NOTICE,
-    Retriever,
+    AnsweringPipeline,
+    PassageSearch,
+    Prepared,
     busy_notice,
 )
-from core.prompt import EMPTY_NOTICE, PromptBuilder, sanitize_text
+from core.generators.base import Generator
+from core.prompt import EMPTY_NOTICE, sanitize_text
 from core.settings import Settings
 from core.types import Answer
-from core.worker import GenerationWorker, Piece, QueueFull, WorkerClosed
+from core.worker import GenerationHandle, GenerationWorker, Piece, QueueFull, WorkerClosed
 
 logger = logging.getLogger(__name__)
 
@@ -35,82 +32,76 @@ logger = logging.getLogger(__name__)
 class Assistant:
     def __init__(
         self,
-        retriever: Retriever,
+        retriever: PassageSearch,
         generator: Generator,
         settings: Settings,
         *,
         worker: GenerationWorker | None = None,
     ) -> None:
-        self.retriever = retriever
         self.generator = generator
         self.settings = settings
         self.worker = worker
-        self.prompts = PromptBuilder(settings.system_prompt)
-        self.context = ContextBudget(generator, passage_fraction=settings.passage_budget_fraction)
+        self.pipeline = AnsweringPipeline(retriever, generator, settings)
+
+    @property
+    def retriever(self) -> PassageSearch:
+        return self.pipeline.retriever
 
     async def ask(self, question: str, *, k: int | None = None, seed: int | None = None) -> Answer:
         """Answer one question with citations. Never raises for model problems: see `finish_reason`."""
         text = sanitize_text(question)
         if not text:
             return Answer(text=EMPTY_NOTICE, finish_reason="error")
-        passages = await self.retriever.search(text, k=k or self.settings.top_passages)
-        spec = self.prompts.build(text, passages=passages)
-        s = self.settings
-        max_new = effective_max_new_tokens(
-            self.generator.context_length, s.max_new_tokens, s.context_reserve_tokens
-        )
-        fit = self.context.fit(
-            spec, budget=compute_budget(self.generator.context_length, max_new, s.context_reserve_tokens)
-        )
-        params = GenerationParams(
-            max_new_tokens=max_new,
-            temperature=s.temperature,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            repetition_penalty=s.repetition_penalty,
-            seed=seed,
-        )
+        passages = await self.pipeline.retrieve(text, k=k)
+        prepared = self.pipeline.prepare(text, passages, seed=seed)
         if self.worker is not None:
-            answer, reason = await self._via_worker(fit.spec, params)
+            submitted = self._submit(prepared)
+            if isinstance(submitted, Answer):
+                return submitted
+            answer, reason = await self._collect(submitted)
         else:
-            answer, reason = await self._in_thread(fit.spec, params)
-        if not answer.strip():
-            answer = {"timeout": TIMEOUT_NOTICE, "error": ERROR_NOTICE}.get(reason, EMPTY_ANSWER_NOTICE)
+            answer, reason = await self._in_thread(prepared)
+        outcome = self.pipeline.finish(prepared, answer, reason)
         return Answer(
-            text=answer.strip(),
-            sources=list(fit.spec.passages),
-            notices=[SHORTENED_NOTICE] if fit.question_truncated else [],
-            finish_reason=reason,  # type: ignore[arg-type]
+            text=outcome.text,
+            sources=list(prepared.spec.passages),
+            notices=outcome.notices if outcome.ok else [],
+            finish_reason=outcome.finish_reason,
         )
 
-    async def _via_worker(self, spec: PromptSpec, params: GenerationParams) -> tuple[str, str]:
+    def _submit(self, prepared: Prepared) -> GenerationHandle | Answer:
+        """Queue on the worker; an Answer instead when the worker refuses (busy, shutting down)."""
         assert self.worker is not None
         try:
-            handle = self.worker.submit(f"assistant:{uuid.uuid4().hex}", spec, params)
+            return self.worker.submit(f"assistant:{uuid.uuid4().hex}", prepared.spec, prepared.params)
         except QueueFull as exc:
-            return busy_notice(exc.eta_seconds), "error"
+            return Answer(text=busy_notice(exc.eta_seconds), finish_reason="error")
         except WorkerClosed:
-            return CLOSED_NOTICE, "error"
+            return Answer(text=CLOSED_NOTICE, finish_reason="error")
+
+    @staticmethod
+    async def _collect(handle: GenerationHandle) -> tuple[str, str | None]:
         pieces = [event.text async for event in handle if isinstance(event, Piece)]
         if handle.finish_reason == "error":
             logger.error("generation failed: %s", type(handle.error).__name__)
-            return "", "error"
-        return "".join(pieces), handle.finish_reason or "stop"
+        return "".join(pieces), handle.finish_reason
 
-    async def _in_thread(self, spec: PromptSpec, params: GenerationParams) -> tuple[str, str]:
+    async def _in_thread(self, prepared: Prepared) -> tuple[str, str]:
         stop = threading.Event()
+        generator = self.generator
 
-        def run() -> str:
-            return "".join(self.generator.stream(spec, params, stop.is_set))
+        def run() -> tuple[str, str]:
+            text = "".join(generator.stream(prepared.spec, prepared.params, stop.is_set))
+            # Backends report why they stopped, as the worker reads it (only this thread runs the model).
+            return text, "length" if getattr(generator, "last_finish_reason", None) == "length" else "stop"
 
         task = asyncio.ensure_future(asyncio.to_thread(run))
         try:
-            text = await asyncio.wait_for(asyncio.shield(task), self.settings.request_timeout_seconds)
-            return text, "stop"
+            return await asyncio.wait_for(asyncio.shield(task), self.settings.request_timeout_seconds)
         except TimeoutError:
             stop.set()
             try:
-                return await task, "timeout"
+                return (await task)[0], "timeout"
             except Exception:
                 return "", "timeout"
         except Exception as exc:  # the model's failure: reported through finish_reason

@@ -20,14 +20,28 @@ import logging
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from core.access import REFUSAL, AccessPolicy
-from core.budget import ContextBudget, ContextTooSmall, compute_budget, effective_max_new_tokens
+from core.answering import (  # noqa: F401  (the notices are re-exported for the adapters and tests)
+    CANCELLED_NOTICE,
+    CLOSED_NOTICE,
+    CONFIG_NOTICE,
+    EMPTY_ANSWER_NOTICE,
+    ERROR_NOTICE,
+    LENGTH_NOTICE,
+    PENDING_NOTICE,
+    SHORTENED_NOTICE,
+    TIMEOUT_NOTICE,
+    AnsweringPipeline,
+    PassageSearch,
+    busy_notice,
+)
+from core.budget import ContextTooSmall
 from core.commands import CommandContext, CommandHandler, ParsedCommand, Preferences, parse_command
-from core.generators.base import GenerationParams, Generator
-from core.prompt import EMPTY_NOTICE, PromptBuilder, sanitize_text
+from core.generators.base import Generator
+from core.prompt import EMPTY_NOTICE, sanitize_text
 from core.ratelimit import RateLimiter, slow_down_message
 from core.settings import Settings
 from core.types import Answer, ChatKind, Incoming, ReplySink, Source
@@ -37,29 +51,9 @@ from storage import ConversationKey, Database, StoredMessage, UnknownMessage, Us
 logger = logging.getLogger(__name__)
 _PREFS_CACHE_SIZE = 10_000
 
-SHORTENED_NOTICE = "Your message was longer than I can read at once, so I only used its beginning."
-PENDING_NOTICE = (
-    "I'm still working on your previous question — wait for it to finish, or send /cancel to stop it."
-)
-CANCELLED_NOTICE = "Cancelled — nothing was stored."
-TIMEOUT_NOTICE = "That took too long, so I stopped. Please try a shorter question, or try again later."
-LENGTH_NOTICE = "The answer reached its length limit; /settings max_tokens N allows longer answers."
-ERROR_NOTICE = "Sorry — something went wrong while answering. Please try again in a moment."
-CLOSED_NOTICE = "I'm restarting right now — please send that again in a minute."
-EMPTY_ANSWER_NOTICE = "I couldn't produce an answer this time. Please rephrase your question."
-CONFIG_NOTICE = "Sorry — I'm misconfigured (my context window is too small). Please tell the bot's operator."
-
-
-def busy_notice(eta_seconds: float) -> str:
-    return f"I'm busy with other questions right now — please try again in ~{max(1, round(eta_seconds))} s."
-
 
 def too_long_notice(length: int, limit: int) -> str:
     return f"Your message is too long ({length} characters; the limit is {limit}). Please shorten it."
-
-
-class Retriever(Protocol):
-    async def search(self, query: str, k: int = 4) -> list[Source]: ...
 
 
 def _source_dict(source: Source) -> dict[str, Any]:
@@ -78,7 +72,7 @@ class ConversationManager:
     def __init__(
         self,
         db: Database,
-        retriever: Retriever,
+        retriever: PassageSearch,
         worker: GenerationWorker,
         generator: Generator,
         settings: Settings,
@@ -90,7 +84,6 @@ class ConversationManager:
         prefs_ttl_s: float = 30.0,
     ) -> None:
         self.db = db
-        self.retriever = retriever
         self.worker = worker
         self.generator = generator
         self.settings = settings
@@ -98,8 +91,8 @@ class ConversationManager:
         self.limiter = rate_limiter or RateLimiter(
             per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst, clock=clock
         )
-        self.context = ContextBudget(generator, passage_fraction=settings.passage_budget_fraction)
-        self.prompts = PromptBuilder(settings.system_prompt)
+        self.answering = AnsweringPipeline(retriever, generator, settings)
+        self.context = self.answering.context
         self.prefs = Preferences(
             default_temperature=settings.temperature, max_new_tokens=settings.max_new_tokens
         )
@@ -268,30 +261,18 @@ class ConversationManager:
         prefs, stored, passages = await asyncio.gather(
             self._user_prefs(incoming.platform, incoming.user_id),
             self.db.conversations.history(key, limit=self.history_limit),
-            self._retrieve(question),
+            self.answering.retrieve(question),
         )
-        spec = self.prompts.build(
-            question, passages=passages, history=[(m.role, m.text) for m in stored], prefs=prefs
-        )
-        reserve = self.settings.context_reserve_tokens
-        max_new = effective_max_new_tokens(self.generator.context_length, int(prefs["max_tokens"]), reserve)
         try:
-            fit = self.context.fit(
-                spec, budget=compute_budget(self.generator.context_length, max_new, reserve)
+            prepared = self.answering.prepare(
+                question, passages, history=[(m.role, m.text) for m in stored], prefs=prefs
             )
         except ContextTooSmall as exc:
             logger.error("prompt does not fit: %s", exc)
             await self._reply(incoming, sink, CONFIG_NOTICE)
             return False
-        params = GenerationParams(
-            max_new_tokens=max_new,
-            temperature=float(prefs["temperature"]),
-            top_k=self.settings.top_k,
-            top_p=self.settings.top_p,
-            repetition_penalty=self.settings.repetition_penalty,
-        )
         try:
-            handle = self.worker.submit(owner, fit.spec, params)
+            handle = self.worker.submit(owner, prepared.spec, prepared.params)
         except QueueFull as exc:
             await sink.notice(
                 busy_notice(exc.eta_seconds), ephemeral=True
@@ -319,37 +300,26 @@ class ConversationManager:
             if not handle.done:  # the sink failed or this task was cancelled: free the model
                 self.worker.cancel(owner)
 
-        notices = [SHORTENED_NOTICE] if fit.question_truncated else []
-        if handle.finish_reason == "length":
-            notices.append(LENGTH_NOTICE)
-        answer_text = text.strip()
-        if handle.finish_reason not in ("stop", "length") or not answer_text:
-            reason = handle.finish_reason if handle.finish_reason != "stop" else "error"
-            message = {
-                "cancelled": CANCELLED_NOTICE,
-                "timeout": TIMEOUT_NOTICE,
-            }.get(reason, ERROR_NOTICE if handle.finish_reason == "error" else EMPTY_ANSWER_NOTICE)
+        outcome = self.answering.finish(prepared, text, handle.finish_reason)
+        if not outcome.ok:
             if handle.finish_reason == "error" and handle.error is not None:
                 self._log_exception("generation failed", handle.error)
             if started:  # close the streaming message the adapter has opened
                 await sink.final(
-                    Answer(
-                        text=answer_text or message,
-                        notices=[message] if answer_text else [],
-                        finish_reason=reason,  # type: ignore[arg-type]
-                    )
+                    Answer(text=outcome.text, notices=outcome.notices, finish_reason=outcome.finish_reason)
                 )
             else:
-                await sink.notice(message, ephemeral=True)
+                await sink.notice(outcome.message, ephemeral=True)
             await self.db.conversations.mark_processed(incoming.platform, incoming.event_id)
             return False
 
-        sources = list(fit.spec.passages)
+        answer_text = outcome.text
+        sources = list(prepared.spec.passages)
         answer = Answer(
             text=answer_text,
             sources=sources if prefs["sources"] == "on" else [],
-            notices=notices,
-            finish_reason=handle.finish_reason,  # type: ignore[arg-type]
+            notices=outcome.notices,
+            finish_reason=outcome.finish_reason,
         )
         delivered = await sink.final(answer)
         return await self.db.conversations.commit_exchange(
@@ -382,13 +352,6 @@ class ConversationManager:
         while len(self._prefs_cache) > _PREFS_CACHE_SIZE:
             self._prefs_cache.popitem(last=False)
         return prefs
-
-    async def _retrieve(self, question: str) -> Sequence[Source]:
-        try:
-            return await self.retriever.search(question, k=self.settings.top_passages)
-        except Exception as exc:  # answer without passages rather than not at all
-            self._log_exception("retrieval failed; answering without passages", exc)
-            return []
 
     async def _restore(
         self, incoming: Incoming, key: ConversationKey, question: StoredMessage, answer: StoredMessage
