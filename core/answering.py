@@ -11,15 +11,18 @@ The user-facing notices live here, not in the manager, so lower modules never im
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 from core.budget import ContextBudget, FitResult, compute_budget, effective_max_new_tokens
 from core.generators.base import GenerationParams, Generator, PromptSpec
 from core.prompt import PromptBuilder
+from core.retrieval.retriever import Retrieval
 from core.settings import Settings
 from core.types import Source
+from core.understanding import Understood, understand
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +41,65 @@ EMPTY_ANSWER_NOTICE = "I couldn't produce an answer this time. Please rephrase y
 CONFIG_NOTICE = "Sorry — I'm misconfigured (my context window is too small). Please tell the bot's operator."
 
 
+# Built-in replies to small talk and to questions about the bot (no retrieval, no model).
+EXAMPLE_QUESTIONS = (
+    "How can I detect Kerberoasting?",
+    "How do I prevent SQL injection?",
+    "Which groups use Mimikatz?",
+)
+ABOUT = (
+    "I'm a cybersecurity assistant. I answer from the MITRE CWE (weaknesses) and ATT&CK (attack techniques, "
+    "groups, software) knowledge bases and any documents indexed here, and I cite my sources as [1], [2]."
+)
+_GREETING = re.compile(
+    r"^\W*(?:hi+|hello+|hey+|yo|hiya|howdy|greetings|good (?:morning|afternoon|evening))\b", re.I
+)
+_THANKS = re.compile(r"\b(?:thanks?|thank you|thx|ty|cheers)\b", re.I)
+_BYE = re.compile(r"\b(?:bye|goodbye|see you|good night)\b", re.I)
+
+
+def smalltalk_reply(text: str) -> str:
+    """A short, friendly reply that says what the bot can do, with example questions."""
+    if _THANKS.search(text):
+        lead = "You're welcome!"
+    elif _BYE.search(text):
+        lead = "Goodbye — come back any time."
+    elif _GREETING.match(text):
+        lead = "Hi!"
+    else:
+        lead = ""
+    examples = "\n".join(f"- {q}" for q in EXAMPLE_QUESTIONS)
+    return f"{lead} {ABOUT}\n\nTry for example:\n{examples}\n\n/help lists the commands.".strip()
+
+
 def busy_notice(eta_seconds: float) -> str:
     return f"I'm busy with other questions right now — please try again in ~{max(1, round(eta_seconds))} s."
 
 
 class PassageSearch(Protocol):
-    """What the pipeline needs from retrieval (`core.retrieval.Retriever` is one)."""
+    """What the pipeline needs from retrieval (`core.retrieval.Retriever` is one). A retriever that also
+    has `retrieve(understood, k) -> Retrieval` gets the intent-aware path."""
 
     async def search(self, query: str, k: int = 4) -> list[Source]: ...
+
+
+# Calibrated on the tuning half of benchmarks/answer_questions.jsonl (benchmarks/answer_eval.py --tune):
+# with nothing named in the question, passages are offered only when the best dense cosine reaches this.
+MIN_COSINE = 0.40
+# Without dense retrieval: the share of the question's informative words found in the best passage.
+MIN_LEXICAL = 0.5
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """The retrieval step's result: what the question is, the passages offered as grounding (none when
+    the knowledge base has nothing close enough), everything retrieved, and a built-in reply for small talk."""
+
+    understood: Understood
+    passages: Sequence[Source] = ()
+    retrieved: Sequence[Source] = ()
+    direct: str | None = None
+    abstained: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +109,17 @@ class Prepared:
     spec: PromptSpec
     params: GenerationParams
     question_truncated: bool = False
+    retrieved: Retrieved | None = None
+
+    @property
+    def direct(self) -> str | None:
+        """A built-in reply that needs no generation (small talk), or None."""
+        return self.retrieved.direct if self.retrieved is not None else None
+
+    @property
+    def sources(self) -> list[Source]:
+        """The passages offered, numbered as cited (what `/sources` lists; the footer shows the cited)."""
+        return list(self.spec.passages)
 
 
 @dataclass(frozen=True)
@@ -71,6 +136,17 @@ class Outcome:
     message: str = ""
 
 
+def answerable(found: Retrieval) -> bool:
+    """Whether the knowledge base holds an answer: an entry was named, or the search came close enough."""
+    if not found.passages:
+        return False
+    if found.linked:
+        return True
+    if found.confidence > 0:
+        return found.confidence >= MIN_COSINE
+    return found.lexical >= MIN_LEXICAL
+
+
 class AnsweringPipeline:
     def __init__(self, retriever: PassageSearch, generator: Generator, settings: Settings) -> None:
         self.retriever = retriever
@@ -79,18 +155,31 @@ class AnsweringPipeline:
         self.prompts = PromptBuilder(settings.system_prompt)
         self.context = ContextBudget(generator, passage_fraction=settings.passage_budget_fraction)
 
-    async def retrieve(self, question: str, *, k: int | None = None) -> Sequence[Source]:
-        """The passages for `question`; a failing retriever means an answer without passages, not none."""
+    async def retrieve(self, question: str, *, k: int | None = None) -> Retrieved:
+        """Understand `question`, then find what answers it. Small talk gets a built-in reply; a question the
+        knowledge base does not come close to gets no passages (the extractive backend then says so, a model
+        answers without grounding). A failing retriever means an answer without passages, not none."""
+        understood = understand(question)
+        if understood.intent == "smalltalk":
+            return Retrieved(understood, direct=smalltalk_reply(question))
+        k = k or self.settings.top_passages
         try:
-            return await self.retriever.search(question, k=k or self.settings.top_passages)
+            retrieve = getattr(self.retriever, "retrieve", None)
+            if retrieve is None:
+                passages = await self.retriever.search(question, k=k)
+                return Retrieved(understood, passages, passages)
+            found: Retrieval = await retrieve(understood, k)
         except Exception:
             logger.exception("retrieval failed; answering without passages")
-            return []
+            return Retrieved(understood)
+        if not answerable(found):
+            return Retrieved(understood, (), found.passages, abstained=True)
+        return Retrieved(understood, found.passages, found.passages)
 
     def prepare(
         self,
         question: str,
-        passages: Sequence[Source],
+        retrieved: Retrieved,
         *,
         history: Sequence[tuple[str, str]] = (),
         prefs: Mapping[str, str] | None = None,
@@ -99,7 +188,13 @@ class AnsweringPipeline:
         """Prompt → budget → parameters. Raises `ContextTooSmall` when the configuration leaves no room."""
         s = self.settings
         prefs = prefs or {}
-        spec = self.prompts.build(question, passages=passages, history=history, prefs=prefs)
+        spec = self.prompts.build(
+            question,
+            passages=retrieved.passages,
+            history=history,
+            prefs=prefs,
+            intent=retrieved.understood.intent,
+        )
         requested = int(prefs.get("max_tokens", s.max_new_tokens))
         max_new = effective_max_new_tokens(self.generator.context_length, requested, s.context_reserve_tokens)
         fit: FitResult = self.context.fit(
@@ -113,7 +208,12 @@ class AnsweringPipeline:
             repetition_penalty=s.repetition_penalty,
             seed=seed,
         )
-        return Prepared(spec=fit.spec, params=params, question_truncated=fit.question_truncated)
+        return Prepared(
+            spec=replace(fit.spec, intent=spec.intent),
+            params=params,
+            question_truncated=fit.question_truncated,
+            retrieved=retrieved,
+        )
 
     @staticmethod
     def finish(prepared: Prepared, text: str, finish_reason: str | None) -> Outcome:

@@ -52,8 +52,10 @@ class Assistant:
         text = sanitize_text(question)
         if not text:
             return Answer(text=EMPTY_NOTICE, finish_reason="error")
-        passages = await self.pipeline.retrieve(text, k=k)
-        prepared = self.pipeline.prepare(text, passages, seed=seed)
+        retrieved = await self.pipeline.retrieve(text, k=k)
+        prepared = self.pipeline.prepare(text, retrieved, seed=seed)
+        if prepared.direct is not None:
+            return Answer(text=prepared.direct)
         if self.worker is not None:
             submitted = self._submit(prepared)
             if isinstance(submitted, Answer):
@@ -64,7 +66,7 @@ class Assistant:
         outcome = self.pipeline.finish(prepared, answer, reason)
         return Answer(
             text=outcome.text,
-            sources=list(prepared.spec.passages),
+            sources=prepared.sources,
             notices=outcome.notices if outcome.ok else [],
             finish_reason=outcome.finish_reason,
         )

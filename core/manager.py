@@ -20,7 +20,7 @@ import logging
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from core.access import REFUSAL, AccessPolicy
@@ -258,19 +258,23 @@ class ConversationManager:
             return False
         key = self.conversation_key(incoming)
         # Independent lookups, concurrently: retrieval is usually the slowest, the database hops overlap it.
-        prefs, stored, passages = await asyncio.gather(
+        prefs, stored, retrieved = await asyncio.gather(
             self._user_prefs(incoming.platform, incoming.user_id),
             self.db.conversations.history(key, limit=self.history_limit),
             self.answering.retrieve(question),
         )
         try:
             prepared = self.answering.prepare(
-                question, passages, history=[(m.role, m.text) for m in stored], prefs=prefs
+                question, retrieved, history=[(m.role, m.text) for m in stored], prefs=prefs
             )
         except ContextTooSmall as exc:
             logger.error("prompt does not fit: %s", exc)
             await self._reply(incoming, sink, CONFIG_NOTICE)
             return False
+        if prepared.direct is not None:  # small talk: a built-in reply, no model
+            return await self._deliver(
+                incoming, sink, key, question, Answer(text=prepared.direct), user_message_id
+            )
         try:
             handle = self.worker.submit(owner, prepared.spec, prepared.params)
         except QueueFull as exc:
@@ -313,14 +317,29 @@ class ConversationManager:
             await self.db.conversations.mark_processed(incoming.platform, incoming.event_id)
             return False
 
-        answer_text = outcome.text
-        sources = list(prepared.spec.passages)
         answer = Answer(
-            text=answer_text,
-            sources=sources if prefs["sources"] == "on" else [],
+            text=outcome.text,
+            sources=prepared.sources if prefs["sources"] == "on" else [],
             notices=outcome.notices,
             finish_reason=outcome.finish_reason,
         )
+        return await self._deliver(
+            incoming, sink, key, question, answer, user_message_id, sources=prepared.sources
+        )
+
+    async def _deliver(
+        self,
+        incoming: Incoming,
+        sink: ReplySink,
+        key: ConversationKey,
+        question: str,
+        answer: Answer,
+        user_message_id: str | None,
+        *,
+        sources: Sequence[Source] = (),
+    ) -> bool:
+        """Send the finished answer and store the exchange with it (and the event id) at once."""
+        answer_text = answer.text
         delivered = await sink.final(answer)
         return await self.db.conversations.commit_exchange(
             platform=incoming.platform,
