@@ -83,9 +83,19 @@ class ChunkRecord:
 
     @property
     def body(self) -> str:
-        """The text without its "Heading: " prefix (pack chunks other than summaries carry one)."""
-        prefix = f"{self.heading}: "
-        return self.text[len(prefix) :] if self.heading and self.text.startswith(prefix) else self.text
+        """The text without its "Heading:" prefix (pack chunks other than summaries carry one: prose
+        as "Detection: text", lists as "Mitigations:\n- item\n- item")."""
+        prefix = f"{self.heading}:"
+        if self.heading and self.text.startswith(prefix):
+            return self.text[len(prefix) :].lstrip()
+        return self.text
+
+    @property
+    def items(self) -> list[str]:
+        """The body's list items without their "- " marker (one mitigation, one detection, one
+        example each), or its paragraphs when it is prose."""
+        lines = [line.strip() for line in self.body.splitlines() if line.strip()]
+        return [line[2:] if line.startswith("- ") else line for line in lines]
 
 
 @dataclass(frozen=True)

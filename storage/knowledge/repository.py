@@ -274,7 +274,7 @@ class KnowledgeRepository:
     ) -> list[tuple[ChunkMeta, float]]:
         wanted = json.dumps(list(sections)) if sections is not None else None
         async with self._sessions() as session:
-            if session.bind.dialect.name == "sqlite":
+            if session.get_bind().dialect.name == "sqlite":
                 expression = q.sqlite_match_expression(query, await self._sqlite_vocabulary(session))
                 if expression is None:
                     return []
@@ -314,7 +314,7 @@ class KnowledgeRepository:
     async def phrase_search(self, phrase: str, limit: int = 10) -> list[int]:
         """Chunks that mention `phrase` (e.g. a CVE or CAPEC id) as consecutive words."""
         async with self._sessions() as session:
-            if session.bind.dialect.name == "sqlite":
+            if session.get_bind().dialect.name == "sqlite":
                 expression = q.sqlite_phrase_expression(phrase)
                 if expression is None:
                     return []
@@ -342,7 +342,7 @@ class KnowledgeRepository:
             return []
         found: dict[int, ChunkRecord] = {}
         async with self._sessions() as session:
-            if session.bind.dialect.name == "sqlite":
+            if session.get_bind().dialect.name == "sqlite":
                 rows = await session.execute(_SQLITE_RECORDS, {"ids": json.dumps([int(i) for i in ids])})
                 found = {int(row[0]): ChunkRecord(*row) for row in rows.all()}
                 return [found[i] for i in ids if i in found]
@@ -358,7 +358,7 @@ class KnowledgeRepository:
         if not ids:
             return found
         async with self._sessions() as session:
-            if session.bind.dialect.name == "sqlite":
+            if session.get_bind().dialect.name == "sqlite":
                 # One statement with one JSON parameter: every search asks for a few hundred ids, and
                 # building and binding an expanding IN per call cost more than the query itself.
                 rows = await session.execute(_SQLITE_META, {"ids": json.dumps([int(i) for i in ids])})
