@@ -18,7 +18,8 @@ from core.retrieval.ids import find_ids
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 MAX_NAME_WORDS = 12
-ROLE_RANK = {"ref": 0, "name": 1, "alias": 2}
+ROLE_RANK = {"ref": 0, "name": 1, "alias": 2, "derived": 3}
+_PARENTHETICAL = re.compile(r"^(.*?)\s*\(\s*'?([^()']+?)'?\s*\)\s*$")
 # Words that name an entry but are far more often just words of a question.
 _COMMON = frozenset(
     [
@@ -190,6 +191,16 @@ class Link:
         return self.end - self.start
 
 
+def derived_names(name: str) -> list[str]:
+    """Short names inside a long one: "Cross-Site Request Forgery (CSRF)" is also "CSRF" and "Cross-Site
+    Request Forgery"; "Improper Neutralization … ('Cross-site Scripting')" is also "Cross-site Scripting"."""
+    match = _PARENTHETICAL.match(name)
+    if not match:
+        return []
+    outer, inner = match.group(1).strip(), match.group(2).strip()
+    return [n for n in (inner, outer) if n and n != name]
+
+
 def words_of(text: str) -> list[str]:
     return [w.casefold() for w in _WORD.findall(text)]
 
@@ -219,10 +230,11 @@ class EntityLinker:
             if kind == "document":
                 continue  # a user's files are found by search, not by name
             refs.add(ref.upper())
-            words = tuple(words_of(key))
-            if not words or len(words) > MAX_NAME_WORDS or (role != "ref" and len("".join(words)) < 3):
-                continue
-            names.setdefault(words, []).append((ref, kind, role))
+            for name, how in ((key, role), *((d, "derived") for d in derived_names(key) if role == "name")):
+                words = tuple(words_of(name))
+                if not words or len(words) > MAX_NAME_WORDS or (how != "ref" and len("".join(words)) < 3):
+                    continue
+                names.setdefault(words, []).append((ref, kind, how))
         for candidates in names.values():
             candidates.sort(key=lambda c: ROLE_RANK.get(c[2], 3))
         self._names, self._refs, self._loaded_at = names, refs, now
