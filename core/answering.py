@@ -22,7 +22,7 @@ from core.prompt import PromptBuilder
 from core.retrieval.retriever import Retrieval
 from core.settings import Settings
 from core.types import Source
-from core.understanding import Understood, understand
+from core.understanding import Understood, mentions_security, understand
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,10 @@ class PassageSearch(Protocol):
 # Calibrated on the tuning half of benchmarks/answer_questions.jsonl (benchmarks/answer_eval.py --tune):
 # with nothing named in the question, passages are offered only when the best dense cosine reaches this.
 MIN_COSINE = 0.40
-# Without dense retrieval: the share of the question's informative words found in the best passage.
-MIN_LEXICAL = 0.5
+# Without dense retrieval: the share of the question's informative words found in the passages; a question
+# that uses a security word ("technique", "weakness", "attack", ...) needs less.
+MIN_LEXICAL = 0.75
+MIN_LEXICAL_SECURITY = 0.4
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ class Outcome:
     message: str = ""
 
 
-def answerable(found: Retrieval) -> bool:
+def answerable(found: Retrieval, question: str = "") -> bool:
     """Whether the knowledge base holds an answer: an entry was named, or the search came close enough."""
     if not found.passages:
         return False
@@ -144,7 +146,7 @@ def answerable(found: Retrieval) -> bool:
         return True
     if found.confidence > 0:
         return found.confidence >= MIN_COSINE
-    return found.lexical >= MIN_LEXICAL
+    return found.lexical >= (MIN_LEXICAL_SECURITY if mentions_security(question) else MIN_LEXICAL)
 
 
 class AnsweringPipeline:
@@ -172,7 +174,7 @@ class AnsweringPipeline:
         except Exception:
             logger.exception("retrieval failed; answering without passages")
             return Retrieved(understood)
-        if not answerable(found):
+        if not answerable(found, question):
             return Retrieved(understood, (), found.passages, abstained=True)
         return Retrieved(understood, found.passages, found.passages)
 

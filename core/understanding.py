@@ -82,7 +82,7 @@ _ABOUT_BOT = _rx(
     r"what do you know|what kind of questions|how do i use you|what is this bot)\b"
 )
 _COMPARE = _rx(
-    r"\b(?:differences?|differ|different from|vs\.?|versus|compared? (?:to|with)|comparison|"
+    r"\b(?:differences?|differ|different from|vs\.?|versus|compare|compared? (?:to|with)|comparison|"
     r"distinguish|same as)\b"
 )
 _RELATION = _rx(
@@ -123,6 +123,21 @@ _LIST = _rx(
     r"^(?:list|enumerate|name (?:some|all|the)|give me (?:a list|all|some)|show me (?:all|the list))\b"
     r"|\b(?:what are (?:the|some) (?:types|kinds|categories|sub-?techniques))\b|\btypes of\b|\bkinds of\b"
 )
+
+
+# Words that put a question in the security domain whatever else it says ("which technique is it when …").
+_SECURITY = _rx(
+    r"\b(?:techniques?|sub-?techniques?|weakness(?:es)?|cwes?|att&ck|attacks?|attackers?|adversar(?:y|ies)|"
+    r"malware|ransomware|vulnerabilit(?:y|ies)|vulnerable|exploits?|exploited|security|secure|hackers?|"
+    r"threats?|injections?|credentials?|passwords?|encrypt\w*|crypto\w*|phishing|backdoors?|payloads?|"
+    r"overflows?|privileges?|authenticat\w*|authoriz\w*|xss|csrf|ssrf|sqli|cves?|apts?|mitre|kerberos|"
+    r"tactics?|persistence|exfiltrat\w*|lateral|trojans?|botnets?|c2|beacons?|forensics?|incidents?)\b"
+)
+
+
+def mentions_security(text: str) -> bool:
+    """Whether the question uses a word of the security domain (a hint that it is in scope)."""
+    return bool(_SECURITY.search(text))
 
 
 @dataclass(frozen=True)

@@ -243,8 +243,8 @@ _META_SENTENCE = re.compile(r"^(?:Phase|Strategy|Effectiveness|Scope|Impact|Abst
 _STRATEGY = re.compile(r"Strategy:\s*([^.]+)\.")
 _ITEM = re.compile(r"(?:^|\n)-\s+")
 _CUT = (" …", "…")
-MAX_BULLETS = 5
-MAX_ITEM_WORDS = 35
+MAX_BULLETS = 6
+MAX_ITEM_WORDS = 50
 _HEADS = {
     "prevent": "How to prevent or mitigate",
     "detect": "How to detect",
@@ -357,9 +357,12 @@ def _bullets(passages: Sequence[tuple[int, Source]], terms: set[str], limit: int
     for order, (number, source) in enumerate(passages):
         for j, item in enumerate(items_of(source)):
             text = _item_text(item, terms)
-            if not text:
+            related = source.section == "relationship" and source.heading in _RELATIONS
+            if not text and not related:
                 continue
-            if source.section == "relationship" and source.heading in _RELATIONS:
+            if related and not text:
+                text = source.title
+            if related:
                 text = (
                     f"{_label(source.ref, source.title)}: {text}"
                     if text != source.title

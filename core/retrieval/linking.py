@@ -18,7 +18,8 @@ from core.retrieval.ids import find_ids
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 MAX_NAME_WORDS = 12
-ROLE_RANK = {"ref": 0, "name": 1, "alias": 2, "derived": 3}
+ROLE_RANK = {"ref": 0, "name": 1, "alias": 2, "derived": 3, "lossy": 4}
+_LOSSY = re.compile(r"[^\w\s\-'’()]")
 _PARENTHETICAL = re.compile(r"^(.*?)\s*\(\s*'?([^()']+?)'?\s*\)\s*$")
 # Words that name an entry but are far more often just words of a question.
 _COMMON = frozenset(
@@ -234,6 +235,8 @@ class EntityLinker:
                 words = tuple(words_of(name))
                 if not words or len(words) > MAX_NAME_WORDS or (how != "ref" and len("".join(words)) < 3):
                     continue
+                if how not in ("ref", "derived") and _LOSSY.search(name):
+                    how = "lossy"  # "Path Traversal: '....//'" is not what "path traversal" names
                 names.setdefault(words, []).append((ref, kind, how))
         for candidates in names.values():
             candidates.sort(key=lambda c: ROLE_RANK.get(c[2], 3))

@@ -150,7 +150,7 @@ class Retriever:
             others = await self._summaries(ranked[1:k])
             records = (summary + wanted + others)[: max(k, len(wanted) + 1)]
         passages = [self._to_source(0, r) for r in records]
-        return Retrieval(_numbered(passages), (), cosine, _lexical(query, passages[:1]))
+        return Retrieval(_numbered(passages), (), cosine, _lexical(query, passages))
 
     async def _summaries(self, ranked: Sequence[ChunkMeta | ChunkRecord]) -> list[ChunkRecord]:
         """Each ranked entry's summary chunk (a file's best chunk stays as it is), in rank order."""
@@ -221,7 +221,7 @@ class Retriever:
             kinds.add("software")
         if _CAMPAIGN.search(query):
             kinds.add("campaign")
-        if kinds and "used_by" in relations:
+        if kinds and ("used_by" in relations or "uses" in relations):
             related = [r for r in related if r.kind in kinds] or related
         if relations[0] == "uses":
             # "What does APT29 do for persistence?": the uses whose text shares the question's words.
@@ -453,10 +453,12 @@ def _numbered(passages: Sequence[Source]) -> list[Source]:
 
 
 def _lexical(query: str, passages: Sequence[Source]) -> float:
-    words = {w for w in words_of(query) if len(w) > 2} - _QUESTION_WORDS
+    """The share of the question's informative words (by their first five letters, a crude stem) that the
+    passages contain: low when the question is about something the knowledge base does not cover."""
+    words = {w[:5] for w in words_of(query) if len(w) > 2 and w not in _QUESTION_WORDS}
     if not words or not passages:
         return 0.0
-    found = set(words_of(" ".join(f"{p.title} {p.text}" for p in passages)))
+    found = {w[:5] for w in words_of(" ".join(f"{p.title} {p.text}" for p in passages))}
     return len(words & found) / len(words)
 
 
