@@ -140,6 +140,12 @@ def mentions_security(text: str) -> bool:
     return bool(_SECURITY.search(text))
 
 
+_OPENS_EXAMPLE = _rx(
+    r"^(?:(?:give me |show me |show |what are )?(?:some |the )?(?:real[- ]world |real )?examples?)\b"
+)
+_OPENS_LIST = _rx(r"^(?:list|enumerate|what are the (?:sub-?techniques|types|kinds))\b")
+
+
 @dataclass(frozen=True)
 class Understood:
     """A question, understood: its text, intent and the exact ids it names."""
@@ -166,6 +172,11 @@ def classify(text: str) -> Intent:
         return "smalltalk"
     if _COMPARE.search(q) and (len(find_ids(q)) >= 2 or re.search(r"\b(?:and|vs\.?|versus|or)\b", q, re.I)):
         return "compare"
+    # A question that opens by asking for examples or a list is that, whatever relation it mentions.
+    if _OPENS_EXAMPLE.match(q):
+        return "example"
+    if _OPENS_LIST.match(q):
+        return "list"
     if _RELATION.search(q):
         return "relationship"
     if _IDENTIFY.search(q):

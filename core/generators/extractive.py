@@ -244,7 +244,8 @@ _STRATEGY = re.compile(r"Strategy:\s*([^.]+)\.")
 _ITEM = re.compile(r"(?:^|\n)-\s+")
 _CUT = (" …", "…")
 MAX_BULLETS = 6
-MAX_ITEM_WORDS = 50
+MAX_ITEM_WORDS = 30
+MAX_SPECIFIC_WORDS = 48
 _HEADS = {
     "prevent": "How to prevent or mitigate",
     "detect": "How to detect",
@@ -323,12 +324,19 @@ def _definition(source: Source, max_sentences: int) -> list[str]:
     return (kept or sentences)[:max_sentences]
 
 
+# CWE's boilerplate advice, the same words in hundreds of entries: it answers nothing specific.
+_BOILERPLATE = re.compile(
+    r"does not allow this weakness to occur|easier to avoid|^Assume all input is malicious", re.I
+)
+
+
 def _prose(sentence: str) -> bool:
     """A sentence worth quoting on its own: not a fragment that introduces a list, not metadata."""
     return (
         len(sentence.split()) >= 5
         and not sentence.rstrip().endswith((":", "when.", "if."))
-        and not (_META_SENTENCE.match(sentence))
+        and not _META_SENTENCE.match(sentence)
+        and not _BOILERPLATE.search(sentence)
     )
 
 
@@ -338,12 +346,15 @@ def _item_text(item: str, terms: set[str]) -> str:
     sentences = [s for s in sentences_of(item) if _prose(s)]
     if not sentences:
         return ""
+    # The first sentence, then later ones while short, or (up to a longer cap) when they carry specifics:
+    # numbers such as event ids, or the question's own words.
     chosen: list[str] = []
     words = 0
     for sentence in sentences:
         n = len(sentence.split())
-        if chosen and words + n > MAX_ITEM_WORDS:
-            break
+        specific = bool(re.search(r"\d", sentence)) or bool(terms & query_terms(sentence))
+        if chosen and words + n > (MAX_SPECIFIC_WORDS if specific else MAX_ITEM_WORDS):
+            continue
         chosen.append(sentence)
         words += n
     text = " ".join(chosen)
@@ -444,7 +455,7 @@ def compose(spec: PromptSpec, max_tokens: int, count: Callable[[str], int]) -> l
             (n, s) for n, s in rest if s.ref != head.ref or s.section != "summary"
         ]
     lead = _HEADS.get(intent, "About")
-    lines.append(f"{lead} {_label(head.ref, head.title)} [{first_number}]:")
+    lines.append(f"{lead} **{head.ref} {short_name(head.title)}** [{first_number}]:")
     bullets = _bullets(answering, terms, MAX_BULLETS)
     lines.extend(bullets)
     return _within(lines, max_tokens, count)
