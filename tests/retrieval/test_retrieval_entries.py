@@ -186,6 +186,11 @@ async def test_related_entries(sliced: KnowledgeRepository) -> None:
     uses = await sliced.related("G0016", ["uses"])
     assert len(uses) > 50 and any(r.ref == "S0002" and r.kind == "software" for r in uses)
     assert [r.ref for r in await sliced.related("C0024", ["attributed_to"])] == ["G0016"]
+    persistence = await sliced.related("G0016", ["uses"], tactic="persistence")
+    assert persistence == []  # no persistence technique of APT29 is in the slice
+    credential = await sliced.related("C0024", ["uses"], tactic="credential-access")
+    assert [r.ref for r in credential] == ["T1558.003"]  # the only one in the slice
+    assert await sliced.related("C0024", ["uses"], tactic="TA0006") == credential
     assert {r.relation for r in await sliced.related("T1558.003")} >= {"mitigated_by", "used_by", "tactic"}
     assert [r.ref for r in await sliced.related("CWE-89", ["child_of"])] == ["CWE-943"]
 
