@@ -231,8 +231,9 @@ class CwePack:
         sections = [Section("Summary", " ".join(p for p in summary if p), "summary")]
         extended = w.find(f"{ns}Extended_Description")
         if extended is not None:
-            paragraphs = [_squash(p) for p in _paragraphs(extended)]
-            text = "\n\n".join(_sentence(p) for p in paragraphs if p)
+            paragraphs = _paragraphs(extended, items_as_bullets=True)
+            # "… such as:" introduces the list items after it; everything else ends as a sentence.
+            text = "\n\n".join(p if p.endswith(":") else _sentence(p) for p in paragraphs)
             if text:
                 sections.append(Section("Description", text, "description"))
 
@@ -341,8 +342,9 @@ class CwePack:
         )
 
 
-def _paragraphs(node: ET.Element | None) -> list[str]:
-    """The text of an XHTML-ish CWE field, one string per paragraph or list item."""
+def _paragraphs(node: ET.Element | None, *, items_as_bullets: bool = False) -> list[str]:
+    """The text of an XHTML-ish CWE field, one string per paragraph or list item (list items as
+    "- item" with `items_as_bullets`)."""
     if node is None:
         return []
     blocks = [child for child in node if child.tag.rsplit("}", 1)[-1] in ("p", "li", "div", "ul", "ol")]
@@ -356,7 +358,8 @@ def _paragraphs(node: ET.Element | None) -> list[str]:
     for child in blocks:
         tag = child.tag.rsplit("}", 1)[-1]
         if tag in ("ul", "ol"):
-            out.extend(_squash(" ".join(li.itertext())) for li in child)
+            marker = "- " if items_as_bullets else ""
+            out.extend(marker + _squash(" ".join(li.itertext())) for li in child)
         else:
             out.append(_squash(" ".join(child.itertext())))
         tail = _squash(child.tail or "")
@@ -371,6 +374,8 @@ _CITATION = re.compile(r"\s*\(Citation:[^)]*\)")
 _MD_LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
 _TAG = re.compile(r"</?[a-zA-Z][^>]*>")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?])")
+_MD_STAR_ITEM = re.compile(r"^[*+]\s+")
+_MD_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*:?$")
 _LIST_ITEM = re.compile(r"^(?:[-*•]|\d{1,3}[.)])\s")
 PROCEDURES_PER_ENTRY = 10
 SUBTECHNIQUES_SHOWN = 40
@@ -386,6 +391,8 @@ def _clean_stix_text(text: str) -> str:
     paragraphs = []
     for block in re.split(r"\n\s*\n", text):
         lines = [_SPACE_BEFORE_PUNCT.sub(r"\1", _squash(line)) for line in block.splitlines() if line.strip()]
+        # Markdown list markers become "- ", a "### Windows" heading becomes "Windows:".
+        lines = [_MD_HEADING.sub(r"\1:", _MD_STAR_ITEM.sub("- ", line)) for line in lines]
         # List items and a paragraph's last line end as sentences; "… include:" introduces a list.
         lines = [
             line

@@ -483,6 +483,7 @@ class KnowledgeRepository:
         ref: str,
         relations: Sequence[str] | None = None,
         *,
+        tactic: str | None = None,
         limit: int | None = None,
     ) -> list[RelatedEntry]:
         """Entries linked to `ref`, read from its side, most prominent first within each relation.
@@ -493,7 +494,11 @@ class KnowledgeRepository:
         "has_subtechnique" (its children), "tactic" (TA ids with tactic names). Of a group or software:
         "uses" (techniques and software); of a campaign also "attributed_to"; of a mitigation
         "mitigates"; of a data component "detects"; of a weakness "child_of", "parent_of",
-        "related_attack_pattern". `relations` None means all."""
+        "related_attack_pattern". `relations` None means all.
+
+        `tactic` (a name such as "Persistence" or "credential-access", or an id such as "TA0003")
+        keeps only the techniques of that tactic: `related("G0016", ["uses"], tactic="persistence")`
+        is what APT29 does for persistence."""
         refs = sorted({ref, ref.upper()})
         wanted = set(relations) if relations is not None else None
         out: list[RelatedEntry] = []
@@ -541,6 +546,20 @@ class KnowledgeRepository:
                     out.append(
                         RelatedEntry(INVERSE_RELATIONS[row[0]], row[1], row[2], row[3], row[4], float(row[5]))
                     )
+            if tactic is not None:
+                key = name_key(tactic.replace("-", " ").replace("_", " "))
+                in_tactic = set(
+                    (
+                        await session.execute(
+                            select(Relation.entry_ref).where(
+                                Relation.relation == "tactic",
+                                (func.lower(Relation.target_name) == key)
+                                | (Relation.target_ref == tactic.strip().upper()),
+                            )
+                        )
+                    ).scalars()
+                )
+                out = [r for r in out if r.ref in in_tactic]
         out = list({(r.relation, r.ref): r for r in out}.values())
         order = {name: i for i, name in enumerate(relations or ())}
         out.sort(key=lambda r: (order.get(r.relation, len(order)), r.relation, -r.prior, r.ref))
