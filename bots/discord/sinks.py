@@ -29,7 +29,7 @@ EMPTY_ANSWER = "(The model returned an empty answer.)"
 def render_answer(answer: Answer) -> str:
     """The final text: answer body, then a sources footer (links in <> so Discord adds no previews)."""
     body = answer.text.strip() or EMPTY_ANSWER
-    footer = sources_footer(answer.sources)
+    footer = sources_footer(render.cited_sources(answer.text, answer.sources))
     return f"{body}\n\n{footer}" if footer else body
 
 
