@@ -132,7 +132,8 @@ class Retriever:
             records, related = await self._sections_of(refs, question, query, chosen, k)
             if records or related:
                 passages = [self._to_source(0, r) for r in records] + [_related_source(r) for r in related]
-                return Retrieval(_numbered(passages[: max(k, 2 * len(refs))]), refs, 1.0, 1.0)
+                room = max(k, 8) if related else max(k, 2 * len(refs))  # a list of related entries
+                return Retrieval(_numbered(passages[:room]), refs, 1.0, 1.0)
         # Nothing (useful) linked: rank entries by the hybrid search.
         sections = [s for s in question.sections if s != "summary"] or None
         lists, meta, cosine = await self._candidates(query, "hybrid", sections)
@@ -201,15 +202,18 @@ class Retriever:
     async def _related(self, ref: str, query: str, k: int) -> list[RelatedEntry]:
         """Related entries for a relationship question, chosen by what it asks ("which groups use",
         "the parent", "which tactic", "what does APT29 use for persistence")."""
-        if _PARENT.search(query):
+        upper = ref.upper()
+        if _TACTIC.search(query) and upper.startswith("T"):
+            relations = ["tactic"]
+        elif _PARENT.search(query):
             relations = ["subtechnique_of", "child_of"]
         elif _CHILDREN.search(query):
             relations = ["has_subtechnique", "parent_of"]
-        elif _TACTIC.search(query) and ref.upper().startswith("T"):
-            relations = ["tactic"]
-        elif re.match(r"^[GSC]\d{4}$", ref.upper()):
+        elif re.match(r"^S\d{4}$", upper) and _GROUPISH.search(query):
+            relations = ["used_by"]  # "which groups use Mimikatz?"
+        elif re.match(r"^[GSC]\d{4}$", upper):
             relations = ["uses", "attributed_to", "attributed"]
-        elif ref.upper().startswith("CWE"):
+        elif upper.startswith("CWE"):
             relations = ["child_of", "parent_of", "related_attack_pattern"]
         else:
             relations = ["used_by", "mitigated_by", "detected_by"]
