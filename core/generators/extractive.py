@@ -364,10 +364,16 @@ def _item_text(item: str, terms: set[str]) -> str:
 def _bullets(passages: Sequence[tuple[int, Source]], terms: set[str], limit: int) -> list[str]:
     """Bullets from the passages' items, each ending with its [n]; items sharing the question's words first,
     then in passage order."""
-    candidates: list[tuple[int, int, str]] = []
+    candidates: list[tuple[int, int, int, str]] = []
+    strategies: set[str] = set()
     for order, (number, source) in enumerate(passages):
         for j, item in enumerate(items_of(source)):
             text = _item_text(item, terms)
+            # One bullet per mitigation strategy first: CWE repeats "Input Validation" advice many times.
+            strategy = _STRATEGY.search(item)
+            label = strategy.group(1).strip().lower() if strategy else ""
+            repeated = int(bool(label) and label in strategies)
+            strategies.add(label)
             related = source.section == "relationship" and source.heading in _RELATIONS
             if not text and not related:
                 continue
@@ -380,9 +386,9 @@ def _bullets(passages: Sequence[tuple[int, Source]], terms: set[str], limit: int
                     else _label(source.ref, source.title)
                 )
             score = len(terms & query_terms(text))
-            candidates.append((-min(score, 2), order * 100 + j, f"- {text} [{number}]"))
+            candidates.append((repeated, -min(score, 2), order * 100 + j, f"- {text} [{number}]"))
     best = sorted(candidates)[:limit]
-    return [text for _, _, text in sorted(best, key=lambda c: c[1])]
+    return [text for _, _, _, text in sorted(best, key=lambda c: c[2])]
 
 
 def compose(spec: PromptSpec, max_tokens: int, count: Callable[[str], int]) -> list[str]:
