@@ -113,6 +113,7 @@ class Prepared:
     params: GenerationParams
     question_truncated: bool = False
     retrieved: Retrieved | None = None
+    prompt_tokens: int = 0
 
     @property
     def direct(self) -> str | None:
@@ -216,6 +217,7 @@ class AnsweringPipeline:
             params=params,
             question_truncated=fit.question_truncated,
             retrieved=retrieved,
+            prompt_tokens=fit.prompt_tokens,
         )
 
     @staticmethod
