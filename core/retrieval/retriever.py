@@ -9,9 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol, TypeVar
 
+import numpy as np
+
 from core.retrieval.dense import DenseIndex
 from core.retrieval.embedder import Embedder, EmbedderError
 from core.retrieval.ids import find_ids
+from core.retrieval.indexer import UPLOAD_SOURCE, upload_name
 from core.types import Source
 from storage.knowledge import ChunkMeta, ChunkRecord, KnowledgeRepository
 
@@ -61,9 +64,15 @@ class Retriever:
     def dense_enabled(self) -> bool:
         return self._embedder is not None
 
-    async def search(self, query: str, k: int = 4, *, mode: Mode = "hybrid") -> list[Source]:
+    async def search(
+        self, query: str, k: int = 4, *, mode: Mode = "hybrid", viewer: str | None = None
+    ) -> list[Source]:
         """Up to k passages for `query`, numbered 1..k: entries named by an exact id in the query
-        come first, then the best of the hybrid search. One passage per CWE/ATT&CK entry."""
+        come first, then the best of the hybrid search. One passage per CWE/ATT&CK entry.
+
+        `viewer` (a user key such as "telegram:42", only in that user's private contexts) adds their
+        private documents to what is searched; without it only shared knowledge is. Every query below
+        filters on it."""
         query = clean_query(query)
         if not query or k <= 0:
             return []
@@ -77,35 +86,39 @@ class Retriever:
 
         for exact in find_ids(query):
             if exact.has_own_entry:
-                records = await self._repo.find_by_ref(exact.ref)
+                records = await self._repo.find_by_ref(exact.ref, viewer=viewer)
                 if records:
                     take(records[0])  # the overview chunk names and defines the entry
             else:
-                for record in await self._repo.get_chunks(await self._repo.phrase_search(exact.ref, k)):
+                hits = await self._repo.phrase_search(exact.ref, k, viewer=viewer)
+                for record in await self._repo.get_chunks(hits, viewer=viewer):
                     take(record)
         if len(picked) < k:
-            for record in await self._hybrid(query, k + len(picked), mode):
+            for record in await self._hybrid(query, k + len(picked), mode, viewer):
                 take(record)
         return [self._to_source(i, record) for i, record in enumerate(picked, start=1)]
 
-    async def _hybrid(self, query: str, k: int, mode: Mode) -> list[ChunkRecord]:
-        lists, meta = await self.candidates(query, mode)
+    async def _hybrid(self, query: str, k: int, mode: Mode, viewer: str | None) -> list[ChunkRecord]:
+        lists, meta = await self.candidates(query, mode, viewer=viewer)
         cfg = self.fusion
         if mode != "hybrid":
             # A single signal ranks on its own (the baselines the fusion is measured against).
             cfg = replace(cfg, prior_weight=0.0, summary_weight=0.0, name_weight=0.0)
         best = [m.id for m in fuse(lists, meta, cfg)[:k]]
-        return await self._repo.get_chunks(best)  # texts only for the winners
+        return await self._repo.get_chunks(best, viewer=viewer)  # texts only for the winners
 
     async def candidates(
-        self, query: str, mode: Mode = "hybrid"
+        self, query: str, mode: Mode = "hybrid", *, viewer: str | None = None
     ) -> tuple[list[tuple[float, list[int]]], dict[int, ChunkMeta]]:
-        """The ranked chunk-id lists to fuse, each with its weight, and the chunks they name."""
+        """The ranked chunk-id lists to fuse, each with its weight, and the chunks they name (only chunks
+        `viewer` may read: the metadata query filters the dense hits, whose matrix holds every chunk)."""
         cfg = self.fusion
         # BM25, and the ranking metadata of its hits, run in the database driver's thread while the
         # encoder runs in its own: only the dense hits' metadata is fetched after encoding.
         bm25 = (
-            asyncio.ensure_future(self._bm25(query, cfg.candidates)) if mode in ("hybrid", "bm25") else None
+            asyncio.ensure_future(self._bm25(query, cfg.candidates, viewer))
+            if mode in ("hybrid", "bm25")
+            else None
         )
         dense_hits: tuple[list[int], list[int]] | None = None
         bm25_hits: tuple[list[int], dict[int, ChunkMeta]] | None = None
@@ -113,9 +126,23 @@ class Retriever:
             embedder = self._embedder
             if mode in ("hybrid", "dense") and embedder is not None:
                 with_names = mode == "hybrid" and cfg.name_weight > 0
-                dense_hits = await asyncio.get_running_loop().run_in_executor(
-                    embedder.query_executor, self._dense_search, query, cfg.candidates, with_names
-                )
+                loop = asyncio.get_running_loop()
+                # Others' private chunks are masked out of the cosine ranking itself (their ids come from
+                # the database while the query is encoded), so they never take a candidate slot.
+                hidden = asyncio.ensure_future(self._repo.hidden_chunk_ids(viewer))
+                try:
+                    vector = await loop.run_in_executor(embedder.query_executor, self._encode_query, query)
+                finally:
+                    exclude = await hidden
+                if vector is not None:
+                    dense_hits = await loop.run_in_executor(
+                        embedder.query_executor,
+                        self._dense_search,
+                        vector,
+                        cfg.candidates,
+                        with_names,
+                        exclude,
+                    )
         finally:
             if bm25 is not None:
                 bm25_hits = await bm25  # never left pending, even when the dense side failed
@@ -126,41 +153,58 @@ class Retriever:
             meta.update(bm25_hits[1])
         if dense_hits is not None:
             chunks, names = dense_hits
-            lists.append((cfg.dense_weight, chunks))
-            if names:
-                lists.append((cfg.name_weight, names))
             missing = list(dict.fromkeys(cid for cid in (*chunks, *names) if cid not in meta))
             if missing:
-                meta.update(await self._repo.get_chunk_meta(missing))
+                meta.update(await self._repo.get_chunk_meta(missing, viewer=viewer))
+            # Hits the viewer may not read (others' private documents) have no metadata: drop them.
+            lists.append((cfg.dense_weight, [cid for cid in chunks if cid in meta]))
+            if names:
+                lists.append((cfg.name_weight, [cid for cid in names if cid in meta]))
         return lists, meta
 
-    async def _bm25(self, query: str, limit: int) -> tuple[list[int], dict[int, ChunkMeta]]:
-        hits = await self._repo.fts_search_meta(query, limit)
+    async def _bm25(
+        self, query: str, limit: int, viewer: str | None
+    ) -> tuple[list[int], dict[int, ChunkMeta]]:
+        hits = await self._repo.fts_search_meta(query, limit, viewer=viewer)
         return [m.id for m in hits], {m.id: m for m in hits}
 
-    def _dense_search(self, query: str, limit: int, with_names: bool) -> tuple[list[int], list[int]]:
-        """(chunk ids by cosine, summary chunk ids by cosine of their entry's name), best first;
-        runs on the encoder's own query thread."""
-        embedder, dense = self._embedder, self._dense
-        if embedder is None or dense is None:
-            return [], []
+    def _encode_query(self, query: str) -> np.ndarray | None:
+        """The query's vector, on the encoder's own query thread; None when dense retrieval is off."""
+        embedder = self._embedder
+        if embedder is None or self._dense is None:
+            return None
         try:
-            vector = embedder.encode([query])[0]
+            return embedder.encode([query])[0]
         except EmbedderError:
             # Broken weights must not take answers down: keep BM25 and exact ids, say why once.
             log.exception("dense retrieval disabled")
             self._embedder = None
+            return None
+
+    def _dense_search(
+        self, vector: np.ndarray, limit: int, with_names: bool, exclude: Sequence[int]
+    ) -> tuple[list[int], list[int]]:
+        """(chunk ids by cosine, summary chunk ids by cosine of their entry's name), best first, never one
+        of `exclude` (private chunks the viewer may not read)."""
+        dense = self._dense
+        if dense is None:
             return [], []
-        chunks = [cid for cid, _ in dense.search(vector, limit)]
+        chunks = [cid for cid, _ in dense.search(vector, limit, exclude=exclude)]
         names = [cid for cid, _ in dense.names.search(vector, limit)] if with_names else []
         return chunks, names
 
     @staticmethod
     def _to_source(index: int, record: ChunkRecord) -> Source:
+        if record.source == "file":
+            source = record.locator
+        elif record.source == UPLOAD_SOURCE:
+            source = upload_name(record.locator)  # the file name, never the owner part of the locator
+        else:
+            source = record.source
         return Source(
             index=index,
             ref=record.ref,
-            source=record.locator if record.source == "file" else record.source,
+            source=source,
             title=record.title,
             url=record.url,
             text=record.text,
@@ -230,7 +274,7 @@ def fuse(lists: Sequence[tuple[float, Sequence[int]]], records: dict[int, R], cf
 
 
 def _is_summary(record: _Rankable) -> bool:
-    return record.ord == 0 and record.source != "file"
+    return record.ord == 0 and record.source not in ("file", UPLOAD_SOURCE)
 
 
 def format_sources(sources: Sequence[Source]) -> str:
