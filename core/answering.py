@@ -80,7 +80,7 @@ class PassageSearch(Protocol):
     """What the pipeline needs from retrieval (`core.retrieval.Retriever` is one). A retriever that also
     has `retrieve(understood, k) -> Retrieval` gets the intent-aware path."""
 
-    async def search(self, query: str, k: int = 4) -> list[Source]: ...
+    async def search(self, query: str, k: int = 4, *, viewer: str | None = None) -> list[Source]: ...
 
 
 # Calibrated on the tuning half of benchmarks/answer_questions.jsonl (benchmarks/answer_eval.py --signals):
@@ -159,7 +159,7 @@ class AnsweringPipeline:
         self.prompts = PromptBuilder(settings.system_prompt)
         self.context = ContextBudget(generator, passage_fraction=settings.passage_budget_fraction)
 
-    async def retrieve(self, question: str, *, k: int | None = None) -> Retrieved:
+    async def retrieve(self, question: str, *, k: int | None = None, viewer: str | None = None) -> Retrieved:
         """Understand `question`, then find what answers it. Small talk gets a built-in reply; a question the
         knowledge base does not come close to gets no passages (the extractive backend then says so, a model
         answers without grounding). A failing retriever means an answer without passages, not none."""
@@ -170,9 +170,9 @@ class AnsweringPipeline:
         try:
             retrieve = getattr(self.retriever, "retrieve", None)
             if retrieve is None:
-                passages = await self.retriever.search(question, k=k)
+                passages = await self.retriever.search(question, k=k, viewer=viewer)
                 return Retrieved(understood, passages, passages)
-            found: Retrieval = await retrieve(understood, k)
+            found: Retrieval = await retrieve(understood, k, viewer=viewer)
         except Exception:
             logger.exception("retrieval failed; answering without passages")
             return Retrieved(understood)

@@ -12,9 +12,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, or_
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 from storage.base import Base
 
@@ -96,6 +97,13 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def visible_to(viewer: str | None) -> ColumnElement[bool]:
+    """The documents `viewer` may read: shared ones (owner NULL), and their own private ones."""
+    if viewer is None:
+        return Document.owner.is_(None)
+    return or_(Document.owner.is_(None), Document.owner == viewer)
+
+
 def name_key(name: str) -> str:
     """How entry names and aliases are compared: case-folded, inner whitespace collapsed."""
     return " ".join(name.casefold().split())
@@ -116,6 +124,8 @@ class Document(Base):
     # How often practitioners meet this entry (0..1, from the pack data itself); a ranking prior.
     prior: Mapped[float] = mapped_column(Float, default=0.0)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    # A private document's owner (the core's user key, "telegram:42"); NULL = shared knowledge.
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True, default=None)
     # The data release the document was built from ("v15", "4.14"); empty for user files.
     version: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
