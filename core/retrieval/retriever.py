@@ -326,6 +326,8 @@ class Retriever:
                 focused_hits = await focused
         lists: list[tuple[float, list[int]]] = []
         meta: dict[int, ChunkMeta] = {}
+        if bm25_hits and bm25_hits[0] and bm25_hits[1][bm25_hits[0][0]].source not in _PACK_SOURCES:
+            focused_hits = None  # the best match is a user's document: pack sections must not outvote it
         for hits in (bm25_hits, focused_hits):
             if hits is not None:
                 lists.append((cfg.bm25_weight, hits[0]))
