@@ -112,6 +112,17 @@ def _fit_prefix(text: str, width: int, measure: Callable[[str], int]) -> int:
     return low
 
 
+_CITATION = re.compile(r"\[(\d+)\]")
+
+
+def cited_sources(text: str, sources: Sequence[Source]) -> list[Source]:
+    """The sources the answer text cites as [n] (all of them when it cites none: a model may not cite);
+    `/sources` still lists everything retrieved."""
+    numbers = {int(n) for n in _CITATION.findall(text)}
+    cited = [s for s in sources if s.index in numbers]
+    return cited if cited else list(sources)
+
+
 def sources_footer(
     sources: Sequence[Source],
     *,

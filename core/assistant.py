@@ -1,4 +1,4 @@
-"""One stateless question → one answer, through the same retrieval, prompt and budget code as chat.
+"""One stateless question → one answer, through the same answering pipeline as chat (core/answering.py).
 
 Used by `ghostbot ask`, the HTTP API and the evaluation runner. Pass the bot's `worker` whenever the bot is
 running too, so the question queues like any chat message (one model instance, one thread at a time; a full
@@ -14,19 +14,16 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable
 
-from core.budget import ContextBudget, compute_budget, effective_max_new_tokens
-from core.generators.base import GenerationParams, Generator, PromptSpec
-from core.manager import (
+from core.answering import (
     CLOSED_NOTICE,
-    EMPTY_ANSWER_NOTICE,
-    ERROR_NOTICE,
     PENDING_NOTICE,
-    SHORTENED_NOTICE,
-    TIMEOUT_NOTICE,
-    Retriever,
+    AnsweringPipeline,
+    PassageSearch,
+    Prepared,
     busy_notice,
 )
-from core.prompt import EMPTY_NOTICE, PromptBuilder, sanitize_text
+from core.generators.base import Generator
+from core.prompt import EMPTY_NOTICE, sanitize_text
 from core.settings import Settings
 from core.types import Answer
 from core.worker import AlreadyPending, GenerationWorker, Piece, QueueFull, WorkerClosed
@@ -37,18 +34,24 @@ logger = logging.getLogger(__name__)
 class Assistant:
     def __init__(
         self,
-        retriever: Retriever,
+        retriever: PassageSearch,
         generator: Generator,
         settings: Settings,
         *,
         worker: GenerationWorker | None = None,
     ) -> None:
-        self.retriever = retriever
         self.generator = generator
         self.settings = settings
         self.worker = worker
-        self.prompts = PromptBuilder(settings.system_prompt)
-        self.context = ContextBudget(generator, passage_fraction=settings.passage_budget_fraction)
+        self.pipeline = AnsweringPipeline(retriever, generator, settings)
+
+    @property
+    def retriever(self) -> PassageSearch:
+        return self.pipeline.retriever
+
+    @retriever.setter
+    def retriever(self, retriever: PassageSearch) -> None:
+        self.pipeline.retriever = retriever
 
     async def ask(
         self,
@@ -74,56 +77,48 @@ class Assistant:
         if worker is not None and worker.queue_depth >= worker.queue_size:  # before any retrieval work
             eta = worker.estimate_wait(worker.queue_size + 1)
             return Answer(text=busy_notice(eta), finish_reason="error")
-        passages = await self.retriever.search(text, k=k or self.settings.top_passages)
-        spec = self.prompts.build(text, passages=passages)
-        s = self.settings
-        max_new = effective_max_new_tokens(
-            self.generator.context_length, max_new_tokens or s.max_new_tokens, s.context_reserve_tokens
-        )
-        fit = self.context.fit(
-            spec, budget=compute_budget(self.generator.context_length, max_new, s.context_reserve_tokens)
-        )
-        params = GenerationParams(
-            max_new_tokens=max_new,
-            temperature=s.temperature if temperature is None else temperature,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            repetition_penalty=s.repetition_penalty,
-            seed=seed,
-        )
-        if self.worker is not None:
-            answer, reason = await self._via_worker(fit.spec, params, owner, on_piece)
+        retrieved = await self.pipeline.retrieve(text, k=k)
+        prefs: dict[str, str] = {}
+        if max_new_tokens is not None:
+            prefs["max_tokens"] = str(max_new_tokens)
+        if temperature is not None:
+            prefs["temperature"] = str(temperature)
+        prepared = self.pipeline.prepare(text, retrieved, prefs=prefs, seed=seed)
+        if prepared.direct is not None:  # small talk: a built-in reply, no model
+            if on_piece is not None:
+                await on_piece(prepared.direct)
+            return Answer(text=prepared.direct, prompt_tokens=prepared.prompt_tokens)
+        if worker is not None:
+            answer, reason = await self._via_worker(prepared, owner, on_piece)
+            if reason == "refused":
+                return Answer(text=answer, finish_reason="error")
         else:
-            answer, reason = await self._in_thread(fit.spec, params)
+            answer, reason = await self._in_thread(prepared)
             if on_piece is not None and answer:
                 await on_piece(answer)
-        if not answer.strip():
-            answer = {"timeout": TIMEOUT_NOTICE, "error": ERROR_NOTICE}.get(reason, EMPTY_ANSWER_NOTICE)
+        outcome = self.pipeline.finish(prepared, answer, reason)
         return Answer(
-            text=answer.strip(),
-            sources=list(fit.spec.passages),
-            notices=[SHORTENED_NOTICE] if fit.question_truncated else [],
-            finish_reason=reason,  # type: ignore[arg-type]
-            prompt_tokens=fit.prompt_tokens,
+            text=outcome.text,
+            sources=prepared.sources,
+            notices=outcome.notices if outcome.ok else [],
+            finish_reason=outcome.finish_reason,
+            prompt_tokens=prepared.prompt_tokens,
         )
 
     async def _via_worker(
-        self,
-        spec: PromptSpec,
-        params: GenerationParams,
-        owner: str | None,
-        on_piece: Callable[[str], Awaitable[None]] | None,
-    ) -> tuple[str, str]:
+        self, prepared: Prepared, owner: str | None, on_piece: Callable[[str], Awaitable[None]] | None
+    ) -> tuple[str, str | None]:
+        """(text, finish reason); (the notice, "refused") when the worker does not take the request."""
         assert self.worker is not None
         owner = owner or f"assistant:{uuid.uuid4().hex}"
         try:
-            handle = self.worker.submit(owner, spec, params)
+            handle = self.worker.submit(owner, prepared.spec, prepared.params)
         except QueueFull as exc:
-            return busy_notice(exc.eta_seconds), "error"
+            return busy_notice(exc.eta_seconds), "refused"
         except AlreadyPending:
-            return PENDING_NOTICE, "error"
+            return PENDING_NOTICE, "refused"
         except WorkerClosed:
-            return CLOSED_NOTICE, "error"
+            return CLOSED_NOTICE, "refused"
         pieces: list[str] = []
         try:
             async for event in handle:
@@ -136,23 +131,24 @@ class Assistant:
                 self.worker.cancel(owner)
         if handle.finish_reason == "error":
             logger.error("generation failed: %s", type(handle.error).__name__)
-            return "", "error"
-        return "".join(pieces), handle.finish_reason or "stop"
+        return "".join(pieces), handle.finish_reason
 
-    async def _in_thread(self, spec: PromptSpec, params: GenerationParams) -> tuple[str, str]:
+    async def _in_thread(self, prepared: Prepared) -> tuple[str, str]:
         stop = threading.Event()
+        generator = self.generator
 
-        def run() -> str:
-            return "".join(self.generator.stream(spec, params, stop.is_set))
+        def run() -> tuple[str, str]:
+            text = "".join(generator.stream(prepared.spec, prepared.params, stop.is_set))
+            # Backends report why they stopped, as the worker reads it (only this thread runs the model).
+            return text, "length" if getattr(generator, "last_finish_reason", None) == "length" else "stop"
 
         task = asyncio.ensure_future(asyncio.to_thread(run))
         try:
-            text = await asyncio.wait_for(asyncio.shield(task), self.settings.request_timeout_seconds)
-            return text, "stop"
+            return await asyncio.wait_for(asyncio.shield(task), self.settings.request_timeout_seconds)
         except TimeoutError:
             stop.set()
             try:
-                return await task, "timeout"
+                return (await task)[0], "timeout"
             except Exception:
                 return "", "timeout"
         except Exception as exc:  # the model's failure: reported through finish_reason

@@ -34,16 +34,30 @@ import logging
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from core.access import REFUSAL, AccessPolicy
-from core.budget import ContextBudget, ContextTooSmall, compute_budget, effective_max_new_tokens
+from core.answering import (  # noqa: F401  (the notices are re-exported for the adapters and tests)
+    CANCELLED_NOTICE,
+    CLOSED_NOTICE,
+    CONFIG_NOTICE,
+    EMPTY_ANSWER_NOTICE,
+    ERROR_NOTICE,
+    LENGTH_NOTICE,
+    PENDING_NOTICE,
+    SHORTENED_NOTICE,
+    TIMEOUT_NOTICE,
+    AnsweringPipeline,
+    PassageSearch,
+    busy_notice,
+)
+from core.budget import ContextTooSmall
 from core.commands import CommandContext, CommandHandler, ParsedCommand, Preferences, parse_command
-from core.generators.base import GenerationParams, Generator
-from core.prompt import EMPTY_NOTICE, PromptBuilder, sanitize_text
+from core.generators.base import Generator
+from core.prompt import EMPTY_NOTICE, sanitize_text
 from core.ratelimit import RateLimiter, slow_down_message
 from core.redaction import Redactor
 from core.settings import Settings
@@ -55,36 +69,17 @@ from storage import ConversationKey, Database, PendingReplyRow, StoredMessage, U
 logger = logging.getLogger(__name__)
 _PREFS_CACHE_SIZE = 10_000
 
-SHORTENED_NOTICE = "Your message was longer than I can read at once, so I only used its beginning."
-PENDING_NOTICE = (
-    "I'm still working on your previous question — wait for it to finish, or send /cancel to stop it."
-)
-CANCELLED_NOTICE = "Cancelled — nothing was stored."
-TIMEOUT_NOTICE = "That took too long, so I stopped. Please try a shorter question, or try again later."
-LENGTH_NOTICE = "The answer reached its length limit; /settings max_tokens N allows longer answers."
-ERROR_NOTICE = "Sorry — something went wrong while answering. Please try again in a moment."
-CLOSED_NOTICE = "I'm restarting right now — please send that again in a minute."
-EMPTY_ANSWER_NOTICE = "I couldn't produce an answer this time. Please rephrase your question."
 UPLOAD_FAILED_NOTICE = (
     "Sorry — I couldn't index that document, and nothing was stored. Please try again later."
 )
 NO_DOCUMENTS_NOTICE = "I can't index documents in this setup — please type your question instead."
-CONFIG_NOTICE = "Sorry — I'm misconfigured (my context window is too small). Please tell the bot's operator."
 INTERRUPTED_NOTICE = (
     "⚠️ I was restarted before I could finish this answer, so it was not saved. Send /retry to ask again."
 )
 
 
-def busy_notice(eta_seconds: float) -> str:
-    return f"I'm busy with other questions right now — please try again in ~{max(1, round(eta_seconds))} s."
-
-
 def too_long_notice(length: int, limit: int) -> str:
     return f"Your message is too long ({length} characters; the limit is {limit}). Please shorten it."
-
-
-class Retriever(Protocol):
-    async def search(self, query: str, k: int = 4, *, viewer: str | None = None) -> list[Source]: ...
 
 
 def _source_dict(source: Source) -> dict[str, Any]:
@@ -142,7 +137,7 @@ class ConversationManager:
     def __init__(
         self,
         db: Database,
-        retriever: Retriever,
+        retriever: PassageSearch,
         worker: GenerationWorker,
         generator: Generator,
         settings: Settings,
@@ -155,7 +150,6 @@ class ConversationManager:
         documents: DocumentLibrary | None = None,
     ) -> None:
         self.db = db
-        self.retriever = retriever
         self.worker = worker
         self.generator = generator
         self.settings = settings
@@ -163,8 +157,8 @@ class ConversationManager:
         self.limiter = rate_limiter or RateLimiter(
             per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst, clock=clock
         )
-        self.context = ContextBudget(generator, passage_fraction=settings.passage_budget_fraction)
-        self.prompts = PromptBuilder(settings.system_prompt)
+        self.answering = AnsweringPipeline(retriever, generator, settings)
+        self.context = self.answering.context
         self.prefs = Preferences(
             default_temperature=settings.temperature, max_new_tokens=settings.max_new_tokens
         )
@@ -176,6 +170,14 @@ class ConversationManager:
         self._prefs_cache: OrderedDict[tuple[str, str], tuple[float, dict[str, str]]] = OrderedDict()
         self._inflight: set[tuple[str, str]] = set()
         self._redact = Redactor(settings.secret_values())
+
+    @property
+    def retriever(self) -> PassageSearch:
+        return self.answering.retriever
+
+    @retriever.setter
+    def retriever(self, retriever: PassageSearch) -> None:
+        self.answering.retriever = retriever
 
     # --- entry points -----------------------------------------------------------------------------------
     async def handle(self, incoming: Incoming, sink: ReplySink) -> None:
@@ -516,43 +518,35 @@ class ConversationManager:
             return False
         key = self.conversation_key(incoming)
         # Independent lookups, concurrently: retrieval is usually the slowest, the database hops overlap it.
-        prefs, stored, passages = await asyncio.gather(
+        prefs, stored, retrieved = await asyncio.gather(
             self._user_prefs(incoming.platform, incoming.user_id),
             self.db.conversations.history(key, limit=self.history_limit),
-            self._retrieve(question, self._owner(incoming) if self.is_private(incoming) else None),
+            self.answering.retrieve(
+                question, viewer=self._owner(incoming) if self.is_private(incoming) else None
+            ),
         )
         history = [(m.role, m.text) for m in stored if m.id not in replaces]
-        spec = self.prompts.build(question, passages=passages, history=history, prefs=prefs)
-        reserve = self.settings.context_reserve_tokens
-        max_new = effective_max_new_tokens(self.generator.context_length, int(prefs["max_tokens"]), reserve)
         try:
-            fit = self.context.fit(
-                spec, budget=compute_budget(self.generator.context_length, max_new, reserve)
-            )
+            prepared = self.answering.prepare(question, retrieved, history=history, prefs=prefs)
         except ContextTooSmall as exc:
             logger.error("prompt does not fit: %s", exc)
             await self._reply(incoming, sink, CONFIG_NOTICE)
             return False
-        params = GenerationParams(
-            max_new_tokens=max_new,
-            temperature=float(prefs["temperature"]),
-            top_k=self.settings.top_k,
-            top_p=self.settings.top_p,
-            repetition_penalty=self.settings.repetition_penalty,
-        )
-        try:
-            handle = self.worker.submit(owner, fit.spec, params)
-        except QueueFull as exc:
-            await sink.notice(
-                busy_notice(exc.eta_seconds), ephemeral=True
-            )  # not marked: a resend may succeed
-            return False
-        except AlreadyPending:
-            await sink.notice(PENDING_NOTICE, ephemeral=True)  # busy: not recorded
-            return False
-        except WorkerClosed:
-            await sink.notice(CLOSED_NOTICE, ephemeral=True)
-            return False
+        handle = None  # small talk (prepared.direct) is a built-in reply: no model, same delivery
+        if prepared.direct is None:
+            try:
+                handle = self.worker.submit(owner, prepared.spec, prepared.params)
+            except QueueFull as exc:
+                await sink.notice(
+                    busy_notice(exc.eta_seconds), ephemeral=True
+                )  # not marked: a resend may succeed
+                return False
+            except AlreadyPending:
+                await sink.notice(PENDING_NOTICE, ephemeral=True)  # busy: not recorded
+                return False
+            except WorkerClosed:
+                await sink.notice(CLOSED_NOTICE, ephemeral=True)
+                return False
 
         text, started = "", False
         user = UserRef(incoming.platform, incoming.user_id, incoming.user_name)
@@ -569,51 +563,45 @@ class ConversationManager:
             )
             delivery = _Delivery(self.db, reply_id, self._log_exception)
             repairable = watch_messages(sink, delivery.report)
-            async for event in handle:
-                if isinstance(event, Piece):
-                    text += event.text
-                    await sink.partial(text)
-                elif isinstance(event, Queued):
-                    await sink.queued(event.position, event.eta_seconds)
-                elif isinstance(event, Started):
-                    started = True
-                    await sink.started()
+            if handle is None:
+                text = prepared.direct or ""
+            else:
+                async for event in handle:
+                    if isinstance(event, Piece):
+                        text += event.text
+                        await sink.partial(text)
+                    elif isinstance(event, Queued):
+                        await sink.queued(event.position, event.eta_seconds)
+                    elif isinstance(event, Started):
+                        started = True
+                        await sink.started()
         finally:
-            if not handle.done:  # the sink failed or this task was cancelled: free the model
+            if handle is not None and not handle.done:  # the sink failed or this task was cancelled
                 self.worker.cancel(owner)
 
-        notices = [SHORTENED_NOTICE] if fit.question_truncated else []
-        if handle.finish_reason == "length":
-            notices.append(LENGTH_NOTICE)
-        answer_text = text.strip()
-        if handle.finish_reason not in ("stop", "length") or not answer_text:
-            reason = handle.finish_reason if handle.finish_reason != "stop" else "error"
-            message = {
-                "cancelled": CANCELLED_NOTICE,
-                "timeout": TIMEOUT_NOTICE,
-            }.get(reason, ERROR_NOTICE if handle.finish_reason == "error" else EMPTY_ANSWER_NOTICE)
-            if handle.finish_reason == "error" and handle.error is not None:
+        outcome = self.answering.finish(
+            prepared, text, handle.finish_reason if handle is not None else "stop"
+        )
+        answer_text = outcome.text
+        if not outcome.ok:
+            if handle is not None and handle.finish_reason == "error" and handle.error is not None:
                 self._log_exception("generation failed", handle.error)
             if started:  # close the streaming message the adapter has opened
                 await sink.final(
-                    Answer(
-                        text=answer_text or message,
-                        notices=[message] if answer_text else [],
-                        finish_reason=reason,  # type: ignore[arg-type]
-                    )
+                    Answer(text=outcome.text, notices=outcome.notices, finish_reason=outcome.finish_reason)
                 )
             else:
-                await sink.notice(message, ephemeral=True)
+                await sink.notice(outcome.message, ephemeral=True)
             await delivery.flush()
             await self.db.outbox.finish(reply_id, incoming.platform, incoming.event_id)
             return False
 
-        sources = list(fit.spec.passages)
+        sources = prepared.sources
         answer = Answer(
             text=answer_text,
             sources=sources if prefs["sources"] == "on" else [],
-            notices=notices,
-            finish_reason=handle.finish_reason,  # type: ignore[arg-type]
+            notices=outcome.notices,
+            finish_reason=outcome.finish_reason,
         )
         answer_tokens = self.context.count(answer_text)
         if repairable:  # a crash during delivery then stores the answer instead of calling it interrupted
@@ -662,14 +650,6 @@ class ConversationManager:
         while len(self._prefs_cache) > _PREFS_CACHE_SIZE:
             self._prefs_cache.popitem(last=False)
         return prefs
-
-    async def _retrieve(self, question: str, viewer: str | None) -> Sequence[Source]:
-        """Passages for the question; `viewer` (private contexts only) adds that user's own documents."""
-        try:
-            return await self.retriever.search(question, k=self.settings.top_passages, viewer=viewer)
-        except Exception as exc:  # answer without passages rather than not at all
-            self._log_exception("retrieval failed; answering without passages", exc)
-            return []
 
     async def _reply(
         self, incoming: Incoming, sink: ReplySink, text: str, *, ephemeral: bool = False

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from core.generators.base import ChatTurn, PromptSpec
 from core.types import Source
+from core.understanding import TASKS
 
 EMPTY_NOTICE = "I couldn't find any text in your message. Please send your question as plain text."
 
@@ -77,10 +78,17 @@ class PromptBuilder:
         passages: Sequence[Source] = (),
         history: Sequence[tuple[str, str]] = (),
         prefs: Mapping[str, str] | None = None,
+        intent: str = "",
     ) -> PromptSpec:
+        system = self.system_text(prefs)
+        task = TASKS.get(intent, "") if passages and intent != "define" else ""
+        if task:
+            # Say what the user asked for, so a model answers that ("list the detections"), not a summary.
+            system = f"{system} Task: {task}, from the passages."
         return PromptSpec(
-            system=self.system_text(prefs),
+            system=system,
             passages=number_passages(passages),
             history=history_turns(history),
             question=question,
+            intent=intent,
         )

@@ -48,6 +48,9 @@ class Source:
     title: str
     url: str | None = None
     text: str = ""  # the passage text shown to the model (possibly shortened)
+    section: str = ""  # what the text is within its entry: "summary", "detection", "mitigation", ...
+    kind: str = ""  # what the entry is: "weakness", "technique", "group", "software", ...
+    heading: str = ""  # the heading the text came under ("Detection", "M1041 Encrypt Sensitive Information")
 
 
 @dataclass

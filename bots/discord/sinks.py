@@ -50,7 +50,7 @@ def _link(url: str) -> str:
 def render_answer(answer: Answer) -> str:
     """The final text: answer body, then a sources footer (links in <> so Discord adds no previews)."""
     body = unmask_links(answer.text.strip()) or EMPTY_ANSWER
-    footer = sources_footer(answer.sources)
+    footer = sources_footer(render.cited_sources(answer.text, answer.sources))
     return f"{body}\n\n{footer}" if footer else body
 
 

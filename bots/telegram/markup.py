@@ -1,8 +1,9 @@
 """Markdown-ish model output → Telegram HTML (the final message only; streaming stays plain).
 
 Only what a chat answer needs and what renders unambiguously: ``` fences (with a language),
-`inline code`, **bold** and `# headings`. Everything else is escaped text, so the result is
-always valid Telegram HTML; the sink still falls back to plain text if Telegram disagrees.
+`inline code`, **bold**, `# headings`, "- " / "* " bullets (as •) and "> " quotes (as a blockquote).
+Everything else is escaped text, so the result is always valid Telegram HTML; the sink still falls back
+to plain text if Telegram disagrees.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ _FENCE = re.compile(r"^\s*(```+|~~~+)\s*([A-Za-z0-9_+#.-]*)")
 _INLINE_CODE = re.compile(r"`([^`\n]+)`")
 _BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_BULLET = re.compile(r"^(\s*)[-*+]\s+(.*)$")
+_QUOTE = re.compile(r"^\s*>\s?(.*)$")
 
 
 def _escape(text: str) -> str:
@@ -25,6 +28,9 @@ def _inline(line: str) -> str:
     heading = _HEADING.match(line)
     if heading:
         return f"<b>{_inline(heading.group(2))}</b>"
+    bullet = _BULLET.match(line)
+    if bullet and bullet.group(2).strip():
+        return f"{bullet.group(1)}• {_inline(bullet.group(2))}"
     out: list[str] = []
     pos = 0
     for match in _INLINE_CODE.finditer(line):
@@ -41,9 +47,21 @@ def to_telegram_html(text: str) -> str:
     code: list[str] | None = None  # lines of the open code block
     language = ""
     marker = ""
+    quote: list[str] = []  # lines of the open blockquote
+
+    def close_quote() -> None:
+        if quote:
+            out.append("<blockquote>" + "\n".join(quote) + "</blockquote>")
+            quote.clear()
+
     for line in text.split("\n"):
         fence = _FENCE.match(line)
         if code is None:
+            quoted = _QUOTE.match(line) if not fence else None
+            if quoted:
+                quote.append(_inline(quoted.group(1)))
+                continue
+            close_quote()
             if fence:
                 code, language, marker = [], fence.group(2), fence.group(1)
             else:
@@ -54,6 +72,7 @@ def to_telegram_html(text: str) -> str:
             code = None
         else:
             code.append(line)
+    close_quote()
     if code is not None:
         out.append(_code_block(code, language))
     return "\n".join(out)

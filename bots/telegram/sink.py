@@ -29,7 +29,7 @@ from telegram.error import (
     TelegramError,
 )
 
-from bots.render import sources_footer, split_message, utf16_len
+from bots.render import cited_sources, sources_footer, split_message, utf16_len
 from bots.streaming import ThrottledEditor
 from bots.telegram.markup import to_telegram_html
 from core.types import Answer, MessageListener
@@ -195,7 +195,7 @@ class TelegramSink:
         if answer.notices:
             body = "\n".join(f"ℹ️ {notice}" for notice in answer.notices) + "\n\n" + body
         parts = [(part, "") for part in split_message(body, MESSAGE_LIMIT, measure=utf16_len)]
-        footer = sources_footer(answer.sources)
+        footer = sources_footer(cited_sources(answer.text, answer.sources))
         if footer:
             last, _ = parts[-1]
             if utf16_len(f"{last}\n\n{footer}") <= MESSAGE_LIMIT:

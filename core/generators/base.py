@@ -30,6 +30,7 @@ class PromptSpec:
     passages: tuple[Source, ...]  # numbered [1]..[n] in this order
     history: tuple[ChatTurn, ...]  # oldest → newest, whole user/assistant pairs
     question: str
+    intent: str = ""  # what the question asks for (core/understanding.py): "define", "detect", ...
 
 
 @dataclass(frozen=True)

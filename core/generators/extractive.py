@@ -8,15 +8,17 @@ model, so the count only has to be consistent for the budget.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from core.generators.base import GenerationParams, PromptSpec
 from core.generators.estimate import word_piece_estimate
 from core.generators.render import render_turns
+from core.types import Source
 
 NO_PASSAGES_REPLY = (
-    "I couldn't find anything about that in the knowledge base. "
-    "Try rephrasing or index your documents with `ghostbot index`."
+    "I don't have that in my knowledge base — it holds the MITRE CWE and ATT&CK catalogues and the "
+    "documents indexed here. To answer questions beyond them, index your documents (`ghostbot index DIR`) "
+    "or configure a model (`MODEL_PATH` or `OPENAI_BASE_URL`)."
 )
 INTRO = "Here is what the knowledge base says:"
 
@@ -209,6 +211,14 @@ class ExtractiveGenerator:
     def stream(
         self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
     ) -> Iterator[str]:
+        if spec.intent and spec.passages:
+            self.last_finish_reason = "stop"
+            for i, part in enumerate(compose(spec, params.max_new_tokens, self.count_tokens)):
+                if should_stop():
+                    self.last_finish_reason = "cancelled"
+                    return
+                yield part if i == 0 else "\n" + part
+            return
         blocks = self.answer_blocks(spec, params.max_new_tokens)
         self.last_finish_reason = "stop"
         if not blocks:
@@ -223,3 +233,274 @@ class ExtractiveGenerator:
 
     def close(self) -> None:
         return None
+
+
+# --- the composed answer (an intent is known) --------------------------------------------------------------
+# Whole sentences only: a sentence ends at . ! or ? followed by a space and a capital, digit, quote or
+# bracket (so "e.g. the" and "v1.2" do not end one), or at the end of a line.
+_SENTENCE = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])")
+_META_SENTENCE = re.compile(r"^(?:Phase|Strategy|Effectiveness|Scope|Impact|Abstraction|Status)\s*:", re.I)
+_STRATEGY = re.compile(r"Strategy:\s*([^.]+)\.")
+_ITEM = re.compile(r"(?:^|\n)-\s+")
+_CUT = (" …", "…")
+MAX_BULLETS = 6
+MAX_ITEM_WORDS = 30
+MAX_SPECIFIC_WORDS = 48
+_HEADS = {
+    "prevent": "How to prevent or mitigate",
+    "detect": "How to detect",
+    "example": "Examples of",
+}
+_RELATIONS = {
+    "used_by": "Used by",
+    "uses": "Uses",
+    "mitigated_by": "Mitigations",
+    "detected_by": "Detected through",
+    "subtechnique_of": "Sub-technique of",
+    "has_subtechnique": "Sub-techniques",
+    "child_of": "Child of",
+    "parent_of": "Parent of",
+    "tactic": "Tactic",
+    "related_attack_pattern": "Related attack pattern",
+    "attributed_to": "Attributed to",
+    "attributed": "Attributed",
+}
+
+
+def sentences_of(text: str) -> list[str]:
+    """Whole sentences of `text`; a trailing piece a budget cut short ("… ") is dropped."""
+    out: list[str] = []
+    for line in text.splitlines():
+        out.extend(s.strip() for s in _SENTENCE.split(line.strip()) if s.strip())
+    if out and out[-1].endswith(_CUT):
+        out.pop()
+    return out
+
+
+def body_of(source: Source) -> str:
+    """The passage text without its "Heading:" prefix."""
+    text = source.text.strip()
+    for prefix in (f"{source.heading}:", f"{source.heading.capitalize()}:"):
+        if source.heading and text.startswith(prefix):
+            return text[len(prefix) :].strip()
+    return text
+
+
+def items_of(source: Source) -> list[str]:
+    """The list items of a passage ("- Phase: … Use prepared statements."), or its text as one item."""
+    parts = [p.strip() for p in _ITEM.split(body_of(source)) if p.strip()]
+    return parts or [body_of(source)]
+
+
+def short_name(title: str) -> str:
+    """ "Steal or Forge Kerberos Tickets: Kerberoasting" → "Kerberoasting"; "… ('Cross-site Scripting')" →
+    "Cross-site Scripting"; otherwise the title."""
+    match = re.search(r"\(\s*'?([^()']+?)'?\s*\)\s*$", title)
+    if match:
+        return match.group(1)
+    return title.rsplit(": ", 1)[-1] if ": " in title else title
+
+
+def _label(ref: str, title: str) -> str:
+    title = title.strip()
+    if not title or title == ref:
+        return f"**{ref}**"
+    return f"**{ref} {title}**" if not title.startswith(ref) else f"**{title}**"
+
+
+def _definition(source: Source, max_sentences: int) -> list[str]:
+    """The defining sentences of a summary passage, without the "REF: Title." line and catalogue metadata."""
+    sentences = [s for s in sentences_of(body_of(source)) if not _META_SENTENCE.match(s)]
+    title = source.title.strip()
+    kept = [
+        s
+        for s in sentences
+        if not s.startswith(f"{source.ref}:")
+        and not (title and s.rstrip(".") == title)
+        and not s.startswith(("Tactics:", "Platforms:", "Also known as", "Sub-technique of", "Aliases:"))
+        and len(s.split()) >= 5
+        and not s.endswith(":")
+    ]
+    return (kept or sentences)[:max_sentences]
+
+
+# CWE's boilerplate advice, the same words in hundreds of entries: it answers nothing specific.
+_BOILERPLATE = re.compile(
+    r"does not allow this weakness to occur|easier to avoid|^Assume all input is malicious", re.I
+)
+
+
+def _prose(sentence: str) -> bool:
+    """A sentence worth quoting on its own: not a fragment that introduces a list, not metadata."""
+    return (
+        len(sentence.split()) >= 5
+        and not sentence.rstrip().endswith((":", "when.", "if."))
+        and not _META_SENTENCE.match(sentence)
+        and not _BOILERPLATE.search(sentence)
+    )
+
+
+def _item_text(item: str, terms: set[str]) -> str:
+    """One bullet from a list item: its strategy as a label, then its first whole sentences."""
+    strategy = _STRATEGY.search(item)
+    sentences = [s for s in sentences_of(item) if _prose(s)]
+    if not sentences:
+        return ""
+    # The first sentence, then later ones while short, or (up to a longer cap) when they carry specifics:
+    # numbers such as event ids, or the question's own words.
+    chosen: list[str] = []
+    words = 0
+    for sentence in sentences:
+        n = len(sentence.split())
+        specific = bool(re.search(r"\d", sentence)) or bool(terms & query_terms(sentence))
+        if chosen and words + n > (MAX_SPECIFIC_WORDS if specific else MAX_ITEM_WORDS):
+            continue
+        chosen.append(sentence)
+        words += n
+    text = " ".join(chosen)
+    return f"**{strategy.group(1).strip()}**: {text}" if strategy else text
+
+
+def _bullets(passages: Sequence[tuple[int, Source]], terms: set[str], limit: int) -> list[str]:
+    """Bullets from the passages' items, each ending with its [n]; items sharing the question's words first,
+    then in passage order."""
+    candidates: list[tuple[int, int, int, str]] = []
+    strategies: set[str] = set()
+    for order, (number, source) in enumerate(passages):
+        for j, item in enumerate(items_of(source)):
+            text = _item_text(item, terms)
+            # One bullet per mitigation strategy first: CWE repeats "Input Validation" advice many times.
+            strategy = _STRATEGY.search(item)
+            label = strategy.group(1).strip().lower() if strategy else ""
+            repeated = int(bool(label) and label in strategies)
+            strategies.add(label)
+            related = source.section == "relationship" and source.heading in _RELATIONS
+            if not text and not related:
+                continue
+            if related and not text:
+                text = source.title
+            if related:
+                text = (
+                    f"{_label(source.ref, source.title)}: {text}"
+                    if text != source.title
+                    else _label(source.ref, source.title)
+                )
+            score = len(terms & query_terms(text))
+            candidates.append((repeated, -min(score, 2), order * 100 + j, f"- {text} [{number}]"))
+    best = sorted(candidates)[:limit]
+    return [text for _, _, _, text in sorted(best, key=lambda c: c[2])]
+
+
+def compose(spec: PromptSpec, max_tokens: int, count: Callable[[str], int]) -> list[str]:
+    """The answer for `spec.intent`, as lines: a direct first line naming the entry (id and name), then what
+    answers the intent. Every sentence is copied whole from a passage and cited [n]."""
+    numbered = list(enumerate(spec.passages, start=1))
+    terms = query_terms(spec.question)
+    intent = spec.intent
+    first_number, first = numbered[0]
+    lines: list[str] = []
+    if intent in ("identify", "list"):
+        lines.append("The closest matches in the knowledge base:")
+        for rank, (number, source) in enumerate(numbered[:MAX_BULLETS], start=1):
+            definition = _definition(source, 1)
+            tail = f" — {definition[0]}" if definition else ""
+            lines.append(f"{rank}. {_label(source.ref, source.title)}{tail} [{number}]")
+        return _within(lines, max_tokens, count)
+    if intent == "compare":
+        refs = list(dict.fromkeys(s.ref for _, s in numbered))[:2]
+        if len(refs) == 2:
+            by_ref = {ref: [(n, s) for n, s in numbered if s.ref == ref] for ref in refs}
+            heads = [by_ref[ref][0][1] for ref in refs]
+            lines.append(
+                f"**{heads[0].ref}** ({short_name(heads[0].title)}) compared with "
+                f"**{heads[1].ref}** ({short_name(heads[1].title)}):"
+            )
+            for ref in refs:
+                number, source = by_ref[ref][0]
+                sentences = _definition(source, 1)
+                lines.append("")
+                lines.append(
+                    f"**{source.ref} {short_name(source.title)}**: " + " ".join(sentences) + f" [{number}]"
+                )
+            return _within(lines, max_tokens, count)
+    # The entry the question is about, named first with its definition.
+    head = first
+    rest = numbered[1:]
+    definition = _definition(head, 1 if intent not in ("define",) else 3)
+    if intent == "define":
+        lines.append(f"{_label(head.ref, head.title)}: " + " ".join(definition) + f" [{first_number}]")
+        described = [(n, s) for n, s in rest if s.ref == head.ref and s.section in ("description", "summary")]
+        if described:
+            more = [m for m in sentences_of(body_of(described[0][1])) if _prose(m)][:2]
+            if more:
+                lines.append("")
+                lines.append(" ".join(more) + f" [{described[0][0]}]")
+        elif rest and rest[0][1].ref != head.ref:
+            lines.append("")
+            lines.append("Related: " + ", ".join(f"{_label(s.ref, s.title)} [{n}]" for n, s in rest[:3]))
+        return _within(lines, max_tokens, count)
+    if intent == "relationship":
+        related = [(n, s) for n, s in numbered if s.section == "relationship" and s.heading in _RELATIONS]
+        heading = _RELATIONS.get(related[0][1].heading, "Related") if related else "Related"
+        lines.append(
+            f"{_label(head.ref, head.title)}" + (f" — {definition[0]} [{first_number}]" if definition else "")
+        )
+        lines.append("")
+        if related:
+            lines.append(f"{heading}:")
+            lines.extend(_bullets(related, terms, MAX_BULLETS + 3))
+        else:
+            lines.extend(_bullets(rest or numbered, terms, MAX_BULLETS))
+        return _within(lines, max_tokens, count)
+    wanted = {"prevent": ("mitigation",), "detect": ("detection",), "example": ("example", "procedure")}.get(
+        intent, ()
+    )
+    answering = [(n, s) for n, s in numbered if s.section in wanted and s.ref == head.ref]
+    if not answering:
+        answering = [(n, s) for n, s in numbered if s.section in wanted] or [
+            (n, s) for n, s in rest if s.ref != head.ref or s.section != "summary"
+        ]
+    lead = _HEADS.get(intent, "About")
+    bullets = _bullets(answering, terms, MAX_BULLETS) if head.kind not in _FILE_KINDS else []
+    if bullets:
+        lines.append(f"{lead} **{head.ref} {short_name(head.title)}** [{first_number}]:")
+        lines.extend(bullets)
+    else:
+        # No typed section answers it (a user's document, an entry without one): the sentences of the
+        # passages that share the question's words, each cited.
+        lines.append(f"From **{head.title or head.ref}** [{first_number}]:")
+        lines.extend(_relevant_sentences(numbered, terms))
+    return _within(lines, max_tokens, count)
+
+
+_FILE_KINDS = ("", "document")
+
+
+def _relevant_sentences(passages: Sequence[tuple[int, Source]], terms: set[str]) -> list[str]:
+    """Up to MAX_BULLETS whole sentences of the best passage and of others sharing the question's words,
+    in passage order, as cited bullets."""
+    scored: list[tuple[int, int, str]] = []
+    for order, (number, source) in enumerate(passages):
+        for j, sentence in enumerate(sentences_of(_MARKDOWN_HEADING.sub(" ", body_of(source)))):
+            overlap = len(terms & query_terms(sentence))
+            if order == 0:  # the best match: its own sentences answer, even in other words
+                overlap = max(overlap, 1)
+            if overlap and len(sentence.split()) >= 4:
+                scored.append((-overlap, order * 1000 + j, f"- {sentence} [{number}]"))
+    best = sorted(scored)[:MAX_BULLETS]
+    return [text for _, _, text in sorted(best, key=lambda x: x[1])]
+
+
+def _within(lines: list[str], max_tokens: int, count: Callable[[str], int]) -> list[str]:
+    """Whole lines, until the token budget is spent (the first line always)."""
+    out: list[str] = []
+    used = 0
+    for line in lines:
+        cost = count(line) + 1
+        if out and used + cost > max_tokens:
+            break
+        out.append(line)
+        used += cost
+    while out and not out[-1].strip():
+        out.pop()
+    return out

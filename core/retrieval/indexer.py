@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 FILE_SOURCE = "file"
 UPLOAD_SOURCE = "upload"  # documents sent in chat: private to their owner (see core/uploads.py)
-FILE_FORMAT = b"1"  # bump when loaders/chunking change, so files are re-read once
+FILE_FORMAT = b"2"  # bump when loaders/chunking change, so files are re-read once
 SAVE_BATCH = 200
 EMBED_BATCH = 256
 
@@ -140,8 +140,26 @@ class Indexer:
             title = (
                 loaded.title if chunk.heading in ("", loaded.title) else f"{loaded.title} › {chunk.heading}"
             )
-            chunks.append(ChunkData(ord=i, ref=f"{display}#{i + 1}", title=title, text=chunk.text))
-        return DocumentData(locator=locator, title=loaded.title, content_hash=digest, chunks=chunks)
+            chunks.append(
+                ChunkData(
+                    ord=i,
+                    ref=f"{display}#{i + 1}",
+                    title=title,
+                    text=chunk.text,
+                    entry_ref=display,
+                    entry_kind="document",
+                    section=chunk.kind,
+                    heading=chunk.heading,
+                )
+            )
+        return DocumentData(
+            locator=locator,
+            title=loaded.title,
+            content_hash=digest,
+            chunks=chunks,
+            entry_ref=display,
+            entry_kind="document",
+        )
 
     # --- knowledge packs -------------------------------------------------------------------
 
@@ -157,7 +175,7 @@ class Indexer:
         """Make `source` hold exactly these entries (a pack, or a slice of one), incrementally."""
         started = time.perf_counter()
         report = IndexReport(version=version)
-        documents = [self._pack_document(entry) for entry in entries]
+        documents = [self._pack_document(entry, version) for entry in entries]
         for start in tqdm(
             range(0, len(documents), SAVE_BATCH),
             desc=f"indexing {source}",
@@ -172,20 +190,31 @@ class Indexer:
         return report
 
     @staticmethod
-    def _pack_document(entry: PackEntry) -> DocumentData:
+    def _pack_document(entry: PackEntry, version: str = "") -> DocumentData:
         aliases = "; ".join(entry.aliases)
-        chunks = [
-            ChunkData(
-                ord=i,
-                ref=entry.ref,
-                title=entry.title,
-                url=entry.url,
-                # Later chunks say which section they come from; the summary starts with the name.
-                text=chunk.text if chunk.heading == "Summary" else f"{chunk.heading}: {chunk.text}",
-                aliases=aliases,
+        chunks = []
+        # Pack sections are self-contained (one mitigation list, one detection text): no overlap.
+        for i, chunk in enumerate(chunk_sections(entry.sections, overlap=0)):
+            # Later chunks say which section they come from; the summary starts with the name.
+            if chunk.kind == "summary":
+                text, heading = chunk.text, ""
+            else:
+                separator = "\n" if chunk.text.startswith("- ") else " "
+                text, heading = f"{chunk.heading}:{separator}{chunk.text}", chunk.heading
+            chunks.append(
+                ChunkData(
+                    ord=i,
+                    ref=entry.ref,
+                    title=entry.title,
+                    url=entry.url,
+                    text=text,
+                    aliases=aliases,
+                    entry_ref=entry.ref,
+                    entry_kind=entry.kind,
+                    section=chunk.kind,
+                    heading=heading,
+                )
             )
-            for i, chunk in enumerate(chunk_sections(entry.sections))
-        ]
         return DocumentData(
             locator=entry.ref,
             title=entry.title,
@@ -193,6 +222,12 @@ class Indexer:
             content_hash=entry.content_hash(),
             chunks=chunks,
             prior=entry.prior,
+            entry_ref=entry.ref,
+            entry_kind=entry.kind,
+            names=entry.names or [entry.title],
+            aliases=entry.aliases,
+            relations=entry.relations,
+            version=version,
         )
 
     # --- shared ----------------------------------------------------------------------------

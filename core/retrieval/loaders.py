@@ -15,8 +15,12 @@ SUPPORTED_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".text", ".html", ".
 
 @dataclass(frozen=True)
 class Section:
+    """A titled piece of a document. `kind` is what the text is about within its entry (one of
+    storage.knowledge.SECTIONS: "summary", "description", "mitigation", "detection", ...)."""
+
     heading: str
     text: str
+    kind: str = "description"
 
 
 @dataclass

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
+from core.answering import ERROR_NOTICE, LENGTH_NOTICE, SHORTENED_NOTICE
 from core.assistant import Assistant
 from core.budget import QUESTION_MARKER
-from core.manager import ERROR_NOTICE, SHORTENED_NOTICE
 from core.settings import Settings
 from core.worker import GenerationWorker
 from tests.core.conftest import KB
@@ -56,3 +56,28 @@ async def test_ask_with_a_closed_worker_says_so(bpe_tokenizer) -> None:
     worker = GenerationWorker(gen)
     answer = await Assistant(ListRetriever(KB), gen, settings(), worker=worker).ask("what is xss?")
     assert answer.finish_reason == "error" and "restarting" in answer.text and gen.calls == []
+
+
+class _LengthLimited(BPEGenerator):
+    """Stops at max_new_tokens words and says so, as the model backends do."""
+
+    def stream(self, spec, params, should_stop):  # type: ignore[no-untyped-def]
+        self.last_finish_reason = "stop"
+        words = list(super().stream(spec, params, should_stop))
+        if len(words) > params.max_new_tokens:
+            self.last_finish_reason = "length"
+        yield from words[: params.max_new_tokens]
+
+
+async def test_one_shot_and_chat_agree_on_the_length_limit(bpe_tokenizer) -> None:
+    """The one-shot path reports "length" (with the notice) just as chat does, in a thread or via the worker."""
+    long = " ".join(["word"] * 50)
+    gen = _LengthLimited(bpe_tokenizer, answer=long)
+    answer = await Assistant(ListRetriever(KB), gen, settings(max_new_tokens=5)).ask("what is xss?")
+    assert answer.finish_reason == "length" and LENGTH_NOTICE in answer.notices
+    assert len(answer.text.split()) == 5
+    worker = GenerationWorker(gen, timeout_s=10)
+    worker.start()
+    answer = await Assistant(ListRetriever(KB), gen, settings(max_new_tokens=5), worker=worker).ask("xss?")
+    assert answer.finish_reason == "length" and LENGTH_NOTICE in answer.notices
+    await worker.shutdown()

@@ -107,7 +107,7 @@ async def test_shared_group_history_when_configured(make_harness) -> None:
     assert len(await h.db.conversations.history(ConversationKey("telegram", "-100", None))) == 4
     assert h.generator.calls[1].history[0].content == "what is xss?"
     # DMs stay per user.
-    await h.send("hello", user="1")
+    await h.send("what is csrf?", user="1")
     assert h.generator.calls[2].history == ()
 
 

@@ -42,9 +42,15 @@ def embedder() -> CountingEmbedder:
 
 
 @pytest.fixture(scope="session")
-def pack_slices() -> dict[str, list[PackEntry]]:
-    cwe = [e for e in CwePack().entries() if e.ref in CWE_SLICE]
-    attack = [e for e in AttackPack().entries() if e.ref in ATTACK_SLICE]
+def pack_entries() -> dict[str, list[PackEntry]]:
+    """Every entry of both packs, parsed once per session (~10 s on a quiet core)."""
+    return {"cwe": list(CwePack().entries()), "attack": list(AttackPack().entries())}
+
+
+@pytest.fixture(scope="session")
+def pack_slices(pack_entries: dict[str, list[PackEntry]]) -> dict[str, list[PackEntry]]:
+    cwe = [e for e in pack_entries["cwe"] if e.ref in CWE_SLICE]
+    attack = [e for e in pack_entries["attack"] if e.ref in ATTACK_SLICE]
     return {"cwe": cwe, "attack": attack}
 
 

@@ -14,7 +14,7 @@ import core.retrieval.dense as dense_module
 from core.retrieval import DenseIndex, FusionConfig, Indexer, Retriever
 from core.retrieval.indexer import name_text
 from core.retrieval.packs import PackEntry
-from storage.knowledge import KnowledgeRepository, _Vocabulary
+from storage.knowledge import KnowledgeRepository, Vocabulary
 from tests.retrieval.conftest import CountingEmbedder
 
 
@@ -122,7 +122,7 @@ def test_query_encoder_thread_uses_one_torch_thread(embedder: CountingEmbedder) 
 
 
 def test_large_index_bm25_keeps_the_rarest_terms_within_a_postings_budget() -> None:
-    vocabulary = _Vocabulary(
+    vocabulary = Vocabulary(
         100_000, {"kerberoast": 40, "ticket": 1_500, "servic": 1_900, "account": 1_800, "user": 1_950}, 0.0
     )
     # Each under the 2 % cap, but together over 5 % of the chunks: rarest first until the budget
@@ -132,12 +132,12 @@ def test_large_index_bm25_keeps_the_rarest_terms_within_a_postings_budget() -> N
         "ticket",
         "kerberoasting",
     ]
-    small = _Vocabulary(5_000, {"user": 4_000}, 0.0)
+    small = Vocabulary(5_000, {"user": 4_000}, 0.0)
     assert small.prune(["user", "service", "account", "ticket"]) == ["user", "service", "account", "ticket"]
 
 
 def test_vocabulary_stems_words_like_the_index() -> None:
-    vocabulary = _Vocabulary(100_000, {"memori": 30_000, "us": 80_000, "proto": 12, "lsass": 900}, 0.0)
+    vocabulary = Vocabulary(100_000, {"memori": 30_000, "us": 80_000, "proto": 12, "lsass": 900}, 0.0)
     # Porter stems that are not prefixes of the word, and words the tokenizer splits differently.
     assert vocabulary.df_of("memory") == 30_000 and vocabulary.df_of("using") == 80_000
     assert vocabulary.df_of("__proto__") == 12 and vocabulary.df_of("LSASS") == 900

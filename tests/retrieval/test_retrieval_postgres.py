@@ -59,6 +59,66 @@ async def test_postgres_search_matches_sqlite_behaviour(pg_repo: KnowledgeReposi
     assert await pg_repo.count() == (2, 2)
 
 
+async def test_postgres_entries_sections_and_relations(pg_repo: KnowledgeRepository) -> None:
+    from storage.knowledge import RelationData
+
+    await pg_repo.save_documents(
+        "attack",
+        [
+            DocumentData(
+                "T1558.003",
+                "Kerberoasting",
+                "h",
+                entry_kind="technique",
+                names=["Kerberoasting"],
+                chunks=[
+                    ChunkData(
+                        0,
+                        "T1558.003",
+                        "Kerberoasting",
+                        "T1558.003: Kerberoasting tickets.",
+                        section="summary",
+                    ),
+                    ChunkData(
+                        1,
+                        "T1558.003",
+                        "Kerberoasting",
+                        "Detection: Event ID 4769 for kerberos tickets.",
+                        section="detection",
+                        heading="Detection",
+                    ),
+                ],
+                version="v15",
+            ),
+            DocumentData(
+                "G0016",
+                "APT29",
+                "h",
+                entry_kind="group",
+                names=["APT29"],
+                aliases=["Cozy Bear"],
+                relations=[RelationData("uses", "T1558.003", "technique", "Kerberoasting", "APT29 roasted.")],
+                chunks=[
+                    ChunkData(0, "G0016", "APT29", "G0016: APT29 uses kerberos tickets.", section="summary")
+                ],
+            ),
+        ],
+    )
+    assert [e.ref for e in await pg_repo.find_entries("COZY bear")] == ["G0016"]
+    assert (await pg_repo.get_entry("t1558.003")).version == "v15"  # type: ignore[union-attr]
+    detection = await pg_repo.entry_chunks(["T1558.003"], ["detection"])
+    assert [c.body for c in detection] == ["Event ID 4769 for kerberos tickets."]
+    hits = await pg_repo.fts_search_meta("kerberos tickets", sections=["detection"])
+    assert [m.section for m in hits] == ["detection"]
+    assert len(await pg_repo.fts_search("kerberos tickets")) == 3
+    used_by = await pg_repo.related("T1558.003", ["used_by"])
+    assert [(r.ref, r.kind, r.name, r.description) for r in used_by] == [
+        ("G0016", "group", "APT29", "APT29 roasted.")
+    ]
+    assert [r.ref for r in await pg_repo.related("G0016", ["uses"])] == ["T1558.003"]
+    assert [e.ref for e in await pg_repo.list_entries("group")] == ["G0016"]
+
+
 async def test_postgres_private_documents_are_seen_by_their_owner_only(pg_repo: KnowledgeRepository) -> None:
     await pg_repo.save_documents("cwe", [doc("CWE-79", "shared text about quokka scripting")])
     [mine] = await pg_repo.save_documents(

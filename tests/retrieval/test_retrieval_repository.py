@@ -130,7 +130,7 @@ async def test_role_token_strings_in_documents_are_plain_data(repo: KnowledgeRep
 
 
 async def test_large_indexes_drop_very_common_terms(repo: KnowledgeRepository, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import storage.knowledge as knowledge
+    import storage.knowledge.query as knowledge
 
     monkeypatch.setattr(knowledge, "PRUNE_MIN_CHUNKS", 10)
     monkeypatch.setattr(knowledge, "PRUNE_MAX_DF", 0.2)
@@ -145,9 +145,9 @@ async def test_large_indexes_drop_very_common_terms(repo: KnowledgeRepository, m
 
 
 def test_vocabulary_matches_porter_stems_by_prefix() -> None:
-    from storage.knowledge import _Vocabulary
+    from storage.knowledge import Vocabulary
 
-    vocabulary = _Vocabulary(100_000, {"past": 10, "credenti": 50_000, "sql": 900}, 0.0)
+    vocabulary = Vocabulary(100_000, {"past": 10, "credenti": 50_000, "sql": 900}, 0.0)
     assert vocabulary.df_of("pasting") == 10 and vocabulary.df_of("credentials") == 50_000
     assert vocabulary.df_of("unknown") == 0  # absent: costs nothing to search
     assert vocabulary.prune(["credentials", "pasting", "sql", "unknown"]) == ["pasting", "sql", "unknown"]
