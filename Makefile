@@ -33,10 +33,11 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
 	fi
 
-## Lint and format check (ruff), as CI runs them
+## Lint, format check (ruff) and type check (mypy, configured in pyproject.toml), as CI runs them
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 ## The whole test suite: lint, then unit + end-to-end tests against loopback fakes
 test: install system-deps lint

@@ -346,7 +346,7 @@ class HttpAdapter:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._settings.http_host, self._settings.http_port)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[attr-defined]
+        sockets = site._server.sockets if site._server else []  # type: ignore[attr-defined]  # aiohttp keeps the bound socket private
         self.port = sockets[0].getsockname()[1] if sockets else self._settings.http_port
         log.info("HTTP server on %s", self.url)
 

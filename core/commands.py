@@ -217,7 +217,8 @@ class CommandHandler:
         handler = getattr(self, f"_cmd_{command.name}", None)
         if handler is None:
             return unknown_command(command.name)
-        return await handler(command.args, ctx)
+        reply: str = await handler(command.args, ctx)
+        return reply
 
     async def _cmd_start(self, args: str, ctx: CommandContext) -> str:
         return start_text()

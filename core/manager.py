@@ -42,7 +42,7 @@ from typing import Any, Protocol
 from core.access import REFUSAL, AccessPolicy
 from core.budget import ContextBudget, ContextTooSmall, compute_budget, effective_max_new_tokens
 from core.commands import CommandContext, CommandHandler, ParsedCommand, Preferences, parse_command
-from core.generators.base import GenerationParams, Generator
+from core.generators.base import FinishReason, GenerationParams, Generator
 from core.prompt import EMPTY_NOTICE, PromptBuilder, sanitize_text
 from core.ratelimit import RateLimiter, slow_down_message
 from core.redaction import Redactor
@@ -582,24 +582,25 @@ class ConversationManager:
             if not handle.done:  # the sink failed or this task was cancelled: free the model
                 self.worker.cancel(owner)
 
+        finish: FinishReason = handle.finish_reason or "error"  # set once iteration has ended
         notices = [SHORTENED_NOTICE] if fit.question_truncated else []
-        if handle.finish_reason == "length":
+        if finish == "length":
             notices.append(LENGTH_NOTICE)
         answer_text = text.strip()
-        if handle.finish_reason not in ("stop", "length") or not answer_text:
-            reason = handle.finish_reason if handle.finish_reason != "stop" else "error"
+        if finish not in ("stop", "length") or not answer_text:
+            reason = finish if finish != "stop" else "error"
             message = {
                 "cancelled": CANCELLED_NOTICE,
                 "timeout": TIMEOUT_NOTICE,
-            }.get(reason, ERROR_NOTICE if handle.finish_reason == "error" else EMPTY_ANSWER_NOTICE)
-            if handle.finish_reason == "error" and handle.error is not None:
+            }.get(reason, ERROR_NOTICE if finish == "error" else EMPTY_ANSWER_NOTICE)
+            if finish == "error" and handle.error is not None:
                 self._log_exception("generation failed", handle.error)
             if started:  # close the streaming message the adapter has opened
                 await sink.final(
                     Answer(
                         text=answer_text or message,
                         notices=[message] if answer_text else [],
-                        finish_reason=reason,  # type: ignore[arg-type]
+                        finish_reason=reason,
                     )
                 )
             else:
@@ -613,7 +614,7 @@ class ConversationManager:
             text=answer_text,
             sources=sources if prefs["sources"] == "on" else [],
             notices=notices,
-            finish_reason=handle.finish_reason,  # type: ignore[arg-type]
+            finish_reason=finish,
         )
         answer_tokens = self.context.count(answer_text)
         if repairable:  # a crash during delivery then stores the answer instead of calling it interrupted

@@ -52,6 +52,7 @@ from storage.values import ConversationKey, FeedbackRow, StoredMessage, UnknownM
 
 Sessions = async_sessionmaker[AsyncSession]
 
+# Declarative models type `__table__` as FromClause; it is the Table (the ignores below say only that).
 users: Table = User.__table__  # type: ignore[assignment]
 conversations: Table = Conversation.__table__  # type: ignore[assignment]
 messages: Table = Message.__table__  # type: ignore[assignment]
@@ -105,7 +106,7 @@ def _insert(dialect: str, table: Table) -> Any:
     return sqlite.insert(table)
 
 
-def _stored(row: Row[Any]) -> StoredMessage:
+def _stored(row: Row[*tuple[Any, ...]]) -> StoredMessage:
     return StoredMessage(
         id=row.id,
         role=row.role,

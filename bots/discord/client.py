@@ -230,7 +230,7 @@ class GhostClient(discord.Client):
                 return
             await self._slash(interaction, f"/ask {ASK_ABOUT_PROMPT}\n\n{text}", public=True)
 
-        tree.on_error = self._on_tree_error
+        tree.error(self._on_tree_error)
 
     def _argument_free(
         self, name: str, public: bool

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import html
 import logging
 import secrets
@@ -429,4 +430,6 @@ def _html_escape(text: str) -> str:
 def _retry_seconds(exc: RetryAfter) -> float:
     # `retry_after` warns (it turns into a timedelta in PTB 23); AIORateLimiter reads the same field.
     value = getattr(exc, "_retry_after", None)
-    return value.total_seconds() if hasattr(value, "total_seconds") else float(value or 1)
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    return float(value or 1)
