@@ -47,7 +47,7 @@ from core.types import Answer, ChatKind, Incoming
 if TYPE_CHECKING:
     from bots.compose import App
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_JSON_DEPTH = 32
@@ -348,7 +348,7 @@ class HttpAdapter:
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[attr-defined]  # aiohttp keeps the bound socket private
         self.port = sockets[0].getsockname()[1] if sockets else self._settings.http_port
-        log.info("HTTP server on %s", self.url)
+        logger.info("HTTP server on %s", self.url)
 
     async def stop(self) -> None:
         if self._runner is not None:

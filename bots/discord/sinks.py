@@ -20,7 +20,7 @@ from bots.render import split_message
 from bots.streaming import ThrottledEditor
 from core.types import Answer, MessageListener, Source
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 LIMIT = 2000  # Discord's message content limit, in characters
 PLACEHOLDER = "⏳ Working on it…"
@@ -228,7 +228,7 @@ class InteractionTarget:
             await self._interaction.edit_original_response(content=PLACEHOLDER)
             self._resolved, self._placeholder = True, True
         if self.room() == 0:
-            log.warning(
+            logger.warning(
                 "interaction %s: follow-up limit reached, a notice was not sent", self._interaction.id
             )
             return
@@ -306,7 +306,7 @@ class MessageTarget:
                 await self._message.channel.typing()
                 await asyncio.sleep(self.TYPING_EVERY)
         except discord.HTTPException as error:  # cosmetic: the answer still follows
-            log.debug("typing indicator failed: %s", error.status)
+            logger.debug("typing indicator failed: %s", error.status)
 
     def _stop_typing(self) -> None:
         if self._typing_task is not None:
