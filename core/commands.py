@@ -96,13 +96,6 @@ def _parse_style(value: str) -> str:
     return lowered
 
 
-@dataclass(frozen=True)
-class Pref:
-    description: str
-    default: Callable[[Any], str]  # settings → default shown
-    parse: Callable[[str], str]
-
-
 def _max_tokens_parser(limit: int) -> Callable[[str], str]:
     def parse(value: str) -> str:
         try:

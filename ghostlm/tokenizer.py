@@ -234,9 +234,6 @@ class GPT2Tokenizer(BaseTokenizer):
             ids = [i for i in ids if i < GPT2_BASE_VOCAB - 1]  # <|endoftext|> (50256) is special too
         return self._encoding().decode(list(ids))
 
-    def decode_bytes(self, ids: Sequence[int]) -> bytes:
-        return self._encoding().decode_bytes(list(ids))
-
 
 class HFTokenizer(BaseTokenizer):
     """A local Hugging Face ``tokenizer.json`` carrying the ghost role tokens as added special tokens."""

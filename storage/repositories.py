@@ -9,8 +9,7 @@ with bound parameters.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -33,7 +32,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.engine import IMMEDIATE
 from storage.models import (
     ROLE_ASSISTANT,
     ROLE_USER,
@@ -73,19 +71,6 @@ _MESSAGE_COLUMNS = (
 )
 MAX_SETTING_KEY = 64
 MAX_DISPLAY_NAME = 256
-
-
-@asynccontextmanager
-async def write_transaction(sessions: Sessions) -> AsyncIterator[AsyncSession]:
-    """A session inside one write transaction: committed on success, rolled back on any error."""
-    async with sessions() as session:
-        await session.connection(execution_options={IMMEDIATE: True})
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
 
 
 def clean_text(text: str) -> str:

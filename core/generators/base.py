@@ -49,16 +49,6 @@ FinishReason = Literal["stop", "length", "cancelled", "timeout", "error"]
 TextStream = PyGenerator[str, None, FinishReason | None]
 
 
-def finish_of(stream: Iterator[str]) -> tuple[list[str], FinishReason]:
-    """Drain a stream: its pieces and its finish reason (for callers outside the worker, and tests)."""
-    pieces: list[str] = []
-    while True:
-        try:
-            pieces.append(next(stream))
-        except StopIteration as end:
-            return pieces, end.value or "stop"
-
-
 class Generator(Protocol):
     """A text generator. `stream` blocks: the GenerationWorker runs it in a thread.
 
