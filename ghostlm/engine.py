@@ -10,7 +10,7 @@ Design choices:
   (``stream.trimmed``) and on ``engine.last_trim``, so callers can tell the user.
 * Context exhaustion: when the cache is full we STOP (``stop_reason == "context_length"``) rather than sliding:
   legacy models have learned positions only up to ``context_length``, and re-prefilling a sliding window costs a
-  full forward per token. Callers are expected to budget (DESIGN.md: budget = ctx - max_new_tokens - reserve).
+  full forward per token. Callers are expected to budget (prompt <= ctx - max_new_tokens - reserve: core/budget.py).
 * Every model call runs under ``torch.inference_mode()``, entered per step rather than around ``yield``: the mode
   is thread-local and must not leak into the consumer's code while the generator is suspended.
 * ``should_stop`` is polled before every token (cancel / timeout); the stream then ends with ``"cancelled"``.

@@ -1,6 +1,6 @@
 """Tokenizers for GhostLM: GPT-2 BPE (tiktoken) + 7 ghost specials, or a local HF ``tokenizer.json``.
 
-Safety rule (DESIGN.md): user text is ALWAYS encoded as plain text. A user typing ``<|ghost_end|>`` or
+Safety rule: user text is ALWAYS encoded as plain text. A user typing ``<|ghost_end|>`` or
 ``<|endoftext|>`` gets ordinary BPE pieces, never the special id - otherwise a user could forge assistant turns
 or end the model's reply. Special ids enter a sequence only through :meth:`BaseTokenizer.encode_chat`.
 

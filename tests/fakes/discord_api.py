@@ -1,6 +1,6 @@
 """A loopback fake of Discord's REST API and gateway, enough to drive the unmodified discord.py.
 
-Speaks what TESTING.md lists: login endpoints, command sync, HELLO / heartbeat ACK /
+Speaks what the discord.py tests need: login endpoints, command sync, HELLO / heartbeat ACK /
 IDENTIFY → READY + GUILD_CREATE / RESUME → RESUMED over uncompressed text frames, JSON with
 the exact `application/json` content type, interaction callbacks, webhook follow-ups and
 @original edits, channel messages and typing. Every REST call and heartbeat is recorded on
