@@ -1,7 +1,7 @@
 """Messages per second through the whole conversation core (manager → budget → worker → SQLite commit).
 
 A null generator (a fixed short answer, instantly) and a null retriever isolate the core's own cost.
-Prints JSON. Goal: ≥ 300 messages/s.
+Prints one JSON object (a run per --concurrency). Goal: ≥ 300 messages/s.
 
     python benchmarks/core_throughput.py [--messages 2000] [--users 50] [--concurrency 16]
 """
@@ -136,8 +136,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    results = [asyncio.run(run(args.messages, args.users, c)) for c in args.concurrency]
-    print(json.dumps(results, indent=2))
+    runs = [asyncio.run(run(args.messages, args.users, c)) for c in args.concurrency]
+    print(json.dumps({"benchmark": "core_throughput", "runs": runs}, indent=2))  # one JSON object
 
 
 if __name__ == "__main__":
