@@ -50,7 +50,7 @@ class NullGenerator:
 
 
 class NullRetriever:
-    async def search(self, query: str, k: int = 4) -> list[Source]:
+    async def search(self, query: str, k: int = 4, *, viewer: str | None = None) -> list[Source]:
         return []
 
 
