@@ -83,7 +83,7 @@ _LEDGER = Ledger()
 
 @pytest.fixture(scope="session")
 def ledger(tmp_path_factory: pytest.TempPathFactory) -> Ledger:
-    _LEDGER.base = tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    _LEDGER.base = tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]  # pytest's private basetemp accessor
     return _LEDGER
 
 
