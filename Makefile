@@ -33,10 +33,11 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
 	fi
 
-## Lint and format check (ruff), as CI runs them
+## Lint, format check (ruff) and type check (mypy, configured in pyproject.toml), as CI runs them
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 ## The whole test suite: lint, then unit + end-to-end tests against loopback fakes
 test: install system-deps lint
@@ -45,8 +46,12 @@ test: install system-deps lint
 test-fast: install
 	NO_PROXY=127.0.0.1,localhost $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+## The quick benchmarks (about a minute); each prints one JSON object. The rest: benchmarks/README.md
 bench: install
-	$(BIN)/ghostbot bench generate
+	$(BIN)/python benchmarks/core_budget.py --repeats 50
+	$(BIN)/python benchmarks/core_throughput.py --messages 200
+	$(BIN)/python benchmarks/storage_throughput.py -n 200
+	$(BIN)/ghostbot bench generate --quick --skip-hf --dtypes float32
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -160,23 +160,23 @@ async def main() -> None:
     db, retriever, reports = await open_pack_index(args.workdir)
     result: dict[str, object] = {
         "build": {
-            pack: {k: r[k] for k in ("seconds", "chunks", "embedded", "version")}  # type: ignore[index]
-            for pack, r in reports["first_build"].items()  # type: ignore[union-attr]
+            pack: {k: r[k] for k in ("seconds", "chunks", "embedded", "version")}  # type: ignore[index]  # the result dict is loosely typed
+            for pack, r in reports["first_build"].items()  # type: ignore[union-attr]  # the result dict is loosely typed
         }
     }
     try:
         pack_chunks = (await KnowledgeRepository(db.sessions).count())[1]
         result["pack_index"] = {"chunks": pack_chunks}
         for mode in ("hybrid", "bm25", "dense"):
-            result["pack_index"][mode] = await time_searches(retriever, questions, args.repeat, mode)  # type: ignore[index]
-        result["query_encoder_only"] = await time_encoder(retriever.embedder, questions, args.repeat)  # type: ignore[arg-type]
+            result["pack_index"][mode] = await time_searches(retriever, questions, args.repeat, mode)  # type: ignore[index]  # the result dict is loosely typed
+        result["query_encoder_only"] = await time_encoder(retriever.embedder, questions, args.repeat)  # type: ignore[arg-type]  # the encoder is set: dense is on
     finally:
         await db.close()
     big_db, big, info = await build_synthetic(args.workdir, args.chunks)
     try:
         result["synthetic_index"] = dict(info)
         for mode in ("hybrid", "bm25", "dense"):
-            result["synthetic_index"][mode] = await time_searches(big, questions, args.repeat, mode)  # type: ignore[index]
+            result["synthetic_index"][mode] = await time_searches(big, questions, args.repeat, mode)  # type: ignore[index]  # the result dict is loosely typed
     finally:
         await big_db.close()
     print(json.dumps(result, indent=2))

@@ -22,7 +22,7 @@ from core.retrieval.retriever import FusionConfig, fuse
 HERE = Path(__file__).resolve().parent
 
 
-def score(gathered, questions, cfg: FusionConfig) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def score(gathered, questions, cfg: FusionConfig) -> dict[str, float]:  # type: ignore[no-untyped-def]  # internal helper on benchmark data
     r1 = r5 = 0
     for (lists, records), q in zip(gathered, questions):
         # Gathered in the order BM25, dense chunks, dense names (all at weight 1).

@@ -69,7 +69,7 @@ async def soak(
         settings = Settings(
             _env_file=None,
             rate_limit_per_minute=6.0,
-            rate_limit_burst=BURST,  # type: ignore[call-arg]
+            rate_limit_burst=BURST,  # type: ignore[call-arg]  # an extra Settings field the typed __init__ does not list
             queue_size=max(32, concurrency * 2),
         )
         generator = NullGenerator()

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from core.models_hub import ModelHub
     from core.retrieval.indexer import IndexReport, Progress
 
-log = logging.getLogger("ghostbot")
+logger = logging.getLogger("ghostbot")
 
 EXIT_USAGE = 2
 
@@ -179,12 +179,12 @@ async def run_bots(settings: Settings) -> int:
             await discord_adapter.start()
             adapters.append(discord_adapter)
         if len(adapters) == 1:
-            log.info("no platform token configured: web chat at %s", http.url)
-        log.info("ghostbot is running (%s)", ", ".join(type(a).__name__ for a in adapters))
+            logger.info("no platform token configured: web chat at %s", http.url)
+        logger.info("ghostbot is running (%s)", ", ".join(type(a).__name__ for a in adapters))
         maintenance = asyncio.create_task(app.manager.maintain(), name="maintenance")
         await stop.wait()
         maintenance.cancel()
-        log.info("shutting down: finishing queued answers")
+        logger.info("shutting down: finishing queued answers")
         # Stop taking updates first (Telegram would otherwise confirm updates that then meet a closed
         # worker), then finish — or, past the grace period, cancel — queued answers while the adapters
         # can still deliver them, then close the adapters.
@@ -197,8 +197,8 @@ async def run_bots(settings: Settings) -> int:
             try:
                 await adapter.stop()
             except Exception:
-                log.exception("error while stopping %s", type(adapter).__name__)
-    log.info("stopped")
+                logger.exception("error while stopping %s", type(adapter).__name__)
+    logger.info("stopped")
     return 0
 
 

@@ -19,7 +19,7 @@ from core.uploads import DocumentLibrary
 from core.worker import GenerationWorker
 from storage import Database
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,7 +50,7 @@ async def ensure_packs(indexer: Indexer, packs: list[str]) -> None:
     for pack in packs:
         with ProgressBars() as bars:  # the first start builds the packs: show it on the terminal
             report = await indexer.index_pack(pack, progress=bars)
-        log.info("knowledge pack %s %s: %s", pack, report.version, describe_index_report(report))
+        logger.info("knowledge pack %s %s: %s", pack, report.version, describe_index_report(report))
 
 
 def _prepare(generator: Generator) -> None:
@@ -84,7 +84,7 @@ async def open_app(
             generator = build_generator(settings)
             # Loading weights (or probing a remote server) blocks: keep it off the event loop.
             await asyncio.to_thread(_prepare, generator)
-        log.info("generator: %s (context %d tokens)", generator.name, generator.context_length)
+        logger.info("generator: %s (context %d tokens)", generator.name, generator.context_length)
         worker = GenerationWorker(
             generator,
             queue_size=settings.queue_size,

@@ -39,7 +39,7 @@ from markdown_it import MarkdownIt
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from core.manager import busy_notice
+from core.answering import busy_notice
 from core.ratelimit import RateLimiter
 from core.settings import Settings
 from core.types import Answer, ChatKind, Incoming
@@ -47,7 +47,7 @@ from core.types import Answer, ChatKind, Incoming
 if TYPE_CHECKING:
     from bots.compose import App
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_JSON_DEPTH = 32
@@ -346,9 +346,9 @@ class HttpAdapter:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._settings.http_host, self._settings.http_port)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[attr-defined]
+        sockets = site._server.sockets if site._server else []  # type: ignore[attr-defined]  # aiohttp keeps the bound socket private
         self.port = sockets[0].getsockname()[1] if sockets else self._settings.http_port
-        log.info("HTTP server on %s", self.url)
+        logger.info("HTTP server on %s", self.url)
 
     async def stop(self) -> None:
         if self._runner is not None:

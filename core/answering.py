@@ -14,10 +14,10 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from typing import Protocol, get_args
 
 from core.budget import ContextBudget, FitResult, compute_budget, effective_max_new_tokens
-from core.generators.base import GenerationParams, Generator, PromptSpec
+from core.generators.base import FinishReason, GenerationParams, Generator, PromptSpec
 from core.prompt import PromptBuilder
 from core.retrieval.retriever import Retrieval
 from core.settings import Settings
@@ -26,7 +26,7 @@ from core.understanding import Understood, mentions_security, understand
 
 logger = logging.getLogger(__name__)
 
-FinishReason = Literal["stop", "length", "cancelled", "timeout", "error"]
+_REASONS: dict[str, FinishReason] = {reason: reason for reason in get_args(FinishReason)}
 
 SHORTENED_NOTICE = "Your message was longer than I can read at once, so I only used its beginning."
 PENDING_NOTICE = (
@@ -229,8 +229,8 @@ class AnsweringPipeline:
             notices = [SHORTENED_NOTICE] if prepared.question_truncated else []
             if reason == "length":
                 notices.append(LENGTH_NOTICE)
-            return Outcome(ok=True, text=answer, finish_reason=reason, notices=notices)  # type: ignore[arg-type]
-        failed: FinishReason = reason if reason in ("cancelled", "timeout", "error") else "error"  # type: ignore[assignment]
+            return Outcome(ok=True, text=answer, finish_reason=_REASONS[reason], notices=notices)
+        failed: FinishReason = _REASONS[reason] if reason in ("cancelled", "timeout", "error") else "error"
         message = {
             "cancelled": CANCELLED_NOTICE,
             "timeout": TIMEOUT_NOTICE,

@@ -96,13 +96,6 @@ def _parse_style(value: str) -> str:
     return lowered
 
 
-@dataclass(frozen=True)
-class Pref:
-    description: str
-    default: Callable[[Any], str]  # settings → default shown
-    parse: Callable[[str], str]
-
-
 def _max_tokens_parser(limit: int) -> Callable[[str], str]:
     def parse(value: str) -> str:
         try:
@@ -217,7 +210,8 @@ class CommandHandler:
         handler = getattr(self, f"_cmd_{command.name}", None)
         if handler is None:
             return unknown_command(command.name)
-        return await handler(command.args, ctx)
+        reply: str = await handler(command.args, ctx)
+        return reply
 
     async def _cmd_start(self, args: str, ctx: CommandContext) -> str:
         return start_text()

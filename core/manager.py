@@ -1,4 +1,4 @@
-"""The conversation manager: one platform-neutral walk for every incoming message (see DESIGN.md).
+"""The conversation manager: one platform-neutral walk for every incoming message (ARCHITECTURE.md walks it).
 
 unaddressed group message → return (nothing stored, no reply) → duplicate event → return → access policy →
 rate limit → text checks (empty, too long, control characters) → command, or chat:

@@ -201,7 +201,7 @@ class ModelHub:
 
     def reachable(self, timeout: float = 5.0) -> bool:
         """Whether the endpoint answers HTTP at all (any status), with one quick try."""
-        from huggingface_hub.utils import get_session
+        from huggingface_hub import get_session
 
         try:
             get_session().head(self.endpoint, timeout=timeout)

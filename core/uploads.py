@@ -232,10 +232,6 @@ def _extract_pdf(data: bytes, fallback_title: str) -> Extracted:
     return Extracted("pdf", LoadedDocument(title, sections), pages)
 
 
-def word_count(document: LoadedDocument) -> int:
-    return sum(len(section.text.split()) for section in document.sections)
-
-
 # --- the library --------------------------------------------------------------------------------------
 class DocumentLibrary:
     """Each user's private documents: ingest, list, delete, forget."""

@@ -115,7 +115,7 @@ class GenerationHandle:
             event = await self._events.get()
             if event is _DONE:
                 return
-            yield event  # type: ignore[misc]
+            yield event  # type: ignore[misc]  # the queue also carries the _DONE sentinel, handled above
 
 
 class _ModelThread:
@@ -194,14 +194,14 @@ class _ModelThread:
                     continue
                 self.steps += 1
                 for out in outputs:
-                    job = active.get(out.key)  # type: ignore[call-overload]
+                    job = active.get(out.key)  # type: ignore[call-overload]  # out.key is the key we submitted
                     if job is None:
                         continue
                     handle, fut = job
                     if out.text and not handle.stop_event.is_set():
                         self._call(handle._push, Piece(out.text))
                     if out.finish is not None:
-                        del active[out.key]  # type: ignore[arg-type]
+                        del active[out.key]  # type: ignore[arg-type]  # out.key is the key we submitted
                         self._call(self._complete, handle, fut, out.finish, out.error)
         finally:
             session.close()
@@ -230,9 +230,9 @@ class _ModelThread:
                 continue
             active[key] = (handle, fut)
 
-    def _call(self, fn: object, *args: object) -> None:
+    def _call(self, fn: Callable[..., object], *args: object) -> None:
         with contextlib.suppress(RuntimeError):  # loop closed during interpreter shutdown
-            self._loop.call_soon_threadsafe(fn, *args)  # type: ignore[arg-type]
+            self._loop.call_soon_threadsafe(fn, *args)
 
     def _complete(
         self,

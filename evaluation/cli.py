@@ -18,7 +18,7 @@ from core.settings import Settings
 from .compare import Pair, PairwiseComparer, format_table, pairs_from_columns, pairs_from_results, write_json
 from .feedback import export_feedback
 from .io import EvalInputError, read_table
-from .judges import JudgeUnavailableError, OpenAIJudge
+from .judges import Judge, JudgeUnavailableError, OpenAIJudge
 from .mcq import load_mcq, report, score_api, score_local, write_items
 from .rubrics import RubricError, load_rubrics
 from .runner import JudgeRunConfig, format_summary, judge_file
@@ -136,7 +136,7 @@ def _err(message: str) -> int:
     return EXIT_ERROR
 
 
-def _build_judge(args: argparse.Namespace, settings: Settings):
+def _build_judge(args: argparse.Namespace, settings: Settings) -> Judge:
     if args.judge == "local":
         from .local import LocalJudge, load_local_lm
 

@@ -196,7 +196,7 @@ class ResultsWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._rewrite([])
         # Held open for the writer's lifetime (rows are appended and fsynced as they finish).
-        self._fh = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+        self._fh = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115  (held open: see above)
         self._writer = csv.DictWriter(self._fh, fieldnames=self.columns, extrasaction="raise")
 
     def _load_existing(self) -> None:

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from core.types import Answer, Source
 
@@ -286,12 +287,19 @@ class JudgeRunner:
         return out
 
 
+class ProgressBar(Protocol):
+    """What the runners use of a tqdm bar."""
+
+    def update(self, n: int) -> object: ...
+    def close(self) -> None: ...
+
+
 class _NoBar:
     def update(self, n: int) -> None: ...
     def close(self) -> None: ...
 
 
-def progress_bar(total: int, initial: int, enabled: bool):
+def progress_bar(total: int, initial: int, enabled: bool) -> ProgressBar:
     if not enabled:
         return _NoBar()
     from tqdm import tqdm

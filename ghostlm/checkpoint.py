@@ -70,7 +70,8 @@ def _sibling_config(path: Path) -> dict[str, Any] | None:
     for cand in (path.with_name(f"{path.stem}.config.json"), path.with_name("config.json")):
         if cand.is_file():
             try:
-                return json.loads(cand.read_text(encoding="utf-8"))
+                config: dict[str, Any] = json.loads(cand.read_text(encoding="utf-8"))
+                return config
             except (OSError, json.JSONDecodeError) as e:
                 raise CheckpointError(f"{cand}: unreadable config json: {e}") from e
     return None

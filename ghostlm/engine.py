@@ -10,7 +10,7 @@ Design choices:
   (``stream.trimmed``) and on ``engine.last_trim``, so callers can tell the user.
 * Context exhaustion: when the cache is full we STOP (``stop_reason == "context_length"``) rather than sliding:
   legacy models have learned positions only up to ``context_length``, and re-prefilling a sliding window costs a
-  full forward per token. Callers are expected to budget (DESIGN.md: budget = ctx - max_new_tokens - reserve).
+  full forward per token. Callers are expected to budget (prompt <= ctx - max_new_tokens - reserve: core/budget.py).
 * Every model call runs under ``torch.inference_mode()``, entered per step rather than around ``yield``: the mode
   is thread-local and must not leak into the consumer's code while the generator is suspended.
 * ``should_stop`` is polled before every token (cancel / timeout); the stream then ends with ``"cancelled"``.
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -55,11 +55,13 @@ class GenerationStream(Iterator[int]):
     "stop_token", "max_new_tokens", "context_length" or "cancelled". ``tokens``: ids yielded so far.
     """
 
-    def __init__(self, gen: Iterator[int], trimmed: TrimInfo | None) -> None:
-        self._gen = gen
+    def __init__(
+        self, run: Callable[[GenerationStream], Generator[int, None, None]], trimmed: TrimInfo | None
+    ) -> None:
         self.trimmed = trimmed
         self.stop_reason: str | None = None
         self.tokens: list[int] = []
+        self._gen = run(self)  # the generator records stop_reason on this stream
 
     def __iter__(self) -> GenerationStream:
         return self
@@ -120,9 +122,10 @@ class Engine:
         ids, trim = self.trim_prompt(prompt_ids, max_new_tokens)
         self.last_trim = trim
         stops = frozenset(self._default_stop_ids() if stop_ids is None else stop_ids)
-        stream = GenerationStream(iter(()), trim)
-        stream._gen = self._run(ids, max_new_tokens, params or SamplingParams(), stops, should_stop, stream)
-        return stream
+        sampling = params or SamplingParams()
+        return GenerationStream(
+            lambda stream: self._run(ids, max_new_tokens, sampling, stops, should_stop, stream), trim
+        )
 
     def _run(
         self,
@@ -132,7 +135,7 @@ class Engine:
         stops: frozenset[int],
         should_stop: Callable[[], bool] | None,
         stream: GenerationStream,
-    ) -> Iterator[int]:
+    ) -> Generator[int, None, None]:
         model, ctx, device = self.model, self.context_length, self._device()
         if max_new_tokens == 0:
             stream.stop_reason = "max_new_tokens"
@@ -141,7 +144,7 @@ class Engine:
             stream.stop_reason = "cancelled"
             return
         sampler = Sampler(params, model.config.vocab_size, ids, device)
-        cache: KVCache | None = model.new_cache(1, max_len=min(ctx, len(ids) + max_new_tokens))
+        cache = model.new_cache(1, max_len=min(ctx, len(ids) + max_new_tokens))
         try:
             with torch.inference_mode():
                 logits = model(
@@ -169,7 +172,7 @@ class Engine:
                         torch.tensor([[tok]], device=device), past_kv=cache, use_cache=True, last_only=True
                     )[0][0, -1]
         finally:
-            cache = None  # release the per-request cache as soon as the stream ends or is closed
+            del cache  # release the per-request cache as soon as the stream ends or is closed
 
 
 @dataclass(frozen=True)

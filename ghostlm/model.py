@@ -268,7 +268,8 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, kc[:n, :, :S], vc[:n, :, :S], attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads
         )
-        return self.proj(y.transpose(1, 2).reshape(n, 1, self.n_heads * self.head_dim))
+        out: torch.Tensor = self.proj(y.transpose(1, 2).reshape(n, 1, self.n_heads * self.head_dim))
+        return out
 
 
 class MLP(nn.Module):
@@ -281,7 +282,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.fc2(F.gelu(self.fc1(x))))
+        out: torch.Tensor = self.dropout(self.fc2(F.gelu(self.fc1(x))))
+        return out
 
 
 class SwiGLU(nn.Module):
@@ -296,7 +298,8 @@ class SwiGLU(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.fc3(F.silu(self.fc1(x)) * self.fc2(x)))
+        out: torch.Tensor = self.dropout(self.fc3(F.silu(self.fc1(x)) * self.fc2(x)))
+        return out
 
 
 def make_norm(config: GhostLMConfig) -> nn.Module:
@@ -397,7 +400,8 @@ class GhostLM(nn.Module):
             x = x + self.pos_embedding(positions).view(n, 1, -1)
         for i, block in enumerate(self.blocks):
             x, _ = block(x, self.rope, 0, None, None, i, positions, batch)
-        return self.lm_head(self.ln_f(x))[:, 0]
+        logits: torch.Tensor = self.lm_head(self.ln_f(x))[:, 0]
+        return logits
 
     def forward(
         self,
@@ -419,8 +423,12 @@ class GhostLM(nn.Module):
         the most expensive matmul at prefill and generation needs just the last row.
         """
         _B, T = idx.shape
-        cache = past_kv if isinstance(past_kv, KVCache) else None
-        layer_pasts = None if (cache is not None or past_kv is None) else list(past_kv)
+        cache: KVCache | None = None
+        layer_pasts: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        if isinstance(past_kv, KVCache):
+            cache = past_kv
+        elif past_kv is not None:
+            layer_pasts = list(past_kv)
         if cache is not None:
             past_len = cache.length
         elif layer_pasts:

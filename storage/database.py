@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from types import TracebackType
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.engine import create_engine, create_sessionmaker, create_sync_sqlite_engine, is_memory
 from storage.migrate import current_revision, upgrade
@@ -20,11 +18,10 @@ from storage.repositories import (
     FeedbackRepository,
     StatsRepository,
     UserSettingsRepository,
-    write_transaction,
 )
 from storage.runner import AsyncRunner, Runner, ThreadRunner
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
@@ -66,7 +63,7 @@ class Database:
         except BaseException:
             await db.close()
             raise
-        log.info("database ready: %s", db.url)
+        logger.info("database ready: %s", db.url)
         return db
 
     @property
@@ -82,19 +79,13 @@ class Database:
         """The schema revision the database is at."""
         return await current_revision(self.engine)
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session in one write transaction (committed on success) for code outside the repositories here."""
-        async with write_transaction(self.sessions) as session:
-            yield session
-
     async def ping(self) -> bool:
         """True when the database answers (health checks)."""
         try:
             async with self.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
         except (SQLAlchemyError, OSError) as exc:
-            log.warning("database ping failed: %s", type(exc).__name__)
+            logger.warning("database ping failed: %s", type(exc).__name__)
             return False
         return True
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,6 @@ from sqlalchemy import create_engine as create_sync_engine_
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import StaticPool
-
-log = logging.getLogger(__name__)
 
 # Execution option a write transaction sets so that SQLite starts it with BEGIN IMMEDIATE: the write lock is
 # taken up front (waiting on busy_timeout) instead of failing with SQLITE_BUSY when a read snapshot is upgraded.
@@ -32,10 +29,6 @@ def normalize_url(url: str | URL) -> URL:
     if parsed.drivername in _DRIVERS:
         parsed = parsed.set(drivername=_DRIVERS[parsed.drivername])
     return parsed
-
-
-def is_sqlite(url: str | URL) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
 
 
 def is_memory(url: str | URL) -> bool:

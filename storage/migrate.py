@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.engine import IMMEDIATE
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Any constant works; it only has to be the same in every bot process sharing one PostgreSQL database.
@@ -48,7 +48,7 @@ def _upgrade(connection: Connection, revision: str) -> None:
     command.upgrade(config, revision)
     after = _current(connection)
     if before != after:
-        log.info("database schema upgraded from %s to %s", before or "empty", after)
+        logger.info("database schema upgraded from %s to %s", before or "empty", after)
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:

@@ -31,7 +31,7 @@ from storage.values import ConversationKey, PendingReplyRow, UserRef
 _COLUMNS = pending_replies.c
 
 
-def _row(row: Row[Any]) -> PendingReplyRow:
+def _row(row: Row[*tuple[Any, ...]]) -> PendingReplyRow:
     return PendingReplyRow(
         id=int(row.id),
         platform=row.platform,

@@ -9,8 +9,7 @@ with bound parameters.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -33,7 +32,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.engine import IMMEDIATE
 from storage.models import (
     ROLE_ASSISTANT,
     ROLE_USER,
@@ -52,6 +50,7 @@ from storage.values import ConversationKey, FeedbackRow, StoredMessage, UnknownM
 
 Sessions = async_sessionmaker[AsyncSession]
 
+# Declarative models type `__table__` as FromClause; it is the Table (the ignores below say only that).
 users: Table = User.__table__  # type: ignore[assignment]
 conversations: Table = Conversation.__table__  # type: ignore[assignment]
 messages: Table = Message.__table__  # type: ignore[assignment]
@@ -74,19 +73,6 @@ MAX_SETTING_KEY = 64
 MAX_DISPLAY_NAME = 256
 
 
-@asynccontextmanager
-async def write_transaction(sessions: Sessions) -> AsyncIterator[AsyncSession]:
-    """A session inside one write transaction: committed on success, rolled back on any error."""
-    async with sessions() as session:
-        await session.connection(execution_options={IMMEDIATE: True})
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
-
-
 def clean_text(text: str) -> str:
     """Make text storable on both engines: PostgreSQL rejects NUL, and lone surrogates are not UTF-8."""
     if "\x00" in text:
@@ -105,7 +91,7 @@ def _insert(dialect: str, table: Table) -> Any:
     return sqlite.insert(table)
 
 
-def _stored(row: Row[Any]) -> StoredMessage:
+def _stored(row: Row[*tuple[Any, ...]]) -> StoredMessage:
     return StoredMessage(
         id=row.id,
         role=row.role,

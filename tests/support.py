@@ -27,7 +27,7 @@ def app_settings(tmp_path: Path, **overrides: Any) -> Settings:
         http_port=0,
     )
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]  # pydantic-settings' _env_file is not in the typed __init__
 
 
 @asynccontextmanager

@@ -15,7 +15,7 @@ from bots.discord.client import GhostClient
 from core.manager import ConversationManager, InterruptedReply
 from core.settings import Settings
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def configure_endpoints(settings: Settings) -> None:
@@ -60,7 +60,7 @@ class DiscordAdapter:
             raise
         self._task = asyncio.create_task(client.connect(reconnect=True), name="discord-gateway")
         self._task.add_done_callback(self._gateway_done)
-        log.info("Discord adapter started as %s", client.user)
+        logger.info("Discord adapter started as %s", client.user)
 
     async def repair_interrupted(self, reply: InterruptedReply, notice: str) -> None:
         """Tell the user a reply was cut off by a crash: edit the message it had started, else send one."""
@@ -73,7 +73,7 @@ class DiscordAdapter:
                 await http.edit_message(channel, message_id, params=params)
                 return
             except discord.HTTPException as exc:  # deleted, or an interaction reply we cannot edit
-                log.info("discord: interrupted reply %s not editable (%s)", reply.id, exc.status)
+                logger.info("discord: interrupted reply %s not editable (%s)", reply.id, exc.status)
         await http.send_message(channel, params=discord.http.handle_message_parameters(content=notice))
 
     async def wait_ready(self, timeout: float | None = None) -> None:
@@ -91,7 +91,7 @@ class DiscordAdapter:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, timeout=5)
         self.client = self._task = None
-        log.info("Discord adapter stopped")
+        logger.info("Discord adapter stopped")
 
     @staticmethod
     def _gateway_done(task: asyncio.Task[None]) -> None:
@@ -99,4 +99,4 @@ class DiscordAdapter:
             return
         error = task.exception()
         if error is not None:
-            log.error("Discord gateway stopped: %s", type(error).__name__, exc_info=error)
+            logger.error("Discord gateway stopped: %s", type(error).__name__, exc_info=error)

@@ -21,7 +21,7 @@ from core.manager import ConversationManager
 from core.settings import Settings
 from core.types import Incoming
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DISCORD_GATEWAY = "wss://gateway.discord.gg/"
 FAILURE = "Sorry, something went wrong while answering. Please try again in a moment."
@@ -173,7 +173,7 @@ class GhostClient(discord.Client):
             try:
                 await self.manager.handle_document(event, attachment_upload(attachment), DiscordSink(target))
             except Exception:
-                log.exception("indexing a Discord attachment failed")
+                logger.exception("indexing a Discord attachment failed")
             finally:
                 await target.finish()
 
@@ -230,7 +230,7 @@ class GhostClient(discord.Client):
                 return
             await self._slash(interaction, f"/ask {ASK_ABOUT_PROMPT}\n\n{text}", public=True)
 
-        tree.on_error = self._on_tree_error
+        tree.error(self._on_tree_error)
 
     def _argument_free(
         self, name: str, public: bool
@@ -276,14 +276,14 @@ class GhostClient(discord.Client):
             try:
                 await self.manager.handle_document(upload, attachment_upload(file), DiscordSink(status))
             except Exception:
-                log.exception("indexing a Discord attachment failed")
+                logger.exception("indexing a Discord attachment failed")
             target = FollowupTarget(interaction, followup_limit=followup_limit(interaction))
             await self._handle(base, target, feedback=False)
 
     async def _on_tree_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
-        log.error("slash command /%s failed", getattr(interaction.command, "name", "?"), exc_info=error)
+        logger.error("slash command /%s failed", getattr(interaction.command, "name", "?"), exc_info=error)
 
     # --- shared ------------------------------------------------------------------------
     async def _handle(self, incoming: Incoming, target: Target, *, feedback: bool) -> None:
@@ -293,11 +293,11 @@ class GhostClient(discord.Client):
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("handling Discord event %s failed", incoming.event_id)
+            logger.exception("handling Discord event %s failed", incoming.event_id)
             try:
                 await sink.notice(FAILURE, ephemeral=True)
             except discord.HTTPException:
-                log.warning("could not tell the user about the failure")
+                logger.warning("could not tell the user about the failure")
         finally:
             await target.finish()
 

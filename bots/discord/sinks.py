@@ -20,7 +20,7 @@ from bots.render import split_message
 from bots.streaming import ThrottledEditor
 from core.types import Answer, MessageListener, Source
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 LIMIT = 2000  # Discord's message content limit, in characters
 PLACEHOLDER = "⏳ Working on it…"
@@ -179,6 +179,11 @@ def fit_parts(parts: list[str], room: int | None) -> list[str]:
     return kept
 
 
+def _or_missing(view: discord.ui.View | None) -> discord.ui.View:
+    """`view` for discord.py's send/edit; None becomes MISSING (no view on send, keep it on edit)."""
+    return view if view is not None else discord.utils.MISSING
+
+
 class InteractionTarget:
     """A deferred slash-command reply: the original response plus webhook follow-ups.
 
@@ -199,15 +204,15 @@ class InteractionTarget:
         self._status_message: discord.WebhookMessage | None = None
 
     async def set_primary(self, text: str, view: discord.ui.View | None = None) -> int:
-        kwargs = {"view": view} if view is not None else {}
-        message = await self._interaction.edit_original_response(content=text, **kwargs)
+        message = await self._interaction.edit_original_response(content=text, view=_or_missing(view))
         self._resolved, self._placeholder = True, False
         return message.id
 
     async def add(self, text: str, view: discord.ui.View | None = None) -> int:
-        kwargs = {"view": view} if view is not None else {}
         self._followups += 1
-        message = await self._interaction.followup.send(text, ephemeral=not self._public, wait=True, **kwargs)
+        message = await self._interaction.followup.send(
+            text, ephemeral=not self._public, wait=True, view=_or_missing(view)
+        )
         return message.id
 
     def room(self) -> int | None:
@@ -223,7 +228,7 @@ class InteractionTarget:
             await self._interaction.edit_original_response(content=PLACEHOLDER)
             self._resolved, self._placeholder = True, True
         if self.room() == 0:
-            log.warning(
+            logger.warning(
                 "interaction %s: follow-up limit reached, a notice was not sent", self._interaction.id
             )
             return
@@ -267,16 +272,14 @@ class MessageTarget:
 
     async def set_primary(self, text: str, view: discord.ui.View | None = None) -> int:
         self._stop_typing()
-        kwargs = {"view": view} if view is not None else {}
         if self._primary is None:
-            self._primary = await self._message.reply(text, mention_author=False, **kwargs)
+            self._primary = await self._message.reply(text, mention_author=False, view=_or_missing(view))
         else:
-            self._primary = await self._primary.edit(content=text, **kwargs)
+            self._primary = await self._primary.edit(content=text, view=_or_missing(view))
         return self._primary.id
 
     async def add(self, text: str, view: discord.ui.View | None = None) -> int:
-        kwargs = {"view": view} if view is not None else {}
-        message = await self._message.channel.send(text, **kwargs)
+        message = await self._message.channel.send(text, view=_or_missing(view))
         return message.id
 
     async def private(self, text: str) -> None:
@@ -303,7 +306,7 @@ class MessageTarget:
                 await self._message.channel.typing()
                 await asyncio.sleep(self.TYPING_EVERY)
         except discord.HTTPException as error:  # cosmetic: the answer still follows
-            log.debug("typing indicator failed: %s", error.status)
+            logger.debug("typing indicator failed: %s", error.status)
 
     def _stop_typing(self) -> None:
         if self._typing_task is not None:

@@ -39,7 +39,7 @@ from core.settings import Settings
 from core.types import ChatKind, Incoming
 from core.uploads import DownloadFailed, FileTooLarge, IncomingFile
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 PLATFORM = "telegram"
 RATE_LIMIT_RETRIES = 5  # 429s are waited out (retry_after + 0.1 s) this many times per request
@@ -163,7 +163,7 @@ class TelegramHandlers:
         try:
             await self._manager.handle(incoming, sink)
         except Exception:
-            log.exception("telegram update %s failed", update.update_id)
+            logger.exception("telegram update %s failed", update.update_id)
             await _best_effort(sink.notice(ERROR_REPLY))
 
     async def on_not_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -272,7 +272,7 @@ class TelegramHandlers:
                 question = dataclasses.replace(incoming, event_id=f"{update.update_id}:caption")
                 await self._manager.handle(question, self.sink_for(message, bot))
         except Exception:
-            log.exception("telegram document update %s failed", update.update_id)
+            logger.exception("telegram document update %s failed", update.update_id)
             await _best_effort(sink.notice(ERROR_REPLY))
 
     async def on_feedback(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -331,7 +331,7 @@ class TelegramHandlers:
         update_id = update.update_id if isinstance(update, Update) else None
         # A Telegram/network error is described by its message; anything else is a bug: keep the traceback
         # (the logging setup redacts secrets in it).
-        log.error(
+        logger.error(
             "telegram error (update %s): %s: %s",
             update_id,
             type(error).__name__,
@@ -388,7 +388,7 @@ async def _best_effort(awaitable: Any) -> None:
     try:
         await awaitable
     except Exception as exc:
-        log.warning("could not send a reply: %s", type(exc).__name__)
+        logger.warning("could not send a reply: %s", type(exc).__name__)
 
 
 def _keep_token_out_of_logs(token: str) -> None:
@@ -401,9 +401,9 @@ def _keep_token_out_of_logs(token: str) -> None:
         "telegram.ext.Application",
         "httpx",
     ):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, SecretRedactor) and f.redact(token) != token for f in logger.filters):
-            logger.addFilter(SecretRedactor([token]))
+        named = logging.getLogger(name)
+        if not any(isinstance(f, SecretRedactor) and f.redact(token) != token for f in named.filters):
+            named.addFilter(SecretRedactor([token]))
 
 
 def build_application(settings: Settings, manager: ConversationManager) -> Application:
@@ -483,7 +483,7 @@ class TelegramAdapter:
             )
         await app.start()
         mode = "on a webhook" if self.webhook_port is not None else "polling"
-        log.info("telegram: @%s is %s", app.bot.username, mode)
+        logger.info("telegram: @%s is %s", app.bot.username, mode)
 
     async def repair_interrupted(self, reply: InterruptedReply, notice: str) -> None:
         """Tell the user a reply was cut off by a crash: edit the message it had started, else send one."""
@@ -496,7 +496,7 @@ class TelegramAdapter:
             except BadRequest as exc:  # deleted, too old to edit, or already showing it
                 if "not modified" in exc.message.lower():
                     return
-                log.info("telegram: interrupted reply %s not editable (%s)", reply.id, exc.message)
+                logger.info("telegram: interrupted reply %s not editable (%s)", reply.id, exc.message)
         thread = int(reply.key.thread_id) if reply.key.thread_id else None
         await bot.send_message(chat_id, notice, message_thread_id=thread)
 
@@ -515,12 +515,12 @@ class TelegramAdapter:
             try:
                 await asyncio.wait_for(app.stop(), self._drain_timeout)
             except TimeoutError:
-                log.warning(
+                logger.warning(
                     "telegram: replies still running after %.0f s were cancelled", self._drain_timeout
                 )
         if app._initialized:
             await app.shutdown()
-        log.info("telegram: stopped")
+        logger.info("telegram: stopped")
 
     async def _start_webhook(self) -> None:
         settings = self.settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import html
 import logging
 import secrets
@@ -34,7 +35,7 @@ from bots.streaming import ThrottledEditor
 from bots.telegram.markup import to_telegram_html
 from core.types import Answer, MessageListener
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MESSAGE_LIMIT = 4096  # Telegram's limit, in UTF-16 code units after entity parsing
 STREAM_LIMIT = 4000  # while streaming, longer text is shown cut (the final splits it properly)
@@ -169,7 +170,7 @@ class TelegramSink:
                 elif time.monotonic() - self._last_write >= self._min_interval:
                     await self._write_stream(text)
             except TelegramError as exc:  # a status line is cosmetic: the answer still comes
-                log.info("queue status in chat %s not shown: %s", self._chat_id, type(exc).__name__)
+                logger.info("queue status in chat %s not shown: %s", self._chat_id, type(exc).__name__)
 
     async def started(self) -> None:
         self._started_at = time.monotonic()
@@ -241,7 +242,7 @@ class TelegramSink:
                 try:
                     message = await self._call(self._send_message, text, None, None)
                 except TelegramError as exc:  # the final answer will be sent as a new message
-                    log.info("stream start in chat %s failed: %s", self._chat_id, type(exc).__name__)
+                    logger.info("stream start in chat %s failed: %s", self._chat_id, type(exc).__name__)
                     return
                 self._message_id, self._shown, self._last_write = message.message_id, text, time.monotonic()
                 return
@@ -254,7 +255,7 @@ class TelegramSink:
             except (
                 TelegramError
             ) as exc:  # e.g. a 429 the limiter gave up on: the next edit or the final carries it
-                log.info("stream edit in chat %s skipped: %s", self._chat_id, type(exc).__name__)
+                logger.info("stream edit in chat %s skipped: %s", self._chat_id, type(exc).__name__)
 
     async def _write_draft(self, text: str) -> bool:
         """Show `text` as this answer's draft. False when the chat turned out not to support drafts
@@ -269,7 +270,7 @@ class TelegramSink:
                 self._chat_id, self._draft_id, text, message_thread_id=self._thread_id
             )
         except _DRAFT_UNSUPPORTED as exc:
-            log.info(
+            logger.info(
                 "chat %s: drafts refused (%s); streaming by edits from now on",
                 self._chat_id,
                 type(exc).__name__,
@@ -278,7 +279,7 @@ class TelegramSink:
             self.streaming = "edit"
             return False
         except TelegramError as exc:  # e.g. a 429 the limiter gave up on: the next draft carries it
-            log.info("draft in chat %s skipped: %s", self._chat_id, type(exc).__name__)
+            logger.info("draft in chat %s skipped: %s", self._chat_id, type(exc).__name__)
             return True
         self._streamed = True
         self._stop_typing()
@@ -289,7 +290,7 @@ class TelegramSink:
             try:
                 await self._bot.delete_message(self._chat_id, status)
             except TelegramError as exc:
-                log.info("queue status in chat %s not removed: %s", self._chat_id, type(exc).__name__)
+                logger.info("queue status in chat %s not removed: %s", self._chat_id, type(exc).__name__)
         self._drafted = True
         return True
 
@@ -312,7 +313,7 @@ class TelegramSink:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # typing is cosmetic: never fail a reply over it
-            log.debug("typing action failed in chat %s: %s", self._chat_id, type(exc).__name__)
+            logger.debug("typing action failed in chat %s: %s", self._chat_id, type(exc).__name__)
 
     def _stop_typing(self) -> None:
         if self._typing is not None and self._typing is not asyncio.current_task():
@@ -338,7 +339,7 @@ class TelegramSink:
                 except BadRequest as exc:
                     if not _bad_entities(exc):
                         raise
-                    log.warning(
+                    logger.warning(
                         "chat %s: Telegram rejected the HTML (%s); sending plain text",
                         self._chat_id,
                         exc.message,
@@ -407,7 +408,7 @@ class TelegramSink:
                     # took effect, the retry gets "not modified", which counts as delivered).
                     if isinstance(exc, BadRequest) or attempt == _FINAL_RETRIES:
                         raise
-                    log.info("edit in chat %s failed (%s); retrying", self._chat_id, type(exc).__name__)
+                    logger.info("edit in chat %s failed (%s); retrying", self._chat_id, type(exc).__name__)
                     self._last_write = time.monotonic()  # back off one interval
                     continue
                 self._shown, self._last_write = text, time.monotonic()
@@ -419,7 +420,7 @@ class TelegramSink:
 
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.warning("stream edit failed: %s", type(task.exception()).__name__)
+        logger.warning("stream edit failed: %s", type(task.exception()).__name__)
 
 
 def _html_escape(text: str) -> str:
@@ -429,4 +430,6 @@ def _html_escape(text: str) -> str:
 def _retry_seconds(exc: RetryAfter) -> float:
     # `retry_after` warns (it turns into a timedelta in PTB 23); AIORateLimiter reads the same field.
     value = getattr(exc, "_retry_after", None)
-    return value.total_seconds() if hasattr(value, "total_seconds") else float(value or 1)
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    return float(value or 1)

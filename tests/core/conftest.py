@@ -167,7 +167,7 @@ async def make_harness(
     def make(generator: Generator | None = None, **overrides: Any) -> Harness:
         values: dict[str, Any] = {"rate_limit_per_minute": 600.0, "rate_limit_burst": 100}
         values.update(overrides)
-        settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]  # pydantic-settings' _env_file is not in the typed __init__
         h = Harness(db, generator or BPEGenerator(bpe_tokenizer), settings, clock)
         made.append(h)
         return h

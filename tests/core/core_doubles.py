@@ -178,4 +178,4 @@ class RecordingSink:
         return [str(v) for k, v in self.events if k == "notice"]
 
     def finals(self) -> list[Answer]:
-        return [v for k, v in self.events if k == "final"]  # type: ignore[misc]
+        return [v for k, v in self.events if k == "final"]  # type: ignore[misc]  # events hold mixed payloads

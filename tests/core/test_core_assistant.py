@@ -14,7 +14,7 @@ from tests.core.core_doubles import BPEGenerator, ListRetriever
 
 
 def settings(**kw: object) -> Settings:
-    return Settings(_env_file=None, **kw)  # type: ignore[arg-type]
+    return Settings(_env_file=None, **kw)  # type: ignore[arg-type]  # pydantic-settings' _env_file is not in the typed __init__
 
 
 async def test_ask_answers_with_sources_in_a_thread(bpe_tokenizer) -> None:

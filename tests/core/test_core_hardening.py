@@ -63,9 +63,9 @@ def test_every_setting_is_documented() -> None:
 
 def test_packs_none_builds_no_pack(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PACKS", "none")
-    assert Settings(_env_file=None).packs == []  # type: ignore[call-arg]
+    assert Settings(_env_file=None).packs == []  # type: ignore[call-arg]  # pydantic-settings' _env_file is not in the typed __init__
     monkeypatch.setenv("PACKS", "")
-    assert Settings(_env_file=None).packs == ["cwe", "attack"]  # type: ignore[call-arg]
+    assert Settings(_env_file=None).packs == ["cwe", "attack"]  # type: ignore[call-arg]  # pydantic-settings' _env_file is not in the typed __init__
 
 
 # --- H1: web users only match web: entries ----------------------------------------------------------------
@@ -119,7 +119,7 @@ def test_rate_limiter_keeps_recent_limited_users() -> None:
 
 def test_short_secrets_and_the_judge_key_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JUDGE_API_KEY", "jk-judge-secret")
-    settings = Settings(_env_file=None, http_api_key="abc12", openai_api_key="Zq")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, http_api_key="abc12", openai_api_key="Zq")  # type: ignore[call-arg]  # pydantic-settings' _env_file is not in the typed __init__
     assert "jk-judge-secret" in settings.secret_values()
     redactor = SecretRedactor(settings.secret_values())
     record = logging.LogRecord("x", logging.INFO, "f", 1, "keys %s %s", ("abc12", "jk-judge-secret"), None)

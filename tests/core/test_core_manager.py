@@ -293,7 +293,7 @@ async def test_retrieval_failure_still_answers(make_harness) -> None:
     async def broken(query: str, k: int = 4):
         raise OSError("index missing")
 
-    h.retriever.search = broken  # type: ignore[method-assign]
+    h.retriever.search = broken  # type: ignore[method-assign]  # a test double replaces the method
     sink = await h.send("what is xss?")
     assert sink.finals()[0].sources == []
 
@@ -337,7 +337,7 @@ async def test_an_answer_cut_at_max_tokens_is_stored_and_the_user_is_told(
     make_harness, bpe_tokenizer
 ) -> None:
     class LengthLimited(BPEGenerator):
-        def stream(self, spec, params, should_stop):  # type: ignore[no-untyped-def]
+        def stream(self, spec, params, should_stop):  # type: ignore[no-untyped-def]  # a minimal test generator
             yield from super().stream(spec, params, should_stop)
             return "length"  # the finish reason is the stream's return value
 

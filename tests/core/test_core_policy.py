@@ -75,7 +75,7 @@ def test_discord_guild_channel_role_lists() -> None:
 
 
 def test_policy_from_settings_env_lists() -> None:
-    s = Settings(_env_file=None, allowed_users="telegram:1, 2", admin_users="3")  # type: ignore[call-arg]
+    s = Settings(_env_file=None, allowed_users="telegram:1, 2", admin_users="3")  # type: ignore[call-arg]  # pydantic-settings' _env_file is not in the typed __init__
     policy = AccessPolicy.from_settings(s)
     assert policy.check(msg("2", platform="discord")).allowed and not policy.check(msg("4")).allowed
     assert policy.check(msg("3")).allowed

@@ -58,7 +58,7 @@ async def test_event_loop_keeps_running_while_the_model_runs(bpe_tokenizer) -> N
     loop_acted = threading.Event()
 
     class WaitsForTheLoop(BPEGenerator):
-        def stream(self, spec, params, should_stop):  # type: ignore[no-untyped-def]
+        def stream(self, spec, params, should_stop):  # type: ignore[no-untyped-def]  # a minimal test generator
             yield "first "
             self.saw_loop = loop_acted.wait(timeout=10)  # the loop sets it after it has seen "first"
             yield "second"

@@ -358,7 +358,7 @@ async def test_compare_two_generator_configurations(tmp_path, fake_server):
         async def ask(q: str) -> Answer:
             return Answer(f"{settings.generator} says {q}")
 
-        app.ask = ask  # type: ignore[method-assign]
+        app.ask = ask  # type: ignore[method-assign]  # a test double replaces the method
         yield app
 
     src = tmp_path / "q.csv"

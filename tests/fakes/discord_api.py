@@ -1,6 +1,6 @@
 """A loopback fake of Discord's REST API and gateway, enough to drive the unmodified discord.py.
 
-Speaks what TESTING.md lists: login endpoints, command sync, HELLO / heartbeat ACK /
+Speaks what the discord.py tests need: login endpoints, command sync, HELLO / heartbeat ACK /
 IDENTIFY → READY + GUILD_CREATE / RESUME → RESUMED over uncompressed text frames, JSON with
 the exact `application/json` content type, interaction callbacks, webhook follow-ups and
 @original edits, channel messages and typing. Every REST call and heartbeat is recorded on
@@ -109,7 +109,7 @@ class DiscordFake:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # aiohttp keeps the bound socket private
 
     async def close(self) -> None:
         if self._ws is not None and not self._ws.closed:

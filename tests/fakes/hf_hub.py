@@ -1,7 +1,7 @@
 """A loopback fake of the Hugging Face Hub's download endpoints (aiohttp, in a background thread).
 
 Point ``huggingface_hub`` at it with ``HF_ENDPOINT`` / ``endpoint=server.url``. It serves what
-``hf_hub_download`` and ``model_info`` need (see TESTING.md):
+``hf_hub_download`` and ``model_info`` need:
 
 - ``HEAD|GET /{owner}/{repo}/resolve/{revision}/{path}``: ``X-Repo-Commit``, ``ETag`` (sha256 for LFS files,
   git blob sha1 otherwise; LFS files also carry ``X-Linked-Etag`` / ``X-Linked-Size``), ``Content-Length``;

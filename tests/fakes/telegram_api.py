@@ -1,6 +1,6 @@
 """A loopback fake of the Telegram Bot API, for driving the unmodified python-telegram-bot.
 
-It speaks just enough of the real protocol (see /work/shared/TESTING.md): form-encoded requests
+It speaks just enough of the real protocol: form-encoded requests
 (string values raw, everything else JSON), `{"ok": …}` replies with real HTTP status codes,
 long-polling `getUpdates` with offset confirmation, "message is not modified", HTML entity
 validation, injectable 429s. Every call is recorded with a monotonic timestamp.
@@ -199,7 +199,7 @@ class FakeTelegramAPI:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # aiohttp keeps the bound socket private
         self._closing = False
 
     async def stop(self) -> None:

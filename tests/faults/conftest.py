@@ -17,7 +17,7 @@ import pytest
 
 from tests.fakes.telegram_api import FakeTelegramAPI
 
-log = logging.getLogger("faults")
+logger = logging.getLogger("faults")
 
 
 @dataclass
@@ -66,7 +66,7 @@ class Ledger:
         summary = outcome.summary()
         line = json.dumps(summary, sort_keys=True)
         print(line)
-        log.info("fault test summary: %s", line)
+        logger.info("fault test summary: %s", line)
         return summary
 
     def totals(self) -> dict[str, Any]:
@@ -83,7 +83,7 @@ _LEDGER = Ledger()
 
 @pytest.fixture(scope="session")
 def ledger(tmp_path_factory: pytest.TempPathFactory) -> Ledger:
-    _LEDGER.base = tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    _LEDGER.base = tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]  # pytest's private basetemp accessor
     return _LEDGER
 
 
@@ -93,7 +93,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     totals = _LEDGER.totals()
     line = json.dumps({k: v for k, v in totals.items() if k != "tests"}, sort_keys=True)
     terminalreporter.write_line(f"fault-injection summary: {line}")
-    log.info("fault-injection summary: %s", line)
+    logger.info("fault-injection summary: %s", line)
     base: Path | None = getattr(_LEDGER, "base", None)
     if base is not None:
         (base / "faults-summary.json").write_text(

@@ -65,7 +65,7 @@ def slow_model(questions: list[str]) -> object:
     def handler(request: RecordedRequest) -> Reply:
         content = str(request.messages[-1].get("content", "")) if request.messages else ""
         asked = next((q for q in questions if q in content), "?")
-        text = script(type("Spec", (), {"question": asked})())  # type: ignore[operator]
+        text = script(type("Spec", (), {"question": asked})())  # type: ignore[operator]  # a duck-typed spec object
         return Reply(text=text, chunk_delay=0.06)
 
     return handler
@@ -87,7 +87,7 @@ async def test_sigkill_and_sigterm_lose_and_duplicate_nothing(
     outcome = Outcome("telegram process: SIGKILL mid-stream and between delivery and commit, SIGTERM")
     asked: dict[int, list[str]] = {}
     all_questions: list[str] = []
-    with FakeOpenAIServer(slow_model(all_questions)) as llm:  # type: ignore[arg-type]
+    with FakeOpenAIServer(slow_model(all_questions)) as llm:  # type: ignore[arg-type]  # a plain function as the fake's model
         bot = ModelBot(fake, tmp_path, llm)
         await bot.start()
         for round_ in range(ROUNDS):

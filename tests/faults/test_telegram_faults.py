@@ -40,7 +40,7 @@ async def test_every_question_survives_telegram_and_database_faults(
     monkeypatch.setattr(telegram_app, "DM_EDIT_INTERVAL_S", 0.15)  # stream (and fault) several edits fast
     fake = tg_fake
     outcome = Outcome("telegram in-process: 429, 5xx, resets, long-poll errors, database locked")
-    generator = ScriptedGenerator(script=answer_script(24), delay=0.02)  # type: ignore[arg-type]
+    generator = ScriptedGenerator(script=answer_script(24), delay=0.02)  # type: ignore[arg-type]  # a plain function script
     questions = {FIRST + i: f"q{i} what is xss" for i in range(USERS)}
     async with running_bot(
         # edit streaming in DMs: the faults target editMessageText (drafts are covered in tests/e2e)
@@ -74,7 +74,7 @@ async def test_every_question_survives_telegram_and_database_faults(
         for chat_id in chats[USERS // 3 :]:
             fake.send_text(chat=fake.private_chat(chat_id), user=fake.user(chat_id), text=questions[chat_id])
 
-        everyone = lambda: all(settled(fake, c, q) for c, q in questions.items())  # noqa: E731
+        everyone = lambda: all(settled(fake, c, q) for c, q in questions.items())  # noqa: E731  (a named condition reads better here)
         with contextlib.suppress(AssertionError):  # scored below: whatever is missing counts as lost
             await fake.wait_for(everyone, timeout=180)
         # Commits follow delivery: wait until every delivered answer's event is recorded.

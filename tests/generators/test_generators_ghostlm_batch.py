@@ -27,7 +27,7 @@ def spec(question: str) -> PromptSpec:
 def params(seed: int, **kw: object) -> GenerationParams:
     base: dict[str, object] = dict(max_new_tokens=24, temperature=1.0, top_k=0, top_p=1.0, seed=seed)
     base.update(kw)
-    return GenerationParams(**base)  # type: ignore[arg-type]
+    return GenerationParams(**base)  # type: ignore[arg-type]  # **base mixes value types
 
 
 async def collect(handle: GenerationHandle) -> list[object]:
@@ -250,7 +250,7 @@ async def test_threaded_session_runs_streams_concurrently() -> None:
 
     gen = MeetsOthers(3)
     worker = GenerationWorker(gen, timeout_s=60, max_batch=8)
-    gen.open_batch = lambda max_batch: ThreadedSession(gen, 3)  # type: ignore[method-assign]
+    gen.open_batch = lambda max_batch: ThreadedSession(gen, 3)  # type: ignore[method-assign]  # a test double replaces the method
     worker.start()
     handles = [worker.submit(f"u{i}", spec(f"q{i}"), GenerationParams()) for i in range(3)]
     results = await asyncio.gather(*(collect(h) for h in handles))

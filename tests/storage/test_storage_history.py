@@ -148,7 +148,7 @@ async def test_delete_last_exchange_and_last_assistant(db: Database) -> None:
     assert await db.conversations.last_assistant(DM) is None
     await exchange(db, "1", question="q1", answer="a1")
     await exchange(db, "2", question="q2", answer="a2", answer_msgs=["55"])
-    assert (await db.conversations.last_assistant(DM)).text == "a2"  # type: ignore[union-attr]
+    assert (await db.conversations.last_assistant(DM)).text == "a2"  # type: ignore[union-attr]  # the message exists: asserted above
 
     removed = await db.conversations.delete_last_exchange(DM)
     assert removed is not None

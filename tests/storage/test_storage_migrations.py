@@ -64,7 +64,7 @@ async def test_old_database_is_upgraded_in_place(db_url: str) -> None:
 
 async def test_migrations_match_models(db: Database) -> None:
     def diff(connection: object) -> list[object]:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})  # type: ignore[arg-type]
+        context = MigrationContext.configure(connection, opts={"compare_type": True})  # type: ignore[arg-type]  # alembic types opts narrowly
         return compare_metadata(context, Base.metadata)
 
     async with db.engine.connect() as connection:

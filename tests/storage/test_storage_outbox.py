@@ -19,7 +19,7 @@ async def _open(db: Database, event: str, question: str = "What is XSS?", **kw: 
         question=question,
         question_tokens=3,
         user_message_id="u" + event,
-        **kw,  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]  # **kw mixes value types
     )
 
 
