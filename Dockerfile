@@ -1,5 +1,8 @@
 # GhostLM Bots — CPU image. Build: docker build -t ghostbot .
-# Run:   docker run --env-file .env -v ghostbot-data:/app/data -p 127.0.0.1:8080:8080 ghostbot
+# Run:   docker run --env-file .env -e HTTP_API_KEY=<long random secret> -v ghostbot-data:/app/data \
+#            -p 127.0.0.1:8080:8080 ghostbot
+# Inside the container the HTTP server binds 0.0.0.0 (so the published port reaches it), and serving on a
+# non-loopback address without HTTP_API_KEY is refused at start: set the key (it guards everything but /healthz).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("paths", nargs="*", type=Path)
     index.add_argument("--pack", action="append", choices=["cwe", "attack"], default=[], help="build a pack")
 
-    from core.evaluation.cli import add_eval_subcommands
+    from evaluation.cli import add_eval_subcommands
 
     evaluation = sub.add_parser("eval", help="evaluate answer quality (judge, compare, mcq, export-feedback)")
     add_eval_subcommands(
@@ -87,7 +87,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return await index(settings, args.paths, args.pack)
     if args.command == "eval":
         from bots.compose import open_app
-        from core.evaluation.cli import run_eval
+        from evaluation.cli import run_eval
 
         return await run_eval(args, settings, open_app)
     raise AssertionError(f"unhandled command {args.command}")
@@ -96,8 +96,13 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 async def run_bots(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, then drain the queue and stop every adapter cleanly."""
     from bots.compose import open_app
-    from bots.http import HttpAdapter
+    from bots.http import ExposureError, HttpAdapter, check_exposure
 
+    try:
+        check_exposure(settings)  # before loading anything: an open, keyless port is refused at start
+    except ExposureError as exc:
+        print(f"ghostbot: {exc}", file=sys.stderr)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -123,7 +128,9 @@ async def run_bots(settings: Settings) -> int:
         if len(adapters) == 1:
             log.info("no platform token configured: web chat at %s", http.url)
         log.info("ghostbot is running (%s)", ", ".join(type(a).__name__ for a in adapters))
+        maintenance = asyncio.create_task(app.manager.maintain(), name="maintenance")
         await stop.wait()
+        maintenance.cancel()
         log.info("shutting down: finishing queued answers")
         # Stop taking updates first (Telegram would otherwise confirm updates that then meet a closed
         # worker), then finish — or, past the grace period, cancel — queued answers while the adapters

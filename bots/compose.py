@@ -12,8 +12,9 @@ from core.assistant import Assistant
 from core.generators import build_generator
 from core.generators.base import Generator
 from core.manager import ConversationManager
-from core.retrieval import Indexer, IndexReport, Retriever, create_retrieval
+from core.retrieval import Indexer, IndexReport, KnowledgeRepository, Retriever, create_retrieval
 from core.settings import Settings
+from core.uploads import DocumentLibrary
 from core.worker import GenerationWorker
 from storage import Database
 
@@ -86,7 +87,10 @@ async def open_app(
             generator, queue_size=settings.queue_size, timeout_s=settings.request_timeout_seconds
         )
         await worker.start()
-        manager = ConversationManager(db, retriever, worker, generator, settings)
+        documents = DocumentLibrary(
+            KnowledgeRepository(db.sessions), indexer, max_upload_mb=settings.max_upload_mb
+        )
+        manager = ConversationManager(db, retriever, worker, generator, settings, documents=documents)
         # One model, one consumer: one-shot questions (ask, eval, HTTP API) queue like chat messages.
         assistant = Assistant(retriever, generator, settings, worker=worker)
         yield App(settings, db, indexer, retriever, generator, worker, manager, assistant)

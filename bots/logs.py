@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 
+from core.redaction import Redactor
 from core.settings import Settings
-
-# Telegram tokens look like 123456789:AA…; they also appear inside Bot API URLs.
-_TELEGRAM_TOKEN = re.compile(r"(?<![0-9])\d{6,12}:[A-Za-z0-9_-]{30,}")
 
 
 class SecretRedactor(logging.Filter):
-    """Replaces known secret values (and anything shaped like a Telegram token) with ***."""
+    """A logging filter that runs every record (message and traceback) through :class:`Redactor`."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        self._secrets = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
+        self._redactor = Redactor(secrets)
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return _TELEGRAM_TOKEN.sub("***", text)
+        return self._redactor.redact(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

@@ -1,7 +1,8 @@
 """Who may talk to the bot: allow/block lists of users and chats, admins, Discord guild/channel/role lists.
 
-Ids in the lists are "platform:id" (e.g. "telegram:42") or a bare id that matches on every platform.
-Admins bypass every list. A block always beats an allow.
+Ids in the lists are "platform:id" (e.g. "telegram:42") or a bare id that matches on Telegram and Discord.
+Web chat users live in their own namespace: only an explicit "web:<session>" entry, or "web:*" for every web
+session, matches them (a web session can never be taken for "telegram:42" or a bare "42"). Admins bypass every list. A block always beats an allow.
 """
 
 from __future__ import annotations
@@ -15,8 +16,18 @@ from core.types import ChatKind, Incoming
 REFUSAL = "Sorry, this assistant is private and not available to you here. Ask its operator for access."
 
 
+# Platforms whose ids only match "platform:id" entries, never bare ids.
+NAMESPACED_ONLY = frozenset({"web"})
+
+
 def _matches(ids: AbstractSet[str], platform: str, value: str | None) -> bool:
-    return value is not None and (value in ids or f"{platform}:{value}" in ids)
+    if value is None:
+        return False
+    if f"{platform}:{value}" in ids:
+        return True
+    if platform in NAMESPACED_ONLY:
+        return f"{platform}:*" in ids  # "web:*": every web chat session (e.g. everyone holding HTTP_API_KEY)
+    return value in ids
 
 
 @dataclass(frozen=True)

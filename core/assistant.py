@@ -12,9 +12,11 @@ import asyncio
 import logging
 import threading
 import uuid
+from collections.abc import Awaitable, Callable
 
 from core.answering import (
     CLOSED_NOTICE,
+    PENDING_NOTICE,
     AnsweringPipeline,
     PassageSearch,
     Prepared,
@@ -24,7 +26,7 @@ from core.generators.base import Generator
 from core.prompt import EMPTY_NOTICE, sanitize_text
 from core.settings import Settings
 from core.types import Answer
-from core.worker import GenerationHandle, GenerationWorker, Piece, QueueFull, WorkerClosed
+from core.worker import AlreadyPending, GenerationHandle, GenerationWorker, Piece, QueueFull, WorkerClosed
 
 logger = logging.getLogger(__name__)
 
@@ -47,43 +49,90 @@ class Assistant:
     def retriever(self) -> PassageSearch:
         return self.pipeline.retriever
 
-    async def ask(self, question: str, *, k: int | None = None, seed: int | None = None) -> Answer:
-        """Answer one question with citations. Never raises for model problems: see `finish_reason`."""
+    @retriever.setter
+    def retriever(self, retriever: PassageSearch) -> None:
+        self.pipeline.retriever = retriever
+
+    async def ask(
+        self,
+        question: str,
+        *,
+        k: int | None = None,
+        seed: int | None = None,
+        owner: str | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        on_piece: Callable[[str], Awaitable[None]] | None = None,
+    ) -> Answer:
+        """Answer one question with citations. Never raises for model problems: see `finish_reason`.
+
+        `owner` queues the request under a stable name (one pending request per owner); `max_new_tokens` and
+        `temperature` override the settings; `on_piece` receives the answer's pieces as they are generated.
+        Cancelling the call cancels the queued or running generation.
+        """
         text = sanitize_text(question)
         if not text:
             return Answer(text=EMPTY_NOTICE, finish_reason="error")
+        worker = self.worker
+        if worker is not None and worker.queue_depth >= worker.queue_size:  # before any retrieval work
+            eta = worker.estimate_wait(worker.queue_size + 1)
+            return Answer(text=busy_notice(eta), finish_reason="error")
         retrieved = await self.pipeline.retrieve(text, k=k)
-        prepared = self.pipeline.prepare(text, retrieved, seed=seed)
-        if prepared.direct is not None:
+        prepared = self.pipeline.prepare(
+            text, retrieved, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature
+        )
+        if prepared.direct is not None:  # small talk: a built-in reply, no model
+            if on_piece is not None:
+                await on_piece(prepared.direct)
             return Answer(text=prepared.direct)
         if self.worker is not None:
-            submitted = self._submit(prepared)
+            owner = owner or f"assistant:{uuid.uuid4().hex}"
+            submitted = self._submit(prepared, owner)
             if isinstance(submitted, Answer):
                 return submitted
-            answer, reason = await self._collect(submitted)
+            answer, reason = await self._collect(submitted, owner, on_piece)
         else:
             answer, reason = await self._in_thread(prepared)
+            if on_piece is not None and answer:
+                await on_piece(answer)
         outcome = self.pipeline.finish(prepared, answer, reason)
         return Answer(
             text=outcome.text,
             sources=prepared.sources,
             notices=outcome.notices if outcome.ok else [],
             finish_reason=outcome.finish_reason,
+            prompt_tokens=prepared.prompt_tokens,
         )
 
-    def _submit(self, prepared: Prepared) -> GenerationHandle | Answer:
-        """Queue on the worker; an Answer instead when the worker refuses (busy, shutting down)."""
+    def _submit(self, prepared: Prepared, owner: str) -> GenerationHandle | Answer:
+        """Queue on the worker; an Answer instead when the worker refuses (busy, pending, shutting down)."""
         assert self.worker is not None
         try:
-            return self.worker.submit(f"assistant:{uuid.uuid4().hex}", prepared.spec, prepared.params)
+            return self.worker.submit(owner, prepared.spec, prepared.params)
         except QueueFull as exc:
             return Answer(text=busy_notice(exc.eta_seconds), finish_reason="error")
+        except AlreadyPending:
+            return Answer(text=PENDING_NOTICE, finish_reason="error")
         except WorkerClosed:
             return Answer(text=CLOSED_NOTICE, finish_reason="error")
 
-    @staticmethod
-    async def _collect(handle: GenerationHandle) -> tuple[str, str | None]:
-        pieces = [event.text async for event in handle if isinstance(event, Piece)]
+    async def _collect(
+        self,
+        handle: GenerationHandle,
+        owner: str,
+        on_piece: Callable[[str], Awaitable[None]] | None,
+    ) -> tuple[str, str | None]:
+        assert self.worker is not None
+        pieces: list[str] = []
+        try:
+            async for event in handle:
+                if isinstance(event, Piece):
+                    pieces.append(event.text)
+                    if on_piece is not None:
+                        await on_piece(event.text)
+        finally:
+            if not handle.done:  # cancelled by the caller (e.g. the HTTP client left): free the queue slot
+                self.worker.cancel(owner)
         if handle.finish_reason == "error":
             logger.error("generation failed: %s", type(handle.error).__name__)
         return "".join(pieces), handle.finish_reason

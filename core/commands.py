@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.access import AccessPolicy
+from core.uploads import DocumentLibrary, parse_docs_args
 from core.worker import GenerationWorker
 from storage import ConversationKey, Database
 
@@ -23,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "sources": "Show the sources of the last answer",
     "settings": "Show or change your settings, e.g. /settings temperature 0.3",
     "stats": "Your usage statistics",
+    "docs": "Your private documents: /docs lists them, /docs delete N removes one",
     "forget": "Delete everything stored about you",
 }
 
@@ -171,6 +173,7 @@ class CommandContext:
     user_id: str
     key: ConversationKey
     is_admin: bool
+    private: bool = False  # only the user sees the reply (DM, web chat, ephemeral)
 
 
 def _format_stats(stats: Mapping[str, Any]) -> list[str]:
@@ -196,12 +199,19 @@ class CommandHandler:
     """Runs the commands that do not generate text; returns the reply text."""
 
     def __init__(
-        self, db: Database, worker: GenerationWorker, access: AccessPolicy, prefs: Preferences
+        self,
+        db: Database,
+        worker: GenerationWorker,
+        access: AccessPolicy,
+        prefs: Preferences,
+        *,
+        documents: DocumentLibrary | None = None,
     ) -> None:
         self.db = db
         self.worker = worker
         self.access = access
         self.prefs = prefs
+        self.documents = documents
 
     async def run(self, command: ParsedCommand, ctx: CommandContext) -> str:
         handler = getattr(self, f"_cmd_{command.name}", None)
@@ -233,12 +243,27 @@ class CommandHandler:
         return "Sources of the last answer:\n" + format_sources(last.sources)
 
     async def _cmd_forget(self, args: str, ctx: CommandContext) -> str:
-        self.worker.cancel(f"{ctx.platform}:{ctx.user_id}")
+        owner = f"{ctx.platform}:{ctx.user_id}"
+        self.worker.cancel(owner)
         removed = await self.db.conversations.forget_user(ctx.platform, ctx.user_id)
+        documents = await self.documents.forget(owner) if self.documents is not None else 0
         return (
             f"Done — I deleted everything I had stored about you ({removed} records: history, feedback and "
-            "settings). You can start fresh any time."
+            f"settings; {documents} documents with their index). You can start fresh any time."
         )
+
+    async def _cmd_docs(self, args: str, ctx: CommandContext) -> str:
+        if self.documents is None:
+            return "Documents are not enabled in this setup."
+        if not ctx.private:
+            return "Your documents are private: use /docs in a direct message with me."
+        parsed = parse_docs_args(args)
+        owner = f"{ctx.platform}:{ctx.user_id}"
+        if isinstance(parsed, str):
+            return parsed
+        if parsed is None:
+            return await self.documents.describe(owner)
+        return await self.documents.delete(owner, parsed)
 
     async def _cmd_settings(self, args: str, ctx: CommandContext) -> str:
         repo = self.db.user_settings

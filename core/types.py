@@ -6,10 +6,10 @@ nothing platform-specific goes past this module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 
 class ChatKind(str, Enum):
@@ -33,6 +33,9 @@ class Incoming:
     guild_id: str | None = None  # Discord guild, for allow lists
     role_ids: tuple[str, ...] = ()  # Discord roles, for allow lists
     platform_message_id: str | None = None  # id of the user's message on the platform
+    # The reply is seen by the asker alone (a Discord ephemeral reply): like a DM, a private context, where the
+    # user's own uploaded documents may be used.
+    ephemeral: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class Answer:
     sources: list[Source] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # e.g. "your message was shortened"
     finish_reason: Literal["stop", "length", "cancelled", "timeout", "error"] = "stop"
+    prompt_tokens: int | None = None  # the prompt as fed to the generator, in its tokens (when known)
 
 
 class ReplySink(Protocol):
@@ -80,3 +84,24 @@ class ReplySink(Protocol):
     async def final(self, answer: Answer) -> Sequence[str]:
         """Deliver the finished answer (rendered, split, sources footer).
         Returns the platform message ids it was delivered as (stored for feedback)."""
+
+
+MessageListener = Callable[[str], None]
+
+
+@runtime_checkable
+class ReportsMessages(Protocol):
+    """A `ReplySink` whose messages can be edited later (Telegram, Discord) also implements this: it calls the
+    listener with the platform message id of every message it creates, as soon as the platform returns it.
+    The core records the ids in the outbox, so a reply cut off by a crash can be edited to say so on restart.
+    Sinks whose replies cannot be reached after a crash (an HTTP response, a terminal) leave it out."""
+
+    def on_message(self, listener: MessageListener) -> None: ...
+
+
+def watch_messages(sink: ReplySink, listener: MessageListener) -> bool:
+    """Ask `sink` to report the messages it creates; False (and nothing asked) for sinks that cannot."""
+    if isinstance(sink, ReportsMessages):
+        sink.on_message(listener)
+        return True
+    return False

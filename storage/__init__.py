@@ -4,6 +4,7 @@ from storage.base import Base
 from storage.database import Database
 from storage.engine import create_engine, create_sessionmaker, is_sqlite, normalize_url
 from storage.migrate import head_revision
+from storage.outbox import OutboxRepository
 from storage.repositories import (
     ConversationRepository,
     FeedbackRepository,
@@ -11,7 +12,14 @@ from storage.repositories import (
     UserSettingsRepository,
     write_transaction,
 )
-from storage.values import ConversationKey, FeedbackRow, StoredMessage, UnknownMessage, UserRef
+from storage.values import (
+    ConversationKey,
+    FeedbackRow,
+    PendingReplyRow,
+    StoredMessage,
+    UnknownMessage,
+    UserRef,
+)
 
 __all__ = [
     "Base",
@@ -20,6 +28,8 @@ __all__ = [
     "Database",
     "FeedbackRepository",
     "FeedbackRow",
+    "OutboxRepository",
+    "PendingReplyRow",
     "StatsRepository",
     "StoredMessage",
     "UnknownMessage",

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from storage.engine import create_engine, create_sessionmaker, create_sync_sqlite_engine, is_memory
 from storage.migrate import current_revision, upgrade
+from storage.outbox import OutboxRepository
 from storage.repositories import (
     ConversationRepository,
     FeedbackRepository,
@@ -41,6 +42,7 @@ class Database:
         self.feedback = FeedbackRepository(self._runner)
         self.user_settings = UserSettingsRepository(self._runner)
         self.stats = StatsRepository(self._runner)
+        self.outbox = OutboxRepository(self._runner)
 
     @staticmethod
     def _default_runner(engine: AsyncEngine) -> Runner:

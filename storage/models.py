@@ -166,3 +166,43 @@ class UserSetting(Base):
     key: Mapped[str] = mapped_column(String(64))
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+REPLY_PENDING = "pending"  # generating / streaming: message ids are added as the adapter creates them
+REPLY_FINAL = "final"  # the finished answer is recorded and being delivered; the commit deletes the row
+REPLY_INTERRUPTED = "interrupted"  # found after a crash and the user told; kept so /retry can ask again
+
+
+class PendingReply(Base):
+    """The outbox: one reply between "accepted" and "stored", so a crash in between is found on restart.
+
+    Written before the first message of the reply is sent; deleted in the same transaction that stores the
+    exchange (or marks a failed event processed). `replaces` lists the message ids /retry will remove in that
+    transaction. Holds the question (personal data): `forget_user` deletes the user's rows.
+    """
+
+    __tablename__ = "pending_replies"
+    __table_args__ = (
+        Index("ix_pending_replies_user", "platform", "user_id"),
+        Index("ix_pending_replies_state", "platform", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    event_id: Mapped[str] = mapped_column(String(256))
+    chat_id: Mapped[str] = mapped_column(String(128))
+    scope_user_id: Mapped[str] = mapped_column(String(128), default="")
+    thread_id: Mapped[str] = mapped_column(String(128), default="")
+    user_id: Mapped[str] = mapped_column(String(128))
+    user_name: Mapped[str] = mapped_column(String(256), default="")
+    question: Mapped[str] = mapped_column(Text)
+    question_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    user_message_id: Mapped[str] = mapped_column(String(128), default="")
+    replaces: Mapped[list[int]] = mapped_column(JSON, default=list)
+    message_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    state: Mapped[str] = mapped_column(String(16), default=REPLY_PENDING)
+    answer: Mapped[str] = mapped_column(Text, default="")
+    answer_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    sources: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -41,6 +41,7 @@ from storage.models import (
     Feedback,
     Message,
     MessageRef,
+    PendingReply,
     ProcessedEvent,
     User,
     UserSetting,
@@ -58,6 +59,7 @@ message_refs: Table = MessageRef.__table__  # type: ignore[assignment]
 processed_events: Table = ProcessedEvent.__table__  # type: ignore[assignment]
 feedback: Table = Feedback.__table__  # type: ignore[assignment]
 user_settings: Table = UserSetting.__table__  # type: ignore[assignment]
+pending_replies: Table = PendingReply.__table__  # type: ignore[assignment]
 
 _MESSAGE_COLUMNS = (
     messages.c.id,
@@ -271,11 +273,16 @@ class ConversationRepository(_Repository):
         sources: list[dict[str, Any]],
         user_platform_message_id: str | None,
         assistant_platform_message_ids: list[str],
+        outbox_id: int | None = None,
     ) -> bool:
         """Store the event id, the user turn and the assistant turn in ONE transaction.
 
         Returns False, writing nothing, when the event id was already processed (also when another process
         commits the same event concurrently).
+
+        With `outbox_id` (see `OutboxRepository`) the same transaction deletes that outbox row and the messages
+        it `replaces` (/retry). When the row is gone — `forget_user` deleted it while the answer was being
+        delivered — only the event id is stored: a forgotten user is never re-created by an in-flight answer.
         """
         user_ids = [str(user_platform_message_id)] if user_platform_message_id else []
         return await self._run.write(
@@ -291,6 +298,7 @@ class ConversationRepository(_Repository):
                 [str(x) for x in assistant_platform_message_ids],
             ),
             list(sources),
+            outbox_id,
         )
 
     @staticmethod
@@ -303,10 +311,24 @@ class ConversationRepository(_Repository):
         question: tuple[str, int, list[str]],
         answer: tuple[str, int, list[str]],
         sources: list[dict[str, Any]],
+        outbox_id: int | None = None,
     ) -> bool:
         now = utcnow()
+        replaces: list[int] = []
+        if outbox_id is not None:
+            found = connection.execute(
+                delete(pending_replies)
+                .where(pending_replies.c.id == outbox_id)
+                .returning(pending_replies.c.replaces)
+            ).first()
+            if found is None:  # forgotten meanwhile: store nothing about the user
+                _claim_event(connection, platform, event_id, now)
+                return False
+            replaces = [int(x) for x in found.replaces or []]
         if not _claim_event(connection, platform, event_id, now):
             return False  # the runner commits an empty transaction: nothing was written
+        if replaces:
+            connection.execute(delete(messages).where(messages.c.id.in_(replaces)))
         user_row = _upsert_user(connection, user.platform, user.user_id, user.display_name, now)
         stmt = _upsert_conversation_stmt(connection.dialect.name)
         conversation = connection.execute(stmt, {**_key_params(key), "now": now}).scalar_one()
@@ -391,17 +413,18 @@ class ConversationRepository(_Repository):
         row = connection.execute(stmt, _key_params(key)).first()
         return _stored(row) if row is not None else None
 
-    async def delete_last_exchange(
+    async def last_exchange(
         self, key: ConversationKey, *, user_id: str | None = None
     ) -> tuple[StoredMessage, StoredMessage] | None:
-        """Remove the newest question/answer pair (for /retry) and return it as (user turn, assistant turn).
+        """The newest question/answer pair as (user turn, assistant turn), without removing it.
 
-        `user_id` restricts it to that user's newest exchange (useful in a shared group history).
+        /retry reads it here and names its ids in the outbox row, so the commit of the new answer removes it
+        (see `commit_exchange`): nothing is lost when the new answer fails or the process dies.
         """
-        return await self._run.write(self._delete_last_exchange, key, user_id)
+        return await self._run.read(self._last_exchange, key, user_id)
 
     @staticmethod
-    def _delete_last_exchange(
+    def _last_exchange(
         connection: Connection, key: ConversationKey, user_id: str | None
     ) -> tuple[StoredMessage, StoredMessage] | None:
         stmt = (
@@ -421,8 +444,25 @@ class ConversationRepository(_Repository):
         ).first()
         if question is None:
             return None
-        connection.execute(delete(messages).where(messages.c.id.in_([answer.id, question.id])))
         return _stored(question), _stored(answer)
+
+    async def delete_last_exchange(
+        self, key: ConversationKey, *, user_id: str | None = None
+    ) -> tuple[StoredMessage, StoredMessage] | None:
+        """Remove the newest question/answer pair (for /retry) and return it as (user turn, assistant turn).
+
+        `user_id` restricts it to that user's newest exchange (useful in a shared group history).
+        """
+        return await self._run.write(self._delete_last_exchange, key, user_id)
+
+    @staticmethod
+    def _delete_last_exchange(
+        connection: Connection, key: ConversationKey, user_id: str | None
+    ) -> tuple[StoredMessage, StoredMessage] | None:
+        found = ConversationRepository._last_exchange(connection, key, user_id)
+        if found is not None:
+            connection.execute(delete(messages).where(messages.c.id.in_([found[0].id, found[1].id])))
+        return found
 
     async def find_by_platform_message(
         self, platform: str, chat_id: str, platform_message_id: str
@@ -457,7 +497,8 @@ class ConversationRepository(_Repository):
 
         Removes their user row, settings, the feedback they gave, conversations scoped to them with all their
         messages, and their exchanges (question and answer) in shared group histories, with the refs and
-        feedback attached to those messages. Processed-event rows stay: they hold only (platform, event id) and
+        feedback attached to those messages, and their replies in the outbox (so an answer in flight is not
+        stored when it finishes: see `commit_exchange`). Processed-event rows stay: they hold only (platform, event id) and
         keep redelivered events deduplicated.
         """
         return await self._run.write(self._forget_user, platform, str(user_id))
@@ -482,6 +523,9 @@ class ConversationRepository(_Repository):
             delete(message_refs).where(message_refs.c.message_id.in_(doomed)),
             delete(messages).where(theirs),
             delete(conversations).where(conversations.c.id.in_(scoped)),
+            delete(pending_replies).where(
+                pending_replies.c.platform == platform, pending_replies.c.user_id == user_id
+            ),
         ]
         if uid is not None:
             statements += [
@@ -515,6 +559,20 @@ class FeedbackRepository(_Repository):
             set_={"rating": stmt.excluded.rating, "created_at": stmt.excluded.created_at},
         )
         connection.execute(stmt)
+
+    async def withdraw(self, *, platform: str, user_id: str, message_id: int) -> bool:
+        """Remove the user's rating of the message (a reaction taken back); False when there was none."""
+        return bool(await self._run.write(self._withdraw, platform, str(user_id), int(message_id)))
+
+    @staticmethod
+    def _withdraw(connection: Connection, platform: str, user_id: str, message_id: int) -> int:
+        uid = connection.execute(_user_id_query(platform, user_id)).scalar_one_or_none()
+        if uid is None:
+            return 0
+        result = connection.execute(
+            delete(feedback).where(feedback.c.user_id == uid, feedback.c.message_id == message_id)
+        )
+        return int(result.rowcount or 0)
 
     async def export(self) -> list[FeedbackRow]:
         """Every rated answer with its question, oldest rating first."""

@@ -50,5 +50,20 @@ class FeedbackRow:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class PendingReplyRow:
+    """One outbox row: a reply accepted but not (yet) stored. See `storage.models.PendingReply`."""
+
+    id: int
+    platform: str
+    event_id: str
+    key: ConversationKey
+    user: UserRef
+    question: str
+    state: str  # "pending" | "final" | "interrupted"
+    message_ids: list[str] = field(default_factory=list)
+    answer: str = ""
+
+
 class UnknownMessage(LookupError):
     """Feedback for a message id that is not (or no longer) stored."""

@@ -12,7 +12,7 @@ import discord.http
 import yarl
 
 from bots.discord.client import GhostClient
-from core.manager import ConversationManager
+from core.manager import ConversationManager, InterruptedReply
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ class DiscordAdapter:
         assert self._settings.discord_bot_token is not None
         try:
             await client.login(self._settings.discord_bot_token.get_secret_value())
+            # Before the gateway delivers new events: replies a killed process left half-sent say so.
+            await self._manager.recover("discord", self.repair_interrupted)
         except BaseException:
             await client.close()  # release its HTTP session; LoginFailure names no token
             self.client = None
@@ -59,6 +61,20 @@ class DiscordAdapter:
         self._task = asyncio.create_task(client.connect(reconnect=True), name="discord-gateway")
         self._task.add_done_callback(self._gateway_done)
         log.info("Discord adapter started as %s", client.user)
+
+    async def repair_interrupted(self, reply: InterruptedReply, notice: str) -> None:
+        """Tell the user a reply was cut off by a crash: edit the message it had started, else send one."""
+        assert self.client is not None
+        http = self.client.http
+        channel = reply.key.thread_id or reply.key.chat_id  # a thread's messages live in the thread
+        params = discord.http.handle_message_parameters(content=notice)
+        for message_id in reply.message_ids[:1]:
+            try:
+                await http.edit_message(channel, message_id, params=params)
+                return
+            except discord.HTTPException as exc:  # deleted, or an interaction reply we cannot edit
+                log.info("discord: interrupted reply %s not editable (%s)", reply.id, exc.status)
+        await http.send_message(channel, params=discord.http.handle_message_parameters(content=notice))
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         if self.client is None:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any
 
 import discord
 import yarl
 from discord import app_commands
 
 from bots.discord import convert
-from bots.discord.sinks import DiscordSink, InteractionTarget, MessageTarget
+from bots.discord.documents import FollowupTarget, attachment_upload
+from bots.discord.sinks import USER_INSTALL_FOLLOWUPS, DiscordSink, InteractionTarget, MessageTarget, Target
 from core.commands import COMMANDS
 from core.manager import ConversationManager
 from core.settings import Settings
@@ -54,9 +57,36 @@ class FeedbackView(discord.ui.View):
         return view
 
 
-def _describe(name: str, fallback: str) -> str:
-    """Slash-command descriptions come from the core's command table, like /help's text."""
-    return COMMANDS.get(name, fallback)[:100]  # Discord's limit for command descriptions
+# The slash commands without arguments: (name, answered publicly). Descriptions come from the core's
+# command table, like /help's text. /ask and /settings take arguments and are declared below.
+ARGUMENT_FREE: tuple[tuple[str, bool], ...] = (
+    ("reset", False),
+    ("sources", False),
+    ("forget", False),
+    ("stats", False),
+    ("retry", True),  # a new answer, public like /ask
+    ("cancel", False),
+    ("help", False),
+)
+ASK_ABOUT_MESSAGE = "Ask GhostLM about this message"  # message context menu (≤ 32 characters)
+ASK_ABOUT_PROMPT = "Explain this message:"
+NO_TEXT_TO_ASK_ABOUT = "That message has no text I can read (only attachments or embeds)."
+# Everywhere: a server that added the bot, the bot's DMs, group DMs and servers the bot is not in
+# (a user install). Both need the install types enabled in the Developer Portal (see the README).
+EVERY_CONTEXT = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=True)
+EVERY_INSTALL = app_commands.AppInstallationType(guild=True, user=True)
+
+
+def followup_limit(interaction: discord.Interaction) -> int | None:
+    """Discord's follow-up cap: 5 per interaction when only the user installed the app (a server
+    or group DM that did not add the bot, or the bot's DM through a user install); else none."""
+    if interaction.is_user_integration() and not interaction.is_guild_integration():
+        return USER_INSTALL_FOLLOWUPS
+    return None
+
+
+def _describe(name: str) -> str:
+    return COMMANDS.get(name, name)[:100]  # Discord's limit for command descriptions
 
 
 class GhostClient(discord.Client):
@@ -74,7 +104,11 @@ class GhostClient(discord.Client):
         )
         self.settings = settings
         self.manager = manager
-        self.tree = app_commands.CommandTree(self)
+        # Installable by a server and by a user, usable in servers, DMs and group DMs: the defaults for
+        # every command (app_commands.allowed_installs / allowed_contexts, set once for the whole tree).
+        self.tree = app_commands.CommandTree(
+            self, allowed_contexts=EVERY_CONTEXT, allowed_installs=EVERY_INSTALL
+        )
         self._tasks: set[asyncio.Task[object]] = set()
         self._accepting = True
         self._register_commands()
@@ -120,11 +154,28 @@ class GhostClient(discord.Client):
         if not self._accepting:
             return
         with self._tracked():
-            if self._content_hidden(message):
-                await MessageTarget(message).private(UNREADABLE)
-                return
             incoming = convert.from_message(message, self.user)
+            if self._content_hidden(message):
+                if self.manager.admits(incoming):  # allowed users only, and rate limited
+                    await MessageTarget(message).private(UNREADABLE)
+                return
+            if message.attachments:
+                await self._documents(message, incoming)
+                if not incoming.text.strip():
+                    return  # only files: nothing to answer
             await self._handle(incoming, MessageTarget(message), feedback=True)
+
+    async def _documents(self, message: discord.Message, incoming: Incoming) -> None:
+        """Index each attached file into the sender's private documents (one event per attachment)."""
+        for number, attachment in enumerate(message.attachments):
+            event = dataclasses.replace(incoming, event_id=f"{message.id}:file{number}")
+            target = MessageTarget(message)
+            try:
+                await self.manager.handle_document(event, attachment_upload(attachment), DiscordSink(target))
+            except Exception:
+                log.exception("indexing a Discord attachment failed")
+            finally:
+                await target.finish()
 
     def _content_hidden(self, message: discord.Message) -> bool:
         """A reply that did not ping us, read without the Message Content intent: Discord sent it
@@ -137,26 +188,33 @@ class GhostClient(discord.Client):
     # --- slash commands --------------------------------------------------------------
     def _register_commands(self) -> None:
         tree = self.tree
+        for name, public in ARGUMENT_FREE:
+            tree.add_command(
+                app_commands.Command(
+                    name=name, description=_describe(name), callback=self._argument_free(name, public)
+                )
+            )
 
-        @tree.command(name="ask", description=_describe("ask", "Ask the cybersecurity assistant a question"))
-        @app_commands.describe(question="Your question")
-        async def ask(interaction: discord.Interaction, question: str) -> None:
+        @tree.command(name="ask", description=_describe("ask"))
+        @app_commands.describe(
+            question="Your question",
+            file="A PDF, Markdown, text or HTML document to index privately for you first",
+        )
+        async def ask(
+            interaction: discord.Interaction, question: str, file: discord.Attachment | None = None
+        ) -> None:
+            if file is not None:
+                await self._ask_with_file(interaction, question, file)
+                return
             # Through the core's /ask, so a question that starts with "/" is still a question.
             await self._slash(interaction, f"/ask {question}", public=True)
 
-        @tree.command(name="reset", description=_describe("reset", "Start a new conversation"))
-        async def reset(interaction: discord.Interaction) -> None:
-            await self._slash(interaction, "/reset")
+        @tree.command(name="docs", description=_describe("docs"))
+        @app_commands.describe(delete="Delete document number N of the list")
+        async def docs(interaction: discord.Interaction, delete: int | None = None) -> None:
+            await self._slash(interaction, "/docs" if delete is None else f"/docs delete {delete}")
 
-        @tree.command(name="sources", description=_describe("sources", "Show the sources of the last answer"))
-        async def sources(interaction: discord.Interaction) -> None:
-            await self._slash(interaction, "/sources")
-
-        @tree.command(name="forget", description=_describe("forget", "Delete everything stored about you"))
-        async def forget(interaction: discord.Interaction) -> None:
-            await self._slash(interaction, "/forget")
-
-        @tree.command(name="settings", description=_describe("settings", "Show or change your settings"))
+        @tree.command(name="settings", description=_describe("settings"))
         @app_commands.describe(key="Setting to change (leave empty to list them)", value="New value")
         async def settings(
             interaction: discord.Interaction, key: str | None = None, value: str | None = None
@@ -164,26 +222,23 @@ class GhostClient(discord.Client):
             text = " ".join(part.strip() for part in ("/settings", key or "", value or "") if part.strip())
             await self._slash(interaction, text)
 
-        @tree.command(name="stats", description=_describe("stats", "Usage statistics"))
-        async def stats(interaction: discord.Interaction) -> None:
-            await self._slash(interaction, "/stats")
-
-        @tree.command(name="retry", description=_describe("retry", "Regenerate the last answer"))
-        async def retry(interaction: discord.Interaction) -> None:
-            await self._slash(interaction, "/retry", public=True)
-
-        @tree.command(
-            name="cancel",
-            description=_describe("cancel", "Stop your question that is waiting or being answered"),
-        )
-        async def cancel(interaction: discord.Interaction) -> None:
-            await self._slash(interaction, "/cancel")
-
-        @tree.command(name="help", description=_describe("help", "What this bot can do"))
-        async def help_(interaction: discord.Interaction) -> None:
-            await self._slash(interaction, "/help")
+        @tree.context_menu(name=ASK_ABOUT_MESSAGE)
+        async def ask_about(interaction: discord.Interaction, message: discord.Message) -> None:
+            text = message.content.strip()
+            if not text:
+                await interaction.response.send_message(NO_TEXT_TO_ASK_ABOUT, ephemeral=True)
+                return
+            await self._slash(interaction, f"/ask {ASK_ABOUT_PROMPT}\n\n{text}", public=True)
 
         tree.on_error = self._on_tree_error
+
+    def _argument_free(
+        self, name: str, public: bool
+    ) -> Callable[[discord.Interaction], Coroutine[Any, Any, None]]:
+        async def callback(interaction: discord.Interaction) -> None:
+            await self._slash(interaction, f"/{name}", public=public)
+
+        return callback
 
     async def _slash(self, interaction: discord.Interaction, text: str, *, public: bool = False) -> None:
         if not self._accepting:
@@ -196,7 +251,34 @@ class GhostClient(discord.Client):
             # are not answered within 3 seconds, however long the generation queue is.
             await interaction.response.defer(thinking=True, ephemeral=not public)
             incoming = convert.from_interaction(interaction, text)
-            await self._handle(incoming, InteractionTarget(interaction, public=public), feedback=public)
+            if not public:  # only the user sees the reply: a private context (their documents, /docs)
+                incoming = dataclasses.replace(incoming, ephemeral=True)
+            target = InteractionTarget(interaction, public=public, followup_limit=followup_limit(interaction))
+            await self._handle(incoming, target, feedback=public)
+
+    async def _ask_with_file(
+        self, interaction: discord.Interaction, question: str, file: discord.Attachment
+    ) -> None:
+        """`/ask file:`: index the file privately, then answer the question, all ephemeral (a private context,
+        so the answer may use the new document wherever the command was used)."""
+        if not self._accepting:
+            await interaction.response.send_message(
+                "I'm restarting, please try again in a minute.", ephemeral=True
+            )
+            return
+        with self._tracked():
+            await interaction.response.defer(thinking=True, ephemeral=True)
+            base = dataclasses.replace(
+                convert.from_interaction(interaction, f"/ask {question}"), ephemeral=True
+            )
+            upload = dataclasses.replace(base, event_id=f"{interaction.id}:file", text="")
+            status = InteractionTarget(interaction, public=False)
+            try:
+                await self.manager.handle_document(upload, attachment_upload(file), DiscordSink(status))
+            except Exception:
+                log.exception("indexing a Discord attachment failed")
+            target = FollowupTarget(interaction, followup_limit=followup_limit(interaction))
+            await self._handle(base, target, feedback=False)
 
     async def _on_tree_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
@@ -204,9 +286,7 @@ class GhostClient(discord.Client):
         log.error("slash command /%s failed", getattr(interaction.command, "name", "?"), exc_info=error)
 
     # --- shared ------------------------------------------------------------------------
-    async def _handle(
-        self, incoming: Incoming, target: InteractionTarget | MessageTarget, *, feedback: bool
-    ) -> None:
+    async def _handle(self, incoming: Incoming, target: Target, *, feedback: bool) -> None:
         sink = DiscordSink(target, feedback_view=FeedbackView.template() if feedback else None)
         try:
             await self.manager.handle(incoming, sink)

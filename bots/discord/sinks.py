@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -17,30 +18,54 @@ import discord
 from bots import render
 from bots.render import split_message
 from bots.streaming import ThrottledEditor
-from core.types import Answer, Source
+from core.types import Answer, MessageListener, Source
 
 log = logging.getLogger(__name__)
 
 LIMIT = 2000  # Discord's message content limit, in characters
 PLACEHOLDER = "⏳ Working on it…"
 EMPTY_ANSWER = "(The model returned an empty answer.)"
+# Discord allows 5 follow-ups per interaction when only the user installed the app (not the server).
+USER_INSTALL_FOLLOWUPS = 5
+CUT_NOTE = "(Cut short: Discord allows only {n} follow-up messages here. Ask me in a DM for the rest.)"
+
+
+_MASKED_LINK = re.compile(r"\]\s*\(")
+
+
+def unmask_links(text: str) -> str:
+    """Break Discord masked links (`[text](url)`) from documents or model output: shown as typed, the real
+    URL visible, never a link whose label hides where it goes (a zero-width space between `]` and `(`)."""
+    return _MASKED_LINK.sub(lambda m: m.group(0)[0] + "\u200b" + m.group(0)[1:], text)
+
+
+_URL_UNSAFE = {">": "%3E", "<": "%3C", " ": "%20", "[": "%5B", "]": "%5D", "(": "%28", ")": "%29", "\n": ""}
+
+
+def _link(url: str) -> str:
+    """A URL in <> (no preview card); characters that could close the <> or form markdown are encoded."""
+    return "<" + "".join(_URL_UNSAFE.get(c, c) for c in url) + ">"
 
 
 def render_answer(answer: Answer) -> str:
     """The final text: answer body, then a sources footer (links in <> so Discord adds no previews)."""
-    body = answer.text.strip() or EMPTY_ANSWER
+    body = unmask_links(answer.text.strip()) or EMPTY_ANSWER
     footer = sources_footer(render.cited_sources(answer.text, answer.sources))
     return f"{body}\n\n{footer}" if footer else body
 
 
 def sources_footer(sources: Sequence[Source]) -> str:
     return render.sources_footer(
-        sources, heading="**Sources**", escape=discord.utils.escape_markdown, link=lambda url: f"<{url}>"
+        sources,
+        heading="**Sources**",
+        escape=lambda t: unmask_links(discord.utils.escape_markdown(t)),
+        link=_link,
     )
 
 
 def preview(text: str) -> str:
     """What a streaming edit shows: plain text, cut to fit one message (the final reply splits)."""
+    text = unmask_links(text)
     return text if len(text) <= LIMIT else text[: LIMIT - 2].rstrip() + " …"
 
 
@@ -65,6 +90,9 @@ class Target(Protocol):
     async def finish(self) -> None:
         """Tidy up after the core is done with this reply."""
 
+    def room(self) -> int | None:
+        """How many more messages may follow the main one (None: no limit)."""
+
 
 class DiscordSink:
     """Streams partial text into the main message (≤ 1 edit/s), then splits the final answer."""
@@ -82,15 +110,25 @@ class DiscordSink:
         self._lock = asyncio.Lock()  # orders a late streaming edit before the final edit
         self._final = False
         self.delivered_ids: list[int] = []
+        self._listener: MessageListener | None = None
+
+    def on_message(self, listener: MessageListener) -> None:
+        """`core.types.ReportsMessages`: every public message of this reply is reported (crash repair edits it)."""
+        self._listener = listener
+
+    def _report(self, message_id: int) -> int:
+        if self._listener is not None:
+            self._listener(str(message_id))
+        return message_id
 
     async def notice(self, text: str, *, ephemeral: bool = False) -> None:
         for part in split_message(text, LIMIT):  # [] for blank text: Discord rejects empty messages
             if ephemeral:
                 await self._target.private(part)
             elif not self.delivered_ids:
-                self.delivered_ids.append(await self._target.set_primary(part))
+                self.delivered_ids.append(self._report(await self._target.set_primary(part)))
             else:
-                self.delivered_ids.append(await self._target.add(part))
+                self.delivered_ids.append(self._report(await self._target.add(part)))
 
     async def queued(self, position: int, eta_seconds: float) -> None:
         ahead = "you are next" if position <= 1 else f"position {position}"
@@ -110,15 +148,15 @@ class DiscordSink:
             for text in (answer.text, *answer.notices):
                 await self.notice(text, ephemeral=True)
             return []
-        parts = split_message(render_answer(answer), LIMIT) or [EMPTY_ANSWER]
+        parts = fit_parts(split_message(render_answer(answer), LIMIT) or [EMPTY_ANSWER], self._target.room())
         rated = answer.finish_reason in ("stop", "length") and bool(answer.text.strip())
         ids: list[int] = []
         for index, part in enumerate(parts):
             view = self._feedback_view if rated and index == len(parts) - 1 else None
             if index == 0:
-                ids.append(await self._target.set_primary(part, view))
+                ids.append(self._report(await self._target.set_primary(part, view)))
             else:
-                ids.append(await self._target.add(part, view))
+                ids.append(self._report(await self._target.add(part, view)))
         self.delivered_ids = ids
         for extra in answer.notices:
             await self._target.private(extra)
@@ -127,7 +165,18 @@ class DiscordSink:
     async def _stream_edit(self, text: str) -> None:
         async with self._lock:
             if not self._final:
-                await self._target.set_primary(text)
+                self._report(await self._target.set_primary(text))
+
+
+def fit_parts(parts: list[str], room: int | None) -> list[str]:
+    """The main message plus at most `room` more; a cut answer ends with a note saying why."""
+    if room is None or len(parts) <= room + 1:
+        return parts
+    kept = parts[: room + 1]
+    note = CUT_NOTE.format(n=USER_INSTALL_FOLLOWUPS)
+    last = split_message(kept[-1], LIMIT - len(note) - 2)
+    kept[-1] = f"{last[0] if last else ''}\n\n{note}".strip()
+    return kept
 
 
 class InteractionTarget:
@@ -135,11 +184,16 @@ class InteractionTarget:
 
     Discord gives the first follow-up after a defer the defer's visibility, so an ephemeral
     notice on a public defer first resolves the original with a placeholder (deleted at the
-    end if no answer replaced it)."""
+    end if no answer replaced it). `followup_limit` caps the follow-ups (a user install in a
+    place that did not add the bot gets 5); past it, private notices are dropped (logged)."""
 
-    def __init__(self, interaction: discord.Interaction, *, public: bool) -> None:
+    def __init__(
+        self, interaction: discord.Interaction, *, public: bool, followup_limit: int | None = None
+    ) -> None:
         self._interaction = interaction
         self._public = public
+        self._followup_limit = followup_limit
+        self._followups = 0
         self._resolved = False  # the original response shows something (no longer "thinking")
         self._placeholder = False  # what it shows is only our placeholder
         self._status_message: discord.WebhookMessage | None = None
@@ -152,8 +206,14 @@ class InteractionTarget:
 
     async def add(self, text: str, view: discord.ui.View | None = None) -> int:
         kwargs = {"view": view} if view is not None else {}
+        self._followups += 1
         message = await self._interaction.followup.send(text, ephemeral=not self._public, wait=True, **kwargs)
         return message.id
+
+    def room(self) -> int | None:
+        if self._followup_limit is None:
+            return None
+        return max(0, self._followup_limit - self._followups)
 
     async def private(self, text: str) -> None:
         if not self._resolved:
@@ -162,6 +222,12 @@ class InteractionTarget:
                 return
             await self._interaction.edit_original_response(content=PLACEHOLDER)
             self._resolved, self._placeholder = True, True
+        if self.room() == 0:
+            log.warning(
+                "interaction %s: follow-up limit reached, a notice was not sent", self._interaction.id
+            )
+            return
+        self._followups += 1
         await self._interaction.followup.send(text, ephemeral=True, wait=True)
 
     async def status(self, text: str) -> None:
@@ -169,9 +235,12 @@ class InteractionTarget:
             with contextlib.suppress(discord.HTTPException):  # progress only: never fail the reply
                 await self._status_message.edit(content=text)
             return
+        if self.room() is not None:
+            return  # follow-ups are scarce here: keep them for the answer ("thinking…" is shown)
         if not self._resolved and self._public:
             await self._interaction.edit_original_response(content=PLACEHOLDER)
             self._resolved, self._placeholder = True, True
+        self._followups += 1
         self._status_message = await self._interaction.followup.send(text, ephemeral=True, wait=True)
 
     async def typing(self) -> None:
@@ -224,6 +293,9 @@ class MessageTarget:
 
     async def finish(self) -> None:
         self._stop_typing()
+
+    def room(self) -> int | None:
+        return None  # channel messages: as many as the answer needs
 
     async def _keep_typing(self) -> None:
         try:

@@ -7,18 +7,17 @@ with a `TelegramSink`, and map 👍/👎 buttons to feedback. Conversation rules
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
+import dataclasses
 import logging
 import re
 import secrets
+import socket
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp import web
-from telegram import BotCommand, Message, Update
+from telegram import BotCommand, Message, MessageReactionUpdated, ReactionTypeEmoji, Update
 from telegram.constants import ChatType
-from telegram.error import TelegramError
+from telegram.error import BadRequest, TelegramError
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -27,26 +26,32 @@ from telegram.ext import (
     CommandHandler,
     ContextTypes,
     MessageHandler,
+    MessageReactionHandler,
     filters,
 )
 
+from bots.downloads import fetch_limited
 from bots.logs import SecretRedactor
-from bots.telegram.sink import FEEDBACK_DOWN, FEEDBACK_UP, TelegramSink
+from bots.telegram.sink import FEEDBACK_DOWN, FEEDBACK_UP, DraftChats, StreamingMode, TelegramSink
 from core.commands import COMMANDS
-from core.manager import ConversationManager
+from core.manager import ConversationManager, InterruptedReply
 from core.settings import Settings
 from core.types import ChatKind, Incoming
+from core.uploads import DownloadFailed, FileTooLarge, IncomingFile
 
 log = logging.getLogger(__name__)
 
 PLATFORM = "telegram"
 RATE_LIMIT_RETRIES = 5  # 429s are waited out (retry_after + 0.1 s) this many times per request
 POLL_TIMEOUT_S = 10  # long-poll length; getUpdates' read timeout is this plus PTB's own
-ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
+# message_reaction must be named to be delivered at all (and in groups only to an administrator bot).
+ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.MESSAGE_REACTION]
+REACTION_RATINGS = {"👍": 1, "👎": -1}
 DM_EDIT_INTERVAL_S = 1.0
 GROUP_EDIT_INTERVAL_S = 3.0
-WEBHOOK_SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
-NOT_TEXT_REPLY = "I can only read text messages. Please type your question."
+NOT_TEXT_REPLY = (
+    "I can only read text messages and documents (PDF, Markdown, text, HTML). Please type your question."
+)
 ERROR_REPLY = "Sorry, something went wrong while answering. Please try again."
 _COMMAND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 
@@ -64,9 +69,19 @@ def bot_commands(commands: dict[str, str]) -> list[BotCommand]:
 class TelegramHandlers:
     """The handler callbacks, bound to the manager they forward to."""
 
-    def __init__(self, manager: ConversationManager, commands: frozenset[str]) -> None:
+    def __init__(
+        self,
+        manager: ConversationManager,
+        commands: frozenset[str],
+        *,
+        streaming: StreamingMode = "draft",
+    ) -> None:
         self._manager = manager
         self._commands = commands  # the core's command names, without "/"
+        self._streaming = streaming
+        self._drafts = DraftChats()  # private chats whose Bot API refused drafts: edits there
+        # Updates run concurrently, but reaction changes must apply in order (the last one wins).
+        self._reactions = asyncio.Lock()
 
     # --- Update → Incoming --------------------------------------------------------------------
     @staticmethod
@@ -132,6 +147,9 @@ class TelegramHandlers:
             reply_to=None if dm else message.message_id,  # in groups, show which message is answered
             # Telegram allows ~20 messages a minute in a group (edits included): stream slower there.
             min_interval=DM_EDIT_INTERVAL_S if dm else GROUP_EDIT_INTERVAL_S,
+            # Drafts exist in private chats only: groups keep edit-based streaming.
+            streaming="edit" if self._streaming == "draft" and not dm else self._streaming,
+            drafts=self._drafts,
         )
 
     # --- callbacks ------------------------------------------------------------------------------
@@ -149,9 +167,113 @@ class TelegramHandlers:
             await _best_effort(sink.notice(ERROR_REPLY))
 
     async def on_not_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """A photo, sticker, voice note… in a DM: say politely what the bot can read."""
-        if update.message is not None:
-            await _best_effort(self.sink_for(update.message, context.bot).notice(NOT_TEXT_REPLY))
+        """A photo, sticker, voice note… in a DM: say politely what the bot can read (allowed users, rate-limited)."""
+        message, user = update.message, update.effective_user
+        if message is None or user is None:
+            return
+        incoming = Incoming(
+            PLATFORM, str(update.update_id), str(message.chat.id), ChatKind.DM, str(user.id), "", ""
+        )
+        if self._manager.admits(incoming):
+            await _best_effort(self.sink_for(message, context.bot).notice(NOT_TEXT_REPLY))
+
+    # --- documents ------------------------------------------------------------------------------
+    @staticmethod
+    def document_incoming(update: Update, bot_id: int, bot_username: str) -> Incoming | None:
+        """A document message as the core sees it, or None in a group when its caption does not address
+        the bot (a caption @mention or /ask, or a reply to the bot). Mentions and commands of a caption
+        live in `caption_entities`."""
+        message = update.message
+        if message is None or message.document is None or update.effective_user is None:
+            return None
+        chat, user = message.chat, update.effective_user
+        dm = chat.type == chat.PRIVATE
+        username = bot_username.lower()
+        caption = message.caption or ""
+        mentioned = any(
+            (entity.type == entity.MENTION and value.lower() == f"@{username}")
+            or (entity.type == entity.TEXT_MENTION and entity.user is not None and entity.user.id == bot_id)
+            for entity, value in message.parse_caption_entities().items()
+        )
+        entities = message.caption_entities or ()
+        asked = False
+        if entities and entities[0].type == entities[0].BOT_COMMAND and entities[0].offset == 0:
+            command = message.parse_caption_entity(entities[0])
+            name, _, target = command[1:].partition("@")
+            if target and target.lower() != username:
+                return None  # /ask@other_bot
+            asked = name.lower() == "ask"
+            if asked:
+                caption = caption[len(command) :]
+        replied = message.reply_to_message
+        reply_to_bot = (
+            replied is not None
+            and replied.from_user is not None
+            and replied.from_user.id == bot_id
+            and not replied.forum_topic_created
+        )
+        if not (dm or mentioned or asked or reply_to_bot):
+            return None
+        if mentioned:
+            caption = re.sub(rf"(?<!\w)@{re.escape(bot_username)}\b", "", caption, flags=re.I)
+        return Incoming(
+            platform=PLATFORM,
+            event_id=str(update.update_id),
+            chat_id=str(chat.id),
+            chat_kind=ChatKind.DM if dm else ChatKind.GROUP,
+            user_id=str(user.id),
+            user_name=user.full_name or user.username or str(user.id),
+            text=" ".join(caption.split()),  # a question about the file, if any
+            addressed=True,
+            thread_id=str(message.message_thread_id)
+            if message.is_topic_message and message.message_thread_id
+            else None,
+            platform_message_id=str(message.message_id),
+        )
+
+    async def on_document(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A file: indexed into the sender's private documents (DMs, or a group caption that addresses us)."""
+        bot = context.bot
+        incoming = self.document_incoming(update, bot.id, bot.username)
+        message = update.message
+        if incoming is None or message is None or message.document is None:
+            return
+        document = message.document
+
+        async def download(limit: int) -> bytes:
+            if document.file_size is not None and document.file_size > limit:
+                raise FileTooLarge
+            try:
+                file = await bot.get_file(document.file_id)
+            except TelegramError as exc:  # e.g. "file is too big" (the cloud Bot API serves up to 20 MB)
+                if "too big" in exc.message.lower():
+                    raise FileTooLarge from None
+                raise DownloadFailed(exc.message) from None
+            if file.file_size is not None and file.file_size > limit:
+                raise FileTooLarge
+            if not file.file_path:
+                raise DownloadFailed("no file path")
+            if not file.file_path.startswith(("http://", "https://")):
+                # A self-hosted Bot API server in --local mode answers with a path on this machine.
+                return await asyncio.to_thread(_read_local_file, file.file_path, limit)
+            return await fetch_limited(file.file_path, limit)
+
+        upload = IncomingFile(
+            file_name=document.file_name or "document",
+            declared_mime=document.mime_type,
+            declared_size=document.file_size,
+            download=download,
+        )
+        sink = self.sink_for(message, bot)
+        try:
+            indexed = await self._manager.handle_document(incoming, upload, sink)
+            if indexed and incoming.text and incoming.chat_kind is ChatKind.DM:
+                # "Summarise this" as the caption: answer it from the document just indexed.
+                question = dataclasses.replace(incoming, event_id=f"{update.update_id}:caption")
+                await self._manager.handle(question, self.sink_for(message, bot))
+        except Exception:
+            log.exception("telegram document update %s failed", update.update_id)
+            await _best_effort(sink.notice(ERROR_REPLY))
 
     async def on_feedback(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.callback_query
@@ -166,6 +288,41 @@ class TelegramHandlers:
             chat_kind=ChatKind.DM if query.message.chat.type == ChatType.PRIVATE else ChatKind.GROUP,
         )
         await query.answer("Thanks for the feedback" if recorded else "Sorry, I no longer have that answer.")
+
+    async def on_reaction(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """👍/👎 reactions on an answer are feedback, the same rating as the buttons (the last one
+        wins). Taking the reaction away withdraws the rating; other emoji are ignored."""
+        reaction = update.message_reaction
+        if reaction is None or reaction.user is None:  # anonymous group admins react as the chat
+            return
+        rating = reaction_rating(reaction)
+        if rating is None:
+            return
+        chat_id, user_id, message_id = str(reaction.chat.id), str(reaction.user.id), str(reaction.message_id)
+        kind = ChatKind.DM if reaction.chat.type == ChatType.PRIVATE else ChatKind.GROUP
+        async with self._reactions:
+            await self._apply_reaction(chat_id, user_id, message_id, kind, rating)
+
+    async def _apply_reaction(
+        self, chat_id: str, user_id: str, message_id: str, kind: ChatKind, rating: int
+    ) -> None:
+        if rating == 0:
+            await self._manager.withdraw_feedback(
+                platform=PLATFORM,
+                chat_id=chat_id,
+                user_id=user_id,
+                platform_message_id=message_id,
+                chat_kind=kind,
+            )
+        else:
+            await self._manager.record_feedback(
+                platform=PLATFORM,
+                chat_id=chat_id,
+                user_id=user_id,
+                platform_message_id=message_id,
+                rating=rating,
+                chat_kind=kind,
+            )
 
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         # Only the exception type and Telegram's description: never a URL (it contains the token).
@@ -183,6 +340,28 @@ class TelegramHandlers:
         )
 
 
+def reaction_rating(reaction: MessageReactionUpdated) -> int | None:
+    """+1/-1 for a newly set 👍/👎, 0 when the user took theirs away, None when 👍/👎 did not change.
+
+    A user may set several reactions at once: a 👍/👎 that is new in this update wins over one that
+    was already there (so changing 👍 to 👎 reads as 👎)."""
+
+    def ratings(reactions: Any) -> list[int]:
+        return [
+            REACTION_RATINGS[r.emoji]
+            for r in reactions
+            if isinstance(r, ReactionTypeEmoji) and r.emoji in REACTION_RATINGS
+        ]
+
+    old, new = ratings(reaction.old_reaction), ratings(reaction.new_reaction)
+    if sorted(old) == sorted(new):
+        return None  # only other emoji changed: the rating (maybe set by a button since) stands
+    if not new:
+        return 0 if old else None
+    added = [rating for rating in new if rating not in old]
+    return (added or new)[-1]
+
+
 def _command(message: Message) -> tuple[str, str] | None:
     """(name, @target or "") when the message starts with a bot_command entity."""
     entities = message.entities or ()
@@ -191,6 +370,18 @@ def _command(message: Message) -> tuple[str, str] | None:
     raw = message.parse_entity(entities[0])[1:]
     name, _, target = raw.partition("@")
     return name.lower(), target
+
+
+def _read_local_file(path: str, limit: int) -> bytes:
+    """A file a local-mode Bot API server stored for us, at most `limit` bytes."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise DownloadFailed(type(exc).__name__) from None
+    if len(data) > limit:
+        raise FileTooLarge
+    return data
 
 
 async def _best_effort(awaitable: Any) -> None:
@@ -237,10 +428,11 @@ def build_application(settings: Settings, manager: ConversationManager) -> Appli
         .post_init(register_commands)
         .build()
     )
-    handlers = TelegramHandlers(manager, names)
+    handlers = TelegramHandlers(manager, names, streaming=settings.telegram_streaming)
     only_new = filters.UpdateType.MESSAGE  # edits of old messages are not new questions
     application.add_handler(CommandHandler(sorted(names), handlers.on_message, filters=only_new))
     application.add_handler(MessageHandler(only_new & filters.TEXT, handlers.on_message))
+    application.add_handler(MessageHandler(only_new & filters.Document.ALL, handlers.on_document))
     application.add_handler(
         MessageHandler(
             only_new & filters.ChatType.PRIVATE & ~filters.TEXT & ~filters.StatusUpdate.ALL,
@@ -248,6 +440,7 @@ def build_application(settings: Settings, manager: ConversationManager) -> Appli
         )
     )
     application.add_handler(CallbackQueryHandler(handlers.on_feedback, pattern=r"^fb:[+-]1$"))
+    application.add_handler(MessageReactionHandler(handlers.on_reaction))
     application.add_error_handler(handlers.on_error)
     return application
 
@@ -255,20 +448,20 @@ def build_application(settings: Settings, manager: ConversationManager) -> Appli
 class TelegramAdapter:
     """Runs the Application inside the composition root: `await start()`, later `await stop()`.
 
-    Polling by default; with TELEGRAM_WEBHOOK_URL set, an aiohttp server receives updates
-    (the secret token header is checked on every request) and `setWebhook` registers it.
+    Polling by default; with TELEGRAM_WEBHOOK_URL set, python-telegram-bot's own webhook server
+    (`Updater.start_webhook`, the `[webhooks]` extra) receives updates, registers the URL with
+    `setWebhook` and refuses (403) every request without the secret token header.
     """
 
     def __init__(
         self, settings: Settings, manager: ConversationManager, *, drain_timeout: float | None = None
     ) -> None:
         self.settings = settings
+        self.manager = manager
         self.application = build_application(settings, manager)
         self._drain_timeout = (
             drain_timeout if drain_timeout is not None else settings.request_timeout_seconds + 10
         )
-        self._webhook: web.AppRunner | None = None
-        self._webhook_secret = ""
         self.webhook_port: int | None = None  # the bound port (useful when the setting is 0)
 
     async def start(self) -> None:
@@ -276,10 +469,12 @@ class TelegramAdapter:
         await app.initialize()  # getMe: the bot's id and username
         if app.post_init is not None:
             await app.post_init(app)  # setMyCommands (run_polling would do this too)
+        assert app.updater is not None
+        # Before taking updates: replies a killed process left half-sent are edited to say so.
+        await self.manager.recover("telegram", self.repair_interrupted)
         if self.settings.telegram_webhook_url:
             await self._start_webhook()
         else:
-            assert app.updater is not None
             await app.updater.start_polling(
                 poll_interval=0.0,
                 timeout=POLL_TIMEOUT_S,
@@ -287,16 +482,30 @@ class TelegramAdapter:
                 drop_pending_updates=False,  # updates sent while we were down are still questions
             )
         await app.start()
-        log.info("telegram: @%s is %s", app.bot.username, "on a webhook" if self._webhook else "polling")
+        mode = "on a webhook" if self.webhook_port is not None else "polling"
+        log.info("telegram: @%s is %s", app.bot.username, mode)
+
+    async def repair_interrupted(self, reply: InterruptedReply, notice: str) -> None:
+        """Tell the user a reply was cut off by a crash: edit the message it had started, else send one."""
+        bot = self.application.bot
+        chat_id = int(reply.key.chat_id)
+        for message_id in reply.message_ids[:1]:
+            try:
+                await bot.edit_message_text(notice, chat_id=chat_id, message_id=int(message_id))
+                return
+            except BadRequest as exc:  # deleted, too old to edit, or already showing it
+                if "not modified" in exc.message.lower():
+                    return
+                log.info("telegram: interrupted reply %s not editable (%s)", reply.id, exc.message)
+        thread = int(reply.key.thread_id) if reply.key.thread_id else None
+        await bot.send_message(chat_id, notice, message_thread_id=thread)
 
     async def stop_receiving(self) -> None:
         """Take no new updates (call before draining the worker); replies in flight continue."""
         app = self.application
         if app.updater is not None and app.updater.running:
-            await app.updater.stop()  # its last getUpdates confirms what was fetched
-        if self._webhook is not None:
-            await self._webhook.cleanup()
-            self._webhook = None
+            # Polling: its last getUpdates confirms what was fetched. Webhook: the server closes.
+            await app.updater.stop()
 
     async def stop(self) -> None:
         """Stop receiving, let replies in flight finish (bounded), then close the HTTP clients."""
@@ -318,32 +527,23 @@ class TelegramAdapter:
         url = settings.telegram_webhook_url or ""
         secret = settings.telegram_webhook_secret
         # Telegram allows 1-256 of [A-Za-z0-9_-]; a random one still proves requests come from Telegram.
-        self._webhook_secret = secret.get_secret_value() if secret else secrets.token_urlsafe(32)
-        path = urlsplit(url).path or "/"
-        server = web.Application()
-        server.router.add_post(path, self._on_webhook)
-        runner = web.AppRunner(server, handle_signals=False, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, settings.telegram_webhook_listen, settings.telegram_webhook_port)
-        await site.start()
-        self._webhook = runner
-        sockets = getattr(site._server, "sockets", None) or []
-        self.webhook_port = sockets[0].getsockname()[1] if sockets else settings.telegram_webhook_port
-        await self.application.bot.set_webhook(
-            url,
-            secret_token=self._webhook_secret,
-            allowed_updates=ALLOWED_UPDATES,
-            drop_pending_updates=False,
-        )
-
-    async def _on_webhook(self, request: web.Request) -> web.Response:
-        given = request.headers.get(WEBHOOK_SECRET_HEADER, "")
-        if not hmac.compare_digest(given.encode(), self._webhook_secret.encode()):
-            return web.Response(status=403, text="forbidden")
+        token = secret.get_secret_value() if secret else secrets.token_urlsafe(32)
+        # We bind the socket ourselves and hand it over (PTB's documented `unix=<socket>` form), so
+        # the bound port is known even when TELEGRAM_WEBHOOK_PORT is 0.
+        listener = socket.create_server((settings.telegram_webhook_listen, settings.telegram_webhook_port))
+        listener.setblocking(False)
+        self.webhook_port = listener.getsockname()[1]
+        assert self.application.updater is not None
         try:
-            data = json.loads(await request.text())
-            update = Update.de_json(data, self.application.bot)
-        except (ValueError, TypeError, KeyError):
-            return web.Response(status=400, text="bad update")
-        await self.application.update_queue.put(update)
-        return web.Response(status=200)
+            await self.application.updater.start_webhook(
+                url_path=urlsplit(url).path or "/",
+                webhook_url=url,
+                secret_token=token,
+                allowed_updates=ALLOWED_UPDATES,
+                drop_pending_updates=False,
+                unix=listener,
+            )
+        except BaseException:
+            listener.close()
+            self.webhook_port = None
+            raise

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from telegram import (
     Bot,
@@ -18,12 +19,20 @@ from telegram import (
     ReplyParameters,
 )
 from telegram.constants import ChatAction, ParseMode
-from telegram.error import BadRequest, RetryAfter, TelegramError
+from telegram.error import (
+    BadRequest,
+    EndPointNotFound,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+)
 
 from bots.render import cited_sources, sources_footer, split_message, utf16_len
 from bots.streaming import ThrottledEditor
 from bots.telegram.markup import to_telegram_html
-from core.types import Answer
+from core.types import Answer, MessageListener
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +42,33 @@ TYPING_REFRESH_S = 4.5  # Telegram shows "typing…" for 5 s
 FEEDBACK_UP, FEEDBACK_DOWN = "fb:+1", "fb:-1"
 _NO_PREVIEW = LinkPreviewOptions(is_disabled=True)  # source URLs would otherwise unfurl
 _FINAL_RETRIES = 5  # RetryAfter that outlived the rate limiter's own retries: the final is never dropped
+# How a reply streams: "draft" = sendMessageDraft previews (private chats only), "edit" = one message
+# edited in place, "off" = no streaming (typing until the finished answer).
+StreamingMode = Literal["draft", "edit", "off"]
+# A draft call answered with one of these means "not here" (an older Bot API server, a chat that is
+# not private): that chat streams by edits from then on. A 429 or a network hiccup only skips a draft.
+_DRAFT_UNSUPPORTED = (BadRequest, InvalidToken, EndPointNotFound, Forbidden)
+
+
+class DraftChats:
+    """Which chats may stream through drafts: one shared memory per adapter.
+
+    A chat whose draft call failed with "unsupported" is remembered and streams by edits for the
+    rest of this process (a restart tries drafts again, e.g. after a Bot API server upgrade)."""
+
+    def __init__(self) -> None:
+        self._unsupported: set[int] = set()
+
+    def usable(self, chat_id: int) -> bool:
+        return chat_id not in self._unsupported
+
+    def unsupported(self, chat_id: int) -> None:
+        self._unsupported.add(chat_id)
+
+
+def new_draft_id() -> int:
+    """A non-zero draft id (Telegram animates changes of drafts with the same id): one per answer."""
+    return secrets.randbelow(2**31 - 1) + 1
 
 
 def feedback_keyboard() -> InlineKeyboardMarkup:
@@ -58,9 +94,13 @@ def _bad_entities(exc: BadRequest) -> bool:
 class TelegramSink:
     """Implements `core.types.ReplySink` for one incoming message.
 
-    While streaming, one plain-text message is edited through a `ThrottledEditor`
-    (≤ 1 edit per `min_interval`, only after `min_growth` new characters). The final answer
-    replaces it with HTML, split at 4096 units, the sources footer and 👍/👎 on the last part.
+    While streaming (`streaming="edit"`), one plain-text message is edited through a
+    `ThrottledEditor` (≤ 1 edit per `min_interval`, only after `min_growth` new characters). The
+    final answer replaces it with HTML, split at 4096 units, the sources footer and 👍/👎 on the last
+    part. With `streaming="draft"` (private chats) the same throttled text goes to one message
+    draft (`sendMessageDraft`, one `draft_id` per answer) and the final answer is sent as new
+    messages, which replace the draft in the client; if the draft call is refused, the chat is
+    remembered in `drafts` and this reply carries on by edits. `streaming="off"` shows typing only.
     """
 
     def __init__(
@@ -72,8 +112,16 @@ class TelegramSink:
         reply_to: int | None = None,
         min_interval: float = 1.0,
         min_growth: int = 40,
+        streaming: StreamingMode = "edit",
+        drafts: DraftChats | None = None,
     ) -> None:
         self._bot = bot
+        self._drafts = drafts or DraftChats()
+        if streaming == "draft" and not self._drafts.usable(chat_id):
+            streaming = "edit"
+        self.streaming: StreamingMode = streaming
+        self._draft_id = new_draft_id() if streaming == "draft" else 0
+        self._drafted = False  # a draft of this answer is on the user's screen
         self._chat_id = chat_id
         self._thread_id = thread_id
         self._reply_to = reply_to
@@ -88,6 +136,11 @@ class TelegramSink:
         self._edit_task: asyncio.Task[None] | None = None
         self._typing: asyncio.Task[None] | None = None
         self._editor = ThrottledEditor(self._stream_edit, min_interval=min_interval, min_growth=min_growth)
+        self._listener: MessageListener | None = None
+
+    def on_message(self, listener: MessageListener) -> None:
+        """`core.types.ReportsMessages`: every message this reply sends is reported (crash repair edits it)."""
+        self._listener = listener
 
     # --- ReplySink ----------------------------------------------------------------------
     async def notice(self, text: str, *, ephemeral: bool = False) -> None:
@@ -124,6 +177,8 @@ class TelegramSink:
             self._typing = asyncio.create_task(self._keep_typing(), name=f"typing:{self._chat_id}")
 
     async def partial(self, text_so_far: str) -> None:
+        if self.streaming == "off":
+            return
         # Edits run beside the stream, so a slow Telegram (or a 429 pause) never holds up the
         # reply; while one is in flight, newer text waits for the next partial or the final.
         if self._done or (self._edit_task is not None and not self._edit_task.done()):
@@ -167,11 +222,13 @@ class TelegramSink:
 
     # --- streaming ------------------------------------------------------------------------
     async def _stream_edit(self, text: str) -> None:
-        """The ThrottledEditor's edit: first text → sendMessage (or edit the queue status)."""
+        """The ThrottledEditor's edit: a draft, or first text → sendMessage (or edit the queue status)."""
         if utf16_len(text) > STREAM_LIMIT:
             text = split_message(text, STREAM_LIMIT - 2, measure=utf16_len)[0] + " …"
         async with self._io:
             if self._done or text == self._shown:
+                return
+            if self.streaming == "draft" and await self._write_draft(text):
                 return
             self._streamed = True
             self._stop_typing()
@@ -198,6 +255,43 @@ class TelegramSink:
                 TelegramError
             ) as exc:  # e.g. a 429 the limiter gave up on: the next edit or the final carries it
                 log.info("stream edit in chat %s skipped: %s", self._chat_id, type(exc).__name__)
+
+    async def _write_draft(self, text: str) -> bool:
+        """Show `text` as this answer's draft. False when the chat turned out not to support drafts
+        (the caller then streams by edits); a skipped draft (429, network) still counts as handled."""
+        if not self._drafted:
+            if self._started_at is None:
+                self._started_at = time.monotonic()
+            if time.monotonic() - self._started_at < self._min_interval:
+                return True  # a fast answer arrives as one finished message, no draft at all
+        try:
+            await self._bot.send_message_draft(
+                self._chat_id, self._draft_id, text, message_thread_id=self._thread_id
+            )
+        except _DRAFT_UNSUPPORTED as exc:
+            log.info(
+                "chat %s: drafts refused (%s); streaming by edits from now on",
+                self._chat_id,
+                type(exc).__name__,
+            )
+            self._drafts.unsupported(self._chat_id)
+            self.streaming = "edit"
+            return False
+        except TelegramError as exc:  # e.g. a 429 the limiter gave up on: the next draft carries it
+            log.info("draft in chat %s skipped: %s", self._chat_id, type(exc).__name__)
+            return True
+        self._streamed = True
+        self._stop_typing()
+        self._shown, self._last_write = text, time.monotonic()
+        if not self._drafted and self._message_id is not None:
+            # The draft takes over from a queue status: remove the status instead of leaving it behind.
+            status, self._message_id = self._message_id, None
+            try:
+                await self._bot.delete_message(self._chat_id, status)
+            except TelegramError as exc:
+                log.info("queue status in chat %s not removed: %s", self._chat_id, type(exc).__name__)
+        self._drafted = True
+        return True
 
     async def _write_stream(self, text: str) -> None:
         assert self._message_id is not None
@@ -277,7 +371,7 @@ class TelegramSink:
         self, text: str, parse_mode: str | None, markup: InlineKeyboardMarkup | None
     ) -> Message:
         reply = ReplyParameters(self._reply_to, allow_sending_without_reply=True) if self._reply_to else None
-        return await self._bot.send_message(
+        message = await self._bot.send_message(
             self._chat_id,
             text,
             parse_mode=parse_mode,
@@ -286,25 +380,39 @@ class TelegramSink:
             reply_parameters=reply,
             link_preview_options=_NO_PREVIEW,
         )
+        if self._listener is not None:
+            self._listener(str(message.message_id))
+        return message
 
     def _edit(
         self, message_id: int
     ) -> Callable[[str, str | None, InlineKeyboardMarkup | None], Awaitable[Message]]:
         async def edit(text: str, parse_mode: str | None, markup: InlineKeyboardMarkup | None) -> Message:
-            # Every edit of one message keeps the streaming floor, the final one included.
-            wait = self._min_interval - (time.monotonic() - self._last_write)
-            if wait > 0:
-                await asyncio.sleep(wait)
-            result: Any = await self._bot.edit_message_text(
-                text,
-                chat_id=self._chat_id,
-                message_id=message_id,
-                parse_mode=parse_mode,
-                reply_markup=markup,
-                link_preview_options=_NO_PREVIEW,
-            )
-            self._shown, self._last_write = text, time.monotonic()
-            return result  # a Message for bot messages (True only for inline messages)
+            for attempt in range(_FINAL_RETRIES + 1):
+                # Every edit of one message keeps the streaming floor, the final one included.
+                wait = self._min_interval - (time.monotonic() - self._last_write)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                try:
+                    result: Any = await self._bot.edit_message_text(
+                        text,
+                        chat_id=self._chat_id,
+                        message_id=message_id,
+                        parse_mode=parse_mode,
+                        reply_markup=markup,
+                        link_preview_options=_NO_PREVIEW,
+                    )
+                except NetworkError as exc:
+                    # An edit is idempotent: a 5xx or a reset connection is retried (if the lost attempt
+                    # took effect, the retry gets "not modified", which counts as delivered).
+                    if isinstance(exc, BadRequest) or attempt == _FINAL_RETRIES:
+                        raise
+                    log.info("edit in chat %s failed (%s); retrying", self._chat_id, type(exc).__name__)
+                    self._last_write = time.monotonic()  # back off one interval
+                    continue
+                self._shown, self._last_write = text, time.monotonic()
+                return result  # a Message for bot messages (True only for inline messages)
+            raise AssertionError("unreachable")
 
         return edit
 

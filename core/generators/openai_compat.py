@@ -16,7 +16,6 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import SecretStr
@@ -24,22 +23,15 @@ from pydantic import SecretStr
 from core.generators.base import GenerationParams, PromptSpec
 from core.generators.errors import GeneratorError
 from core.generators.estimate import utf8_bytes_estimate
+from core.generators.markers import neutralize_markers
 from core.generators.render import render_messages
+from core.redaction import Redactor, redact_url
 
 logger = logging.getLogger(__name__)
 
 _CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 _PER_MESSAGE_TOKENS = 4  # role + separators per chat message (OpenAI cookbook: 3-4)
 _REPLY_PRIMING_TOKENS = 3
-
-
-def redact_url(url: str) -> str:
-    """Drop user:password and the query string (either may carry a token) from a URL shown in messages."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def cached_cl100k() -> Callable[[str], int] | None:
@@ -61,6 +53,11 @@ def cached_cl100k() -> Callable[[str], int] | None:
     return lambda text: len(enc.encode_ordinary(text))
 
 
+def _render(spec: PromptSpec) -> list[dict[str, Any]]:
+    """The messages for `spec`, with chat-template role markers in any content neutralised (see markers.py)."""
+    return [{**m, "content": neutralize_markers(m["content"])} for m in render_messages(spec)]
+
+
 class OpenAIGenerator:
     name = "openai"
 
@@ -75,7 +72,7 @@ class OpenAIGenerator:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
-        self._secrets = tuple(s for s in (key,) if s)
+        self._redact = Redactor([key] if key else [])
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.context_length = context_length
@@ -100,7 +97,7 @@ class OpenAIGenerator:
 
     def prompt_tokens(self, spec: PromptSpec) -> int:
         """Estimate: content tokens + per-message overhead (the server's tokenizer is not known here)."""
-        messages = render_messages(spec)
+        messages = _render(spec)
         return (
             sum(self.count_tokens(m["content"]) + _PER_MESSAGE_TOKENS for m in messages)
             + _REPLY_PRIMING_TOKENS
@@ -108,9 +105,7 @@ class OpenAIGenerator:
 
     # --- errors ------------------------------------------------------------------------------------------
     def _safe(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return self._redact(text)
 
     def _where(self) -> str:
         return redact_url(self.base_url)
@@ -190,7 +185,7 @@ class OpenAIGenerator:
     def stream(
         self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
     ) -> Iterator[str]:
-        yield from self.stream_messages(render_messages(spec), params, should_stop)
+        yield from self.stream_messages(_render(spec), params, should_stop)
 
     def stream_messages(
         self, messages: list[dict[str, Any]], params: GenerationParams, should_stop: Callable[[], bool]

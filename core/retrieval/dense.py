@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -97,20 +97,29 @@ class DenseIndex:
         self.refresh()
         return dict(zip(self._ids.tolist(), self._keys.tolist()))
 
-    def search(self, query: np.ndarray, limit: int) -> list[tuple[int, float]]:
-        """Cosine search (rows and query are unit vectors): [(chunk id, similarity)], best first."""
+    def search(
+        self, query: np.ndarray, limit: int, *, exclude: Sequence[int] = ()
+    ) -> list[tuple[int, float]]:
+        """Cosine search (rows and query are unit vectors): [(chunk id, similarity)], best first.
+        Rows whose id is in `exclude` (others' private chunks) are never returned."""
         self.refresh()
         ids, matrix, bits = self._ids, self._matrix, self._bits
         if ids.shape[0] == 0 or limit <= 0:
             return []
         query = query.astype(np.float32, copy=False)
-        shortlist = max(SHORTLIST_FACTOR * limit, SHORTLIST_MIN)
+        shortlist = max(SHORTLIST_FACTOR * (limit + len(exclude)), SHORTLIST_MIN)
         if bits is not None and shortlist < ids.shape[0]:
             rows = self._prefilter(bits, query, shortlist)
             scores = matrix[rows] @ query
         else:
             rows = None
             scores = matrix @ query
+        if len(exclude):
+            masked = np.isin(ids if rows is None else ids[rows], np.asarray(exclude, dtype=np.int64))
+            scores[masked] = -np.inf
+            limit = min(limit, int(scores.shape[0] - masked.sum()))
+            if limit <= 0:
+                return []
         limit = min(limit, scores.shape[0])
         top = np.argpartition(-scores, limit - 1)[:limit]
         top = top[np.argsort(-scores[top])]

@@ -23,6 +23,7 @@ from storage.knowledge import ChunkData, DocumentData, KnowledgeRepository
 log = logging.getLogger(__name__)
 
 FILE_SOURCE = "file"
+UPLOAD_SOURCE = "upload"  # documents sent in chat: private to their owner (see core/uploads.py)
 FILE_FORMAT = b"2"  # bump when loaders/chunking change, so files are re-read once
 SAVE_BATCH = 200
 EMBED_BATCH = 256
@@ -119,7 +120,7 @@ class Indexer:
                 report.failed.append(f"{display}: {exc}")
                 # Its locator stays in `seen`: a file that fails now keeps its previous version.
                 continue
-            pending.append(self._file_document(locator, display, digest, loaded))
+            pending.append(self.file_document(locator, display, digest, loaded))
             if len(pending) >= SAVE_BATCH:
                 await self._save(FILE_SOURCE, pending, report)
                 pending = []
@@ -132,7 +133,8 @@ class Indexer:
         return report
 
     @staticmethod
-    def _file_document(locator: str, display: str, digest: str, loaded: LoadedDocument) -> DocumentData:
+    def file_document(locator: str, display: str, digest: str, loaded: LoadedDocument) -> DocumentData:
+        """A loaded file as a document to store: its sections chunked, refs `display#1`, `display#2`…"""
         chunks = []
         for i, chunk in enumerate(chunk_sections(loaded.sections)):
             title = (
@@ -244,6 +246,11 @@ class Indexer:
                 continue
             report.chunks += len(by_locator[result.locator].chunks)
 
+    async def sync_embeddings(self) -> int:
+        """Make the embedding matrix match the stored chunks now (after uploads and deletions);
+        returns how many chunks were encoded. A no-op without dense retrieval."""
+        return await self._sync_dense(progress=False)
+
     async def _sync_names(self) -> int:
         """Make the name matrix hold exactly one vector per pack entry (keyed by its summary chunk id),
         encoding only names that are new or changed. Returns how many were encoded."""
@@ -286,7 +293,7 @@ class Indexer:
         ids, keys, vectors = [kept_ids], [kept_keys], [kept_vectors] if kept_ids.size else []
         bar = tqdm(total=len(missing), desc="embedding", unit="chunk", disable=not progress)
         for start in range(0, len(missing), EMBED_BATCH):
-            records = await self._repo.get_chunks(missing[start : start + EMBED_BATCH])
+            records = await self._repo.get_chunks(missing[start : start + EMBED_BATCH], all_owners=True)
             texts = [embedding_text(r.title, r.text) for r in records]
             encoded = await asyncio.to_thread(self._embedder.encode, texts)
             ids.append(np.array([r.id for r in records], dtype=np.int64))
@@ -297,6 +304,16 @@ class Indexer:
         matrix = np.concatenate(vectors) if vectors else np.zeros((0, 0), dtype=np.float16)
         await asyncio.to_thread(self._dense.write, np.concatenate(ids), np.concatenate(keys), matrix)
         return len(missing)
+
+
+def upload_locator(owner: str, digest: str, file_name: str) -> str:
+    """A private upload's locator: unique per owner and content, ending with the file name shown."""
+    return f"{owner}/{digest}/{file_name}"
+
+
+def upload_name(locator: str) -> str:
+    """The file name of an upload's locator."""
+    return locator.rsplit("/", 1)[-1]
 
 
 def content_key(document_hash: str, ord_: int) -> int:

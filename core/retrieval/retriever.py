@@ -10,9 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
+import numpy as np
+
 from core.retrieval.dense import DenseIndex
 from core.retrieval.embedder import Embedder, EmbedderError
 from core.retrieval.ids import find_ids
+from core.retrieval.indexer import FILE_SOURCE, UPLOAD_SOURCE, upload_name
 from core.retrieval.linking import EntityLinker, Link, primary_links, words_of
 from core.types import Source
 from storage.knowledge import ChunkMeta, ChunkRecord, KnowledgeRepository, RelatedEntry
@@ -30,6 +33,8 @@ _CAMPAIGN = re.compile(r"\bcampaigns?\b", re.I)
 _PARENT = re.compile(r"\b(?:parent|sub-?technique of|child of|belongs? to|under which)\b", re.I)
 _CHILDREN = re.compile(r"\b(?:sub-?techniques|children|child techniques|variants)\b", re.I)
 _TACTIC = re.compile(r"\btactics?\b", re.I)
+# Documents of files (indexed folders, private uploads): no entry summary, their best chunk stands alone.
+_DOCUMENT_SOURCES = (FILE_SOURCE, UPLOAD_SOURCE)
 
 
 @dataclass(frozen=True)
@@ -87,9 +92,15 @@ class Retriever:
     def dense_enabled(self) -> bool:
         return self._embedder is not None
 
-    async def search(self, query: str, k: int = 4, *, mode: Mode = "hybrid") -> list[Source]:
+    async def search(
+        self, query: str, k: int = 4, *, mode: Mode = "hybrid", viewer: str | None = None
+    ) -> list[Source]:
         """Up to k passages for `query`, numbered 1..k: entries named by an exact id in the query
-        come first, then the best of the hybrid search. One passage per CWE/ATT&CK entry."""
+        come first, then the best of the hybrid search. One passage per CWE/ATT&CK entry.
+
+        `viewer` (a user key such as "telegram:42", only in that user's private contexts) adds their
+        private documents to what is searched; without it only shared knowledge is. Every query below
+        filters on it."""
         query = clean_query(query)
         if not query or k <= 0:
             return []
@@ -103,23 +114,27 @@ class Retriever:
 
         for exact in find_ids(query):
             if exact.has_own_entry:
-                records = await self._repo.find_by_ref(exact.ref)
+                records = await self._repo.find_by_ref(exact.ref, viewer=viewer)
                 if records:
                     take(records[0])  # the overview chunk names and defines the entry
             else:
-                for record in await self._repo.get_chunks(await self._repo.phrase_search(exact.ref, k)):
+                hits = await self._repo.phrase_search(exact.ref, k, viewer=viewer)
+                for record in await self._repo.get_chunks(hits, viewer=viewer):
                     take(record)
         if len(picked) < k:
-            for record in await self._hybrid(query, k + len(picked), mode):
+            for record in await self._hybrid(query, k + len(picked), mode, viewer):
                 take(record)
         return [self._to_source(i, record) for i, record in enumerate(picked, start=1)]
 
-    async def retrieve(self, question: Understood, k: int = 4) -> Retrieval:
+    async def retrieve(self, question: Understood, k: int = 4, *, viewer: str | None = None) -> Retrieval:
         """Passages that answer `question`'s intent. Entities named in the question are linked first and
         the sections answering the intent are taken from their entries (the detection chunks of
         T1558.003 for "how do I detect Kerberoasting?"); compare takes both entries, relationship the
         related entries, identify and list a ranked list of candidate entries. With nothing linked, the
-        hybrid search ranks the entries (with an extra BM25 list of the intent's sections)."""
+        hybrid search ranks the entries (with an extra BM25 list of the intent's sections).
+
+        `viewer` as for `search`: their private documents are searched too; entries (what names link
+        to) are shared knowledge only."""
         query = clean_query(question.text)
         if not query or k <= 0:
             return Retrieval([])
@@ -129,58 +144,72 @@ class Retriever:
             want = 2 if intent == "compare" else 1
             chosen = primary_links(links, want)
             refs = tuple(link.ref for link in chosen)
-            records, related = await self._sections_of(refs, question, query, chosen, k)
+            records, related = await self._sections_of(refs, question, query, chosen, k, viewer)
             if records or related:
                 passages = [self._to_source(0, r) for r in records] + [_related_source(r) for r in related]
                 room = max(k, 8) if related else max(k, 2 * len(refs))  # a list of related entries
                 return Retrieval(_numbered(passages[:room]), refs, 1.0, 1.0)
         # Nothing (useful) linked: rank entries by the hybrid search.
         sections = [s for s in question.sections if s != "summary"] or None
-        lists, meta, cosine = await self._candidates(query, "hybrid", sections)
+        lists, meta, cosine = await self._candidates(query, "hybrid", sections, viewer)
         ranked = fuse(lists, meta, self.fusion)
         if not ranked:
             return Retrieval([], (), cosine)
         if intent in ("identify", "list", "compare", "relationship"):
             # Candidate entries, best first, each by its summary (files: their best chunk).
             best = ranked[: max(k, 4) if intent in ("identify", "list") else k]
-            records = await self._summaries(best)
+            records = await self._summaries(best, viewer)
         else:
             top = ranked[0]
-            wanted = await self._entry_sections(top.ref, question.sections, k)
-            summary = await self._summaries([top])
-            others = await self._summaries(ranked[1:k])
+            wanted = await self._entry_sections(top.ref, question.sections, k, viewer)
+            summary = await self._summaries([top], viewer)
+            others = await self._summaries(ranked[1:k], viewer)
             records = (summary + wanted + others)[: max(k, len(wanted) + 1)]
         passages = [self._to_source(0, r) for r in records]
         return Retrieval(_numbered(passages), (), cosine, _lexical(query, passages))
 
-    async def _summaries(self, ranked: Sequence[ChunkMeta | ChunkRecord]) -> list[ChunkRecord]:
+    async def _summaries(
+        self, ranked: Sequence[ChunkMeta | ChunkRecord], viewer: str | None
+    ) -> list[ChunkRecord]:
         """Each ranked entry's summary chunk (a file's best chunk stays as it is), in rank order."""
-        pack_refs = [m.ref for m in ranked if m.source != "file"]
+        pack_refs = [m.ref for m in ranked if m.source not in _DOCUMENT_SOURCES]
         summaries = {
             r.entry_ref or r.ref: r
-            for r in await self._repo.entry_chunks(pack_refs, ["summary"], limit_per_entry=1)
+            for r in await self._repo.entry_chunks(pack_refs, ["summary"], limit_per_entry=1, viewer=viewer)
         }
-        records = {r.id: r for r in await self._repo.get_chunks([m.id for m in ranked if m.source == "file"])}
+        files = [m.id for m in ranked if m.source in _DOCUMENT_SOURCES]
+        records = {r.id: r for r in await self._repo.get_chunks(files, viewer=viewer)}
         out: list[ChunkRecord] = []
         for m in ranked:
-            record = summaries.get(m.ref) if m.source != "file" else records.get(m.id)
+            record = summaries.get(m.ref) if m.source not in _DOCUMENT_SOURCES else records.get(m.id)
             if record is not None:
                 out.append(record)
         return out
 
-    async def _entry_sections(self, ref: str, sections: Sequence[str], k: int) -> list[ChunkRecord]:
-        chunks = await self._repo.entry_chunks([ref], [s for s in sections if s != "summary"] or ["summary"])
+    async def _entry_sections(
+        self, ref: str, sections: Sequence[str], k: int, viewer: str | None
+    ) -> list[ChunkRecord]:
+        wanted = [s for s in sections if s != "summary"] or ["summary"]
+        chunks = await self._repo.entry_chunks([ref], wanted, viewer=viewer)
         order = {name: i for i, name in enumerate(sections)}
         return sorted(chunks, key=lambda r: order.get(r.section, len(order)))[: max(k, 6)]
 
     async def _sections_of(
-        self, refs: Sequence[str], question: Understood, query: str, links: Sequence[Link], k: int
+        self,
+        refs: Sequence[str],
+        question: Understood,
+        query: str,
+        links: Sequence[Link],
+        k: int,
+        viewer: str | None,
     ) -> tuple[list[ChunkRecord], list[RelatedEntry]]:
         """The chunks (and related entries) of the linked entries that answer the intent."""
         intent = question.intent
-        summaries = await self._repo.entry_chunks(list(refs), ["summary"], limit_per_entry=1)
+        summaries = await self._repo.entry_chunks(list(refs), ["summary"], limit_per_entry=1, viewer=viewer)
         if intent == "compare":
-            described = await self._repo.entry_chunks(list(refs), ["description"], limit_per_entry=1)
+            described = await self._repo.entry_chunks(
+                list(refs), ["description"], limit_per_entry=1, viewer=viewer
+            )
             by_ref = {r.entry_ref: [r] for r in summaries}
             for r in described:
                 by_ref.setdefault(r.entry_ref, []).append(r)
@@ -191,9 +220,11 @@ class Retriever:
                 return summaries[:1], related
             return summaries, []
         if intent in ("define", "identify", "list"):
-            described = await self._repo.entry_chunks(list(refs), ["description"], limit_per_entry=1)
+            described = await self._repo.entry_chunks(
+                list(refs), ["description"], limit_per_entry=1, viewer=viewer
+            )
             return summaries + described, []
-        wanted = await self._entry_sections(refs[0], question.sections, k)
+        wanted = await self._entry_sections(refs[0], question.sections, k, viewer)
         if intent in ("prevent", "detect") and not wanted:
             # No section of its own (a group, a mitigation entry): what it is, then who/what relates.
             return summaries, await self._related(refs[0], query, k)
@@ -236,35 +267,43 @@ class Retriever:
             related = [related[i] for _, i in sorted(scored, key=lambda x: (-x[0], x[1]))]
         return related[: max(k, 5)]
 
-    async def _hybrid(self, query: str, k: int, mode: Mode) -> list[ChunkRecord]:
-        lists, meta = await self.candidates(query, mode)
+    async def _hybrid(self, query: str, k: int, mode: Mode, viewer: str | None) -> list[ChunkRecord]:
+        lists, meta = await self.candidates(query, mode, viewer=viewer)
         cfg = self.fusion
         if mode != "hybrid":
             # A single signal ranks on its own (the baselines the fusion is measured against).
             cfg = replace(cfg, prior_weight=0.0, summary_weight=0.0, name_weight=0.0)
         best = [m.id for m in fuse(lists, meta, cfg)[:k]]
-        return await self._repo.get_chunks(best)  # texts only for the winners
+        return await self._repo.get_chunks(best, viewer=viewer)  # texts only for the winners
 
     async def candidates(
-        self, query: str, mode: Mode = "hybrid"
+        self, query: str, mode: Mode = "hybrid", *, viewer: str | None = None
     ) -> tuple[list[tuple[float, list[int]]], dict[int, ChunkMeta]]:
-        """The ranked chunk-id lists to fuse, each with its weight, and the chunks they name."""
-        lists, meta, _ = await self._candidates(query, mode)
+        """The ranked chunk-id lists to fuse, each with its weight, and the chunks they name (only chunks
+        `viewer` may read: the metadata query filters the dense hits, whose matrix holds every chunk)."""
+        lists, meta, _ = await self._candidates(query, mode, None, viewer)
         return lists, meta
 
     async def _candidates(
-        self, query: str, mode: Mode = "hybrid", sections: Sequence[str] | None = None
+        self,
+        query: str,
+        mode: Mode = "hybrid",
+        sections: Sequence[str] | None = None,
+        viewer: str | None = None,
     ) -> tuple[list[tuple[float, list[int]]], dict[int, ChunkMeta], float]:
-        """`candidates`, plus the best dense cosine; with `sections`, one more BM25 list of only those
-        sections (what answers the intent: "detection" chunks for a detection question)."""
+        """`candidates`, plus the best dense cosine (of chunks `viewer` may read); with `sections`, one
+        more BM25 list of only those sections (what answers the intent: "detection" chunks for a
+        detection question)."""
         cfg = self.fusion
         # BM25, and the ranking metadata of its hits, run in the database driver's thread while the
         # encoder runs in its own: only the dense hits' metadata is fetched after encoding.
         bm25 = (
-            asyncio.ensure_future(self._bm25(query, cfg.candidates)) if mode in ("hybrid", "bm25") else None
+            asyncio.ensure_future(self._bm25(query, cfg.candidates, None, viewer))
+            if mode in ("hybrid", "bm25")
+            else None
         )
         focused = (
-            asyncio.ensure_future(self._bm25(query, cfg.candidates, sections))
+            asyncio.ensure_future(self._bm25(query, cfg.candidates, sections, viewer))
             if sections and mode == "hybrid"
             else None
         )
@@ -275,9 +314,23 @@ class Retriever:
             embedder = self._embedder
             if mode in ("hybrid", "dense") and embedder is not None:
                 with_names = mode == "hybrid" and cfg.name_weight > 0
-                dense_hits = await asyncio.get_running_loop().run_in_executor(
-                    embedder.query_executor, self._dense_scored, query, cfg.candidates, with_names
-                )
+                loop = asyncio.get_running_loop()
+                # Others' private chunks are masked out of the cosine ranking itself (their ids come from
+                # the database while the query is encoded), so they never take a candidate slot.
+                hidden = asyncio.ensure_future(self._repo.hidden_chunk_ids(viewer))
+                try:
+                    vector = await loop.run_in_executor(embedder.query_executor, self._encode_query, query)
+                finally:
+                    exclude = await hidden
+                if vector is not None:
+                    dense_hits = await loop.run_in_executor(
+                        embedder.query_executor,
+                        self._dense_search,
+                        vector,
+                        cfg.candidates,
+                        with_names,
+                        exclude,
+                    )
         finally:
             if bm25 is not None:
                 bm25_hits = await bm25  # never left pending, even when the dense side failed
@@ -292,49 +345,60 @@ class Retriever:
         cosine = 0.0
         if dense_hits is not None:
             chunks, names, cosine = dense_hits
-            lists.append((cfg.dense_weight, chunks))
-            if names:
-                lists.append((cfg.name_weight, names))
             missing = list(dict.fromkeys(cid for cid in (*chunks, *names) if cid not in meta))
             if missing:
-                meta.update(await self._repo.get_chunk_meta(missing))
+                meta.update(await self._repo.get_chunk_meta(missing, viewer=viewer))
+            # Hits the viewer may not read (others' private documents) have no metadata: drop them.
+            lists.append((cfg.dense_weight, [cid for cid in chunks if cid in meta]))
+            if names:
+                lists.append((cfg.name_weight, [cid for cid in names if cid in meta]))
         return lists, meta, cosine
 
     async def _bm25(
-        self, query: str, limit: int, sections: Sequence[str] | None = None
+        self, query: str, limit: int, sections: Sequence[str] | None, viewer: str | None
     ) -> tuple[list[int], dict[int, ChunkMeta]]:
-        hits = await self._repo.fts_search_meta(query, limit, sections=sections)
+        hits = await self._repo.fts_search_meta(query, limit, sections=sections, viewer=viewer)
         return [m.id for m in hits], {m.id: m for m in hits}
 
-    def _dense_search(self, query: str, limit: int, with_names: bool) -> tuple[list[int], list[int]]:
-        """(chunk ids by cosine, summary chunk ids by cosine of their entry's name), best first;
-        runs on the encoder's own query thread."""
-        chunks, names, _ = self._dense_scored(query, limit, with_names)
-        return chunks, names
-
-    def _dense_scored(self, query: str, limit: int, with_names: bool) -> tuple[list[int], list[int], float]:
-        """As `_dense_search`, plus the best chunk's cosine (how close the knowledge base comes at all)."""
-        embedder, dense = self._embedder, self._dense
-        if embedder is None or dense is None:
-            return [], [], 0.0
+    def _encode_query(self, query: str) -> np.ndarray | None:
+        """The query's vector, on the encoder's own query thread; None when dense retrieval is off."""
+        embedder = self._embedder
+        if embedder is None or self._dense is None:
+            return None
         try:
-            vector = embedder.encode([query])[0]
+            return embedder.encode([query])[0]
         except EmbedderError:
             # Broken weights must not take answers down: keep BM25 and exact ids, say why once.
             log.exception("dense retrieval disabled")
             self._embedder = None
+            return None
+
+    def _dense_search(
+        self, vector: np.ndarray, limit: int, with_names: bool, exclude: Sequence[int]
+    ) -> tuple[list[int], list[int], float]:
+        """(chunk ids by cosine, summary chunk ids by cosine of their entry's name), best first, never one
+        of `exclude` (private chunks the viewer may not read), and the best chunk's cosine (how close the
+        knowledge base comes at all)."""
+        dense = self._dense
+        if dense is None:
             return [], [], 0.0
-        scored = dense.search(vector, limit)
+        scored = dense.search(vector, limit, exclude=exclude)
         chunks = [cid for cid, _ in scored]
         names = [cid for cid, _ in dense.names.search(vector, limit)] if with_names else []
         return chunks, names, float(scored[0][1]) if scored else 0.0
 
     @staticmethod
     def _to_source(index: int, record: ChunkRecord) -> Source:
+        if record.source == FILE_SOURCE:
+            source = record.locator
+        elif record.source == UPLOAD_SOURCE:
+            source = upload_name(record.locator)  # the file name, never the owner part of the locator
+        else:
+            source = record.source
         return Source(
             index=index,
             ref=record.ref,
-            source=record.locator if record.source == "file" else record.source,
+            source=source,
             title=record.title,
             url=record.url,
             text=record.text,
@@ -407,7 +471,7 @@ def fuse(lists: Sequence[tuple[float, Sequence[int]]], records: dict[int, R], cf
 
 
 def _is_summary(record: _Rankable) -> bool:
-    return record.ord == 0 and record.source != "file"
+    return record.ord == 0 and record.source not in _DOCUMENT_SOURCES
 
 
 def format_sources(sources: Sequence[Source]) -> str:

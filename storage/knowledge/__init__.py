@@ -1,6 +1,6 @@
 """The knowledge base in storage: `schema` (tables and full-text index DDL), `query` (query analysis
 and the one MATCH / tsquery builder), `records` (the values in and out) and `repository`
-(`KnowledgeRepository`: writing, BM25 search, entries, sections and relations)."""
+(`KnowledgeRepository`: writing, BM25 search, entries, sections and relations, private documents)."""
 
 from storage.knowledge.query import (
     Stemmer,
@@ -16,6 +16,7 @@ from storage.knowledge.records import (
     ChunkRecord,
     DocumentData,
     EntryRecord,
+    OwnedDocument,
     RelatedEntry,
     RelationData,
     SaveResult,
@@ -31,6 +32,7 @@ from storage.knowledge.schema import (
     Relation,
     install_search_index,
     name_key,
+    visible_to,
 )
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "EntryName",
     "EntryRecord",
     "KnowledgeRepository",
+    "OwnedDocument",
     "RelatedEntry",
     "Relation",
     "RelationData",
@@ -59,4 +62,5 @@ __all__ = [
     "postgres_tsquery",
     "sqlite_match_expression",
     "sqlite_phrase_expression",
+    "visible_to",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -142,3 +143,14 @@ class RelatedEntry:
     name: str
     description: str = ""
     prior: float = 0.0
+
+
+@dataclass(frozen=True)
+class OwnedDocument:
+    """A private document, as its owner's /docs lists it."""
+
+    id: int
+    locator: str
+    title: str
+    chunks: int
+    updated_at: datetime

@@ -14,8 +14,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, text
+from sqlalchemy import and_, case, delete, func, select, text, true
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from storage.knowledge import query as q
 from storage.knowledge.records import (
@@ -24,6 +25,7 @@ from storage.knowledge.records import (
     ChunkRecord,
     DocumentData,
     EntryRecord,
+    OwnedDocument,
     RelatedEntry,
     SaveResult,
 )
@@ -38,6 +40,7 @@ from storage.knowledge.schema import (
     Relation,
     _utcnow,
     name_key,
+    visible_to,
 )
 
 # How a relation reads from its target's side ("G0016 uses T1003" = "T1003 used_by G0016").
@@ -58,32 +61,50 @@ _RECORD_COLUMNS = (
     "c.id, c.document_id, d.source, d.locator, c.ord, c.ref, c.title, c.url, c.text, d.prior, "
     "c.entry_ref, c.entry_kind, c.section, c.heading, d.version"
 )
+# --- private documents: who may read what -------------------------------------------------------------
+# Every read that can reach a user takes `viewer` (the core's user key, or None): it sees the shared knowledge
+# (owner NULL) plus the viewer's own private documents, never anyone else's. The filter is part of each
+# query (FTS hits are filtered before their LIMIT), not applied to results afterwards.
+_SQLITE_VISIBLE = "(d.owner IS NULL OR d.owner = :viewer)"
+# Chunk ids of private documents the viewer may not see; small (uploads only). Written as IN over the
+# documents so SQLite walks the owner index, then the chunks' document_id index (as a join, without table
+# statistics, it scanned every chunk).
+_SQLITE_HIDDEN_CHUNKS = (
+    "SELECT hc.id FROM knowledge_chunks AS hc WHERE hc.document_id IN ("
+    "SELECT hd.id FROM knowledge_documents AS hd WHERE hd.owner IS NOT NULL AND hd.owner IS NOT :viewer)"
+)
+
 _SQLITE_META = text(
     f"SELECT {_META_COLUMNS} FROM knowledge_chunks AS c "
     "JOIN knowledge_documents AS d ON d.id = c.document_id "
-    "WHERE c.id IN (SELECT value FROM json_each(:ids))"
+    f"WHERE c.id IN (SELECT value FROM json_each(:ids)) AND {_SQLITE_VISIBLE}"
 )
-_SQLITE_RECORDS = text(
+_SQLITE_RECORDS_SQL = (
     f"SELECT {_RECORD_COLUMNS} "
     "FROM knowledge_chunks AS c JOIN knowledge_documents AS d ON d.id = c.document_id "
     "WHERE c.id IN (SELECT value FROM json_each(:ids))"
 )
+_SQLITE_RECORDS = text(f"{_SQLITE_RECORDS_SQL} AND {_SQLITE_VISIBLE}")
+_SQLITE_RECORDS_ALL = text(_SQLITE_RECORDS_SQL)  # maintenance (embedding every chunk), never for answers
 _BM25_WEIGHTS = ", ".join(str(w) for w in FTS_WEIGHTS)
 # The one BM25 query per engine: hits (best first) with their ranking metadata and score (higher
 # is better), optionally only of some sections (`:sections` a JSON list, or NULL for all).
 _SQLITE_BM25 = text(
     f"SELECT {_META_COLUMNS}, -f.score FROM ("
     f"SELECT rowid, bm25({FTS_TABLE}, {_BM25_WEIGHTS}) AS score FROM {FTS_TABLE} "
-    f"WHERE {FTS_TABLE} MATCH :q ORDER BY score LIMIT :inner) AS f "
+    f"WHERE {FTS_TABLE} MATCH :q AND rowid NOT IN ({_SQLITE_HIDDEN_CHUNKS}) "
+    "ORDER BY score LIMIT :inner) AS f "
     "JOIN knowledge_chunks AS c ON c.id = f.rowid "
     "JOIN knowledge_documents AS d ON d.id = c.document_id "
-    "WHERE :sections IS NULL OR c.section IN (SELECT value FROM json_each(:sections)) "
+    f"WHERE {_SQLITE_VISIBLE} "
+    "AND (:sections IS NULL OR c.section IN (SELECT value FROM json_each(:sections))) "
     "ORDER BY f.score LIMIT :limit"
 )
 _POSTGRES_BM25 = text(
     f"SELECT {_META_COLUMNS}, ts_rank_cd(c.search_vector, tq) AS score "
     "FROM knowledge_chunks AS c JOIN knowledge_documents AS d ON d.id = c.document_id, "
     "to_tsquery('english', :q) AS tq WHERE c.search_vector @@ tq "
+    "AND (d.owner IS NULL OR d.owner = :viewer) "
     "AND (CAST(:sections AS text) IS NULL OR c.section IN "
     "(SELECT json_array_elements_text(CAST(:sections AS json)))) "
     "ORDER BY score DESC, c.id LIMIT :limit"
@@ -100,6 +121,10 @@ class KnowledgeRepository:
     `entry_chunks` (chunks of given entries, filtered by section, in document order),
     `related` (a technique's mitigations, the groups that use it, its parent / sub-techniques,
     its tactics, ...) and `entry_name_index` (every name → entry, to spot names in questions).
+
+    Private documents (uploads, `owner` set): every read that can reach an answer takes `viewer` and sees
+    the shared knowledge plus the viewer's own documents only; entries (names, relations) are shared
+    knowledge. `owned_documents` / `delete_owned` / `hidden_chunk_ids` manage and mask the private ones.
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -114,7 +139,7 @@ class KnowledgeRepository:
         """Insert or update a document; returns (id, whether its content changed or it is new)."""
         async with self._sessions.begin() as session:
             document_id, status = await self._upsert(
-                session, source, DocumentData(locator, title, content_hash, url)
+                session, source, DocumentData(locator, title, content_hash, url), None
             )
         return document_id, status != "unchanged"
 
@@ -126,13 +151,16 @@ class KnowledgeRepository:
             ).scalar_one()
             return await self._replace(session, document_id, DocumentData(locator, "", "", chunks=chunks))
 
-    async def save_documents(self, source: str, documents: Sequence[DocumentData]) -> list[SaveResult]:
+    async def save_documents(
+        self, source: str, documents: Sequence[DocumentData], *, owner: str | None = None
+    ) -> list[SaveResult]:
         """Upsert many documents in one transaction; chunks, names and relations are rewritten only
-        for changed ones (a rebuilt pack replaces the rows of every entry whose content changed)."""
+        for changed ones (a rebuilt pack replaces the rows of every entry whose content changed).
+        `owner` makes new documents private to that user (uploads)."""
         results: list[SaveResult] = []
         async with self._sessions.begin() as session:
             for doc in documents:
-                document_id, status = await self._upsert(session, source, doc)
+                document_id, status = await self._upsert(session, source, doc, owner)
                 if status != "unchanged":
                     await self._replace(session, document_id, doc)
                 results.append(SaveResult(doc.locator, document_id, status))
@@ -163,7 +191,9 @@ class KnowledgeRepository:
         return len(doomed)
 
     @staticmethod
-    async def _upsert(session: AsyncSession, source: str, doc: DocumentData) -> tuple[int, str]:
+    async def _upsert(
+        session: AsyncSession, source: str, doc: DocumentData, owner: str | None
+    ) -> tuple[int, str]:
         existing = (
             await session.execute(
                 select(Document).where(Document.source == source, Document.locator == doc.locator)
@@ -178,6 +208,7 @@ class KnowledgeRepository:
                 content_hash=doc.content_hash,
                 prior=doc.prior,
                 version=doc.version,
+                owner=owner,
             )
             session.add(row)
             await session.flush()
@@ -256,21 +287,32 @@ class KnowledgeRepository:
     # --- full-text search ----------------------------------------------------------------
 
     async def fts_search(
-        self, query: str, limit: int = 50, *, sections: Sequence[str] | None = None
+        self,
+        query: str,
+        limit: int = 50,
+        *,
+        sections: Sequence[str] | None = None,
+        viewer: str | None = None,
     ) -> list[tuple[int, float]]:
         """Full-text search over chunk text, title, ref and aliases: [(chunk id, score)], best first,
-        higher score is better; with `sections`, only chunks of those sections. Any user text is safe."""
-        return [(meta.id, score) for meta, score in await self._bm25(query, limit, sections)]
+        higher score is better; with `sections`, only chunks of those sections. Any user text is safe.
+        Only what `viewer` may read is searched."""
+        return [(meta.id, score) for meta, score in await self._bm25(query, limit, sections, viewer)]
 
     async def fts_search_meta(
-        self, query: str, limit: int = 50, *, sections: Sequence[str] | None = None
+        self,
+        query: str,
+        limit: int = 50,
+        *,
+        sections: Sequence[str] | None = None,
+        viewer: str | None = None,
     ) -> list[ChunkMeta]:
         """`fts_search`'s hits, best first, with their ranking metadata, in one statement (a search's
         first half runs while the query is being encoded; fewer round trips, less contention)."""
-        return [meta for meta, _ in await self._bm25(query, limit, sections)]
+        return [meta for meta, _ in await self._bm25(query, limit, sections, viewer)]
 
     async def _bm25(
-        self, query: str, limit: int, sections: Sequence[str] | None
+        self, query: str, limit: int, sections: Sequence[str] | None, viewer: str | None
     ) -> list[tuple[ChunkMeta, float]]:
         wanted = json.dumps(list(sections)) if sections is not None else None
         async with self._sessions() as session:
@@ -279,13 +321,13 @@ class KnowledgeRepository:
                 if expression is None:
                     return []
                 inner = limit if sections is None else limit * _SECTION_FILTER_FANOUT
-                params: dict[str, Any] = {"q": expression, "inner": inner, "limit": limit}
+                params: dict[str, Any] = {"q": expression, "inner": inner, "limit": limit, "viewer": viewer}
                 rows = (await session.execute(_SQLITE_BM25, {**params, "sections": wanted})).all()
             else:
                 tsquery = q.postgres_tsquery(query)
                 if tsquery is None:
                     return []
-                params = {"q": tsquery, "limit": limit, "sections": wanted}
+                params = {"q": tsquery, "limit": limit, "sections": wanted, "viewer": viewer}
                 rows = (await session.execute(_POSTGRES_BM25, params)).all()
         return [(_meta(row), float(row[7])) for row in rows]
 
@@ -311,49 +353,63 @@ class KnowledgeRepository:
         self._vocabulary = q.Vocabulary(chunks, df, now, stemmer)
         return self._vocabulary
 
-    async def phrase_search(self, phrase: str, limit: int = 10) -> list[int]:
-        """Chunks that mention `phrase` (e.g. a CVE or CAPEC id) as consecutive words."""
+    async def phrase_search(self, phrase: str, limit: int = 10, *, viewer: str | None = None) -> list[int]:
+        """Chunks that mention `phrase` (e.g. a CVE or CAPEC id) as consecutive words, of what `viewer`
+        may read."""
         async with self._sessions() as session:
             if session.get_bind().dialect.name == "sqlite":
                 expression = q.sqlite_phrase_expression(phrase)
                 if expression is None:
                     return []
                 sql = text(
-                    f"SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :q ORDER BY rank LIMIT :limit"
+                    f"SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :q "
+                    f"AND rowid NOT IN ({_SQLITE_HIDDEN_CHUNKS}) ORDER BY rank LIMIT :limit"
                 )
-                rows = (await session.execute(sql, {"q": expression, "limit": limit})).all()
+                params = {"q": expression, "limit": limit, "viewer": viewer}
+                rows = (await session.execute(sql, params)).all()
                 return [int(row[0]) for row in rows]
             if not q.WORD.search(phrase):
                 return []
             # The phrase as typed: PostgreSQL's parser splits "CVE-2021-44228" in the query exactly as
             # in the text (hyphenated word, parts, signed number), so the positions line up.
             sql = text(
-                "SELECT id FROM knowledge_chunks, phraseto_tsquery('simple', :q) AS q "
-                "WHERE to_tsvector('simple', text) @@ q LIMIT :limit"
+                "SELECT c.id FROM knowledge_chunks AS c JOIN knowledge_documents AS d "
+                "ON d.id = c.document_id, phraseto_tsquery('simple', :q) AS q "
+                "WHERE to_tsvector('simple', c.text) @@ q AND (d.owner IS NULL OR d.owner = :viewer) "
+                "LIMIT :limit"
             )
-            rows = (await session.execute(sql, {"q": phrase.replace("\x00", ""), "limit": limit})).all()
+            params = {"q": phrase.replace("\x00", ""), "limit": limit, "viewer": viewer}
+            rows = (await session.execute(sql, params)).all()
             return [int(row[0]) for row in rows]
 
     # --- chunks --------------------------------------------------------------------------
 
-    async def get_chunks(self, ids: Sequence[int]) -> list[ChunkRecord]:
-        """Chunks by id, in the order asked; ids that no longer exist are skipped."""
+    async def get_chunks(
+        self, ids: Sequence[int], *, viewer: str | None = None, all_owners: bool = False
+    ) -> list[ChunkRecord]:
+        """Chunks by id, in the order asked; ids that no longer exist or that `viewer` may not read are
+        skipped. `all_owners` reads every private document too: for maintenance (embedding), never answers."""
         if not ids:
             return []
         found: dict[int, ChunkRecord] = {}
+        visible = true() if all_owners else visible_to(viewer)
         async with self._sessions() as session:
             if session.get_bind().dialect.name == "sqlite":
-                rows = await session.execute(_SQLITE_RECORDS, {"ids": json.dumps([int(i) for i in ids])})
+                params: dict[str, Any] = {"ids": json.dumps([int(i) for i in ids])}
+                if not all_owners:
+                    params["viewer"] = viewer
+                sql = _SQLITE_RECORDS_ALL if all_owners else _SQLITE_RECORDS
+                rows = await session.execute(sql, params)
                 found = {int(row[0]): ChunkRecord(*row) for row in rows.all()}
                 return [found[i] for i in ids if i in found]
             for start in range(0, len(ids), 500):
                 batch = list(ids[start : start + 500])
-                for record in await self._select_records(session, Chunk.id.in_(batch)):
+                for record in await self._select_records(session, and_(Chunk.id.in_(batch), visible)):
                     found[record.id] = record
         return [found[i] for i in ids if i in found]
 
-    async def get_chunk_meta(self, ids: Sequence[int]) -> dict[int, ChunkMeta]:
-        """Ranking metadata of chunks by id; ids that no longer exist are absent."""
+    async def get_chunk_meta(self, ids: Sequence[int], *, viewer: str | None = None) -> dict[int, ChunkMeta]:
+        """Ranking metadata of chunks by id; ids that no longer exist or `viewer` may not read are absent."""
         found: dict[int, ChunkMeta] = {}
         if not ids:
             return found
@@ -361,7 +417,8 @@ class KnowledgeRepository:
             if session.get_bind().dialect.name == "sqlite":
                 # One statement with one JSON parameter: every search asks for a few hundred ids, and
                 # building and binding an expanding IN per call cost more than the query itself.
-                rows = await session.execute(_SQLITE_META, {"ids": json.dumps([int(i) for i in ids])})
+                params = {"ids": json.dumps([int(i) for i in ids]), "viewer": viewer}
+                rows = await session.execute(_SQLITE_META, params)
                 for row in rows.all():
                     found[int(row[0])] = _meta(row)
                 return found
@@ -377,17 +434,18 @@ class KnowledgeRepository:
                         Chunk.entry_kind,
                     )
                     .join(Document, Chunk.document_id == Document.id)
-                    .where(Chunk.id.in_(list(ids[start : start + 500])))
+                    .where(Chunk.id.in_(list(ids[start : start + 500])), visible_to(viewer))
                 )
                 for row in (await session.execute(stmt)).all():
                     found[int(row[0])] = _meta(row)
         return found
 
-    async def find_by_ref(self, ref: str) -> list[ChunkRecord]:
+    async def find_by_ref(self, ref: str, *, viewer: str | None = None) -> list[ChunkRecord]:
         """Chunks whose ref is `ref` as given or upper-cased (pack refs are canonical upper case:
-        `cwe-79` finds CWE-79), in document order. Uses the ref index, unlike a case-folding scan."""
+        `cwe-79` finds CWE-79), in document order, of what `viewer` may read. Uses the ref index."""
+        condition = and_(Chunk.ref.in_(sorted({ref, ref.upper()})), visible_to(viewer))
         async with self._sessions() as session:
-            records = await self._select_records(session, Chunk.ref.in_(sorted({ref, ref.upper()})))
+            records = await self._select_records(session, condition)
         return sorted(records, key=lambda r: (r.document_id, r.ord))
 
     async def entry_chunks(
@@ -396,6 +454,7 @@ class KnowledgeRepository:
         sections: Sequence[str] | None = None,
         *,
         limit_per_entry: int | None = None,
+        viewer: str | None = None,
     ) -> list[ChunkRecord]:
         """The chunks of the given entries (refs as stored, or upper-cased: "t1558.003" works),
         optionally only of some `sections` ("detection", "mitigation", ...), grouped by entry in the
@@ -403,11 +462,11 @@ class KnowledgeRepository:
 
         `entry_chunks(["T1558.003"], ["detection"])` → its detection texts (x_mitre_detection and the
         data-component `detects` descriptions); `entry_chunks(["CWE-89"], ["mitigation"])` → its
-        potential mitigations, whole sentences."""
+        potential mitigations, whole sentences. Only of documents `viewer` may read."""
         wanted = list(dict.fromkeys(r for ref in refs for r in (ref, ref.upper())))
         if not wanted:
             return []
-        condition: Any = Chunk.entry_ref.in_(wanted)
+        condition: Any = and_(Chunk.entry_ref.in_(wanted), visible_to(viewer))
         if sections is not None:
             if not sections:
                 return []
@@ -442,7 +501,7 @@ class KnowledgeRepository:
         stmt = (
             select(EntryName.document_id, EntryName.name, EntryName.role)
             .join(Document, Document.id == EntryName.document_id)
-            .where(EntryName.key == key[:512])
+            .where(EntryName.key == key[:512], Document.owner.is_(None))
             .order_by(role_rank, Document.prior.desc(), EntryName.entry_ref)
             .limit(limit * 2)
         )
@@ -519,8 +578,13 @@ class KnowledgeRepository:
                         EntryName,
                         (EntryName.entry_ref == Relation.target_ref) & (EntryName.role == "ref"),
                     )
-                    .outerjoin(target, target.c.id == EntryName.document_id)
-                    .where(Relation.entry_ref.in_(refs), Relation.relation.in_(outgoing))
+                    .outerjoin(target, (target.c.id == EntryName.document_id) & target.c.owner.is_(None))
+                    .join(Document, Document.id == Relation.document_id)
+                    .where(
+                        Relation.entry_ref.in_(refs),
+                        Relation.relation.in_(outgoing),
+                        Document.owner.is_(None),
+                    )
                 )
                 for row in (await session.execute(stmt)).all():
                     out.append(RelatedEntry(row[0], row[1], row[2], row[3], row[4], float(row[5])))
@@ -540,7 +604,11 @@ class KnowledgeRepository:
                         Document.prior,
                     )
                     .join(Document, Document.id == Relation.document_id)
-                    .where(Relation.target_ref.in_(refs), Relation.relation.in_(incoming))
+                    .where(
+                        Relation.target_ref.in_(refs),
+                        Relation.relation.in_(incoming),
+                        Document.owner.is_(None),
+                    )
                 )
                 for row in (await session.execute(stmt)).all():
                     out.append(
@@ -551,7 +619,10 @@ class KnowledgeRepository:
                 in_tactic = set(
                     (
                         await session.execute(
-                            select(Relation.entry_ref).where(
+                            select(Relation.entry_ref)
+                            .join(Document, Document.id == Relation.document_id)
+                            .where(
+                                Document.owner.is_(None),
                                 Relation.relation == "tactic",
                                 (func.lower(Relation.target_name) == key)
                                 | (Relation.target_ref == tactic.strip().upper()),
@@ -568,8 +639,11 @@ class KnowledgeRepository:
     async def entry_name_index(self, kinds: Sequence[str] | None = None) -> list[tuple[str, str, str, str]]:
         """(key, entry ref, entry kind, role) for every ref, name and alias of every entry: what a
         question's mentions are matched against (`key` is `name_key(name)`, lower case)."""
-        stmt = select(EntryName.key, EntryName.entry_ref, EntryName.entry_kind, EntryName.role).order_by(
-            EntryName.id
+        stmt = (
+            select(EntryName.key, EntryName.entry_ref, EntryName.entry_kind, EntryName.role)
+            .join(Document, Document.id == EntryName.document_id)
+            .where(Document.owner.is_(None))
+            .order_by(EntryName.id)
         )
         if kinds is not None:
             stmt = stmt.where(EntryName.entry_kind.in_(list(kinds)))
@@ -578,11 +652,11 @@ class KnowledgeRepository:
 
     @staticmethod
     async def _entries(session: AsyncSession, condition: Any) -> list[tuple[int, EntryRecord]]:
-        """(document id, entry) for the entries whose name rows meet `condition`, with their aliases."""
+        """(document id, entry) for the shared entries whose name rows meet `condition`, with their aliases."""
         ids_stmt = (
             select(EntryName.document_id)
             .join(Document, Document.id == EntryName.document_id)
-            .where(condition)
+            .where(condition, Document.owner.is_(None))
             .distinct()
         )
         stmt = (
@@ -655,7 +729,7 @@ class KnowledgeRepository:
             rows = await session.execute(
                 select(Chunk.id, Document.content_hash, Chunk.title, Chunk.aliases)
                 .join(Document, Chunk.document_id == Document.id)
-                .where(Chunk.ord == 0, Document.source != "file")
+                .where(Chunk.ord == 0, Document.source != "file", Document.owner.is_(None))
                 .order_by(Chunk.id)
             )
             return [(int(r[0]), str(r[1]), str(r[2]), str(r[3] or "")) for r in rows]
@@ -663,6 +737,56 @@ class KnowledgeRepository:
     async def chunk_ids(self) -> list[int]:
         async with self._sessions() as session:
             return list((await session.execute(select(Chunk.id).order_by(Chunk.id))).scalars())
+
+    # --- private documents ---------------------------------------------------------------
+
+    async def owned_documents(self, owner: str) -> list[OwnedDocument]:
+        """The owner's private documents, oldest first, with their chunk counts."""
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(
+                    Document.id,
+                    Document.locator,
+                    Document.title,
+                    func.count(Chunk.id),
+                    Document.updated_at,
+                )
+                .outerjoin(Chunk, Chunk.document_id == Document.id)
+                .where(Document.owner == owner)
+                .group_by(Document.id)
+                .order_by(Document.id)
+            )
+            return [OwnedDocument(int(r[0]), str(r[1]), str(r[2]), int(r[3]), r[4]) for r in rows]
+
+    async def hidden_chunk_ids(self, viewer: str | None) -> list[int]:
+        """Ids of the private chunks `viewer` may not read (everyone's, without a viewer): what a search of
+        a vector matrix holding every chunk must mask out. Served by the owner index."""
+        condition: ColumnElement[bool] = Document.owner.is_not(None)
+        if viewer is not None:
+            condition = and_(condition, Document.owner != viewer)
+        async with self._sessions() as session:
+            owned = select(Document.id).where(condition)  # the owner index, then the document_id index
+            rows = await session.execute(select(Chunk.id).where(Chunk.document_id.in_(owned)))
+            return [int(cid) for cid in rows.scalars()]
+
+    async def delete_owned(self, owner: str, document_ids: Sequence[int] | None = None) -> tuple[int, int]:
+        """Delete the owner's private documents (all, or those of `document_ids` that are theirs) with their
+        chunks, names, relations and full-text rows, in one transaction. Returns (documents, chunks) deleted."""
+        async with self._sessions.begin() as session:
+            condition: ColumnElement[bool] = Document.owner == owner
+            if document_ids is not None:
+                condition = and_(condition, Document.id.in_([int(i) for i in document_ids]))
+            doomed = list((await session.execute(select(Document.id).where(condition))).scalars())
+            if not doomed:
+                return 0, 0
+            # Children first and explicitly: the FTS triggers see each row, whatever the FK pragma.
+            chunks = await session.execute(delete(Chunk).where(Chunk.document_id.in_(doomed)))
+            for table in (EntryName, Relation):
+                await session.execute(delete(table).where(table.document_id.in_(doomed)))
+            await session.execute(delete(Document).where(Document.id.in_(doomed)))
+        return len(doomed), int(getattr(chunks, "rowcount", 0) or 0)
+
+    # --- counts --------------------------------------------------------------------------
 
     async def count(self, source: str | None = None) -> tuple[int, int]:
         """(documents, chunks), of one source or all."""

@@ -23,7 +23,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.chdir(tmp_path)  # no stray .env is read
     monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}")
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("PACKS", "")
+    monkeypatch.setenv("PACKS", "none")  # an empty value would mean the default
     monkeypatch.setenv("DENSE_RETRIEVAL", "false")
     monkeypatch.setenv("GENERATOR", "extractive")
     root = logging.getLogger()

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from bots.compose import App
 from bots.http import HttpAdapter
+from tests.bots.http_support import client as http_client
+from tests.bots.http_support import serve, sse
 from tests.support import app_settings, indexed_app
 
 XSS_NOTE = """# Cross-site scripting runbook
@@ -29,19 +30,25 @@ async def app(tmp_path: Path) -> AsyncIterator[App]:
 
 
 @pytest.fixture
-async def client(app: App) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(HttpAdapter(app).build())) as client:
+async def adapter(app: App) -> AsyncIterator[HttpAdapter]:
+    async with serve(app) as adapter:
+        yield adapter
+
+
+@pytest.fixture
+async def client(adapter: HttpAdapter) -> AsyncIterator[aiohttp.ClientSession]:
+    """Holds the key in its cookie, like the web chat after sign-in."""
+    async with http_client(adapter) as client:
+        login = await client.post("/api/login", json={"key": "test-key-123456"})
+        assert login.status == 200
         yield client
 
 
 async def _events(response: Any) -> list[Any]:
-    body = (await response.read()).decode()
-    payloads = [block.removeprefix("data: ") for block in body.split("\n\n") if block.startswith("data: ")]
-    assert payloads[-1] == "[DONE]"
-    return [json.loads(p) for p in payloads[:-1]]
+    return await sse(response)
 
 
-async def test_healthz_reports_database_model_and_queue(client: TestClient) -> None:
+async def test_healthz_reports_database_model_and_queue(client: aiohttp.ClientSession) -> None:
     response = await client.get("/healthz")
     assert response.status == 200
     body = await response.json()
@@ -50,25 +57,25 @@ async def test_healthz_reports_database_model_and_queue(client: TestClient) -> N
     assert body["queue"] == {"depth": 0, "capacity": 32, "busy": False}
 
 
-async def test_healthz_degrades_when_the_worker_stops(app: App, client: TestClient) -> None:
+async def test_healthz_degrades_when_the_worker_stops(app: App, client: aiohttp.ClientSession) -> None:
     await app.worker.shutdown(drain=False, timeout=5)
     response = await client.get("/healthz")
     assert response.status == 503
     assert (await response.json())["status"] == "degraded"
 
 
-async def test_metrics_expose_queue_gauges(client: TestClient) -> None:
+async def test_metrics_expose_queue_gauges(client: aiohttp.ClientSession) -> None:
     await client.get("/healthz")
-    text = await (await client.get("/metrics")).text()
+    text = await (await client.get("/metrics")).text()  # the cookie holds the key
     assert "ghostbot_queue_depth 0.0" in text
     assert "ghostbot_queue_capacity 32.0" in text
     assert 'ghostbot_http_requests_total{route="healthz"} 1.0' in text
 
 
-async def test_web_chat_streams_a_cited_answer_and_keeps_history(app: App, client: TestClient) -> None:
-    response = await client.post(
-        "/api/chat", json={"text": "How do I stop reflected cross-site scripting?", "session": "s1"}
-    )
+async def test_web_chat_streams_a_cited_answer_and_keeps_history(
+    app: App, client: aiohttp.ClientSession
+) -> None:
+    response = await client.post("/api/chat", json={"text": "How do I stop reflected cross-site scripting?"})
     assert response.status == 200
     events = await _events(response)
     final = [e for e in events if e["type"] == "final"]
@@ -76,16 +83,15 @@ async def test_web_chat_streams_a_cited_answer_and_keeps_history(app: App, clien
     assert "[1]" in final[0]["text"] and "Encode output" in final[0]["text"]
     assert final[0]["sources"][0]["source"].endswith("xss.md")
     # The turn is stored like any chat: /stats sees one exchange for this session.
-    stats = await _events(await client.post("/api/chat", json={"text": "/stats", "session": "s1"}))
+    stats = await _events(await client.post("/api/chat", json={"text": "/stats"}))
     stats_text = "\n".join(e["text"] for e in stats if e["type"] == "notice")
     assert "questions: 1" in stats_text and "answers: 1" in stats_text
-    history = await app.db.conversations.history(app.manager.conversation_key(_web_incoming("s1")))
+    session = next(c.value for c in client.cookie_jar if c.key == "ghostbot_session").split(".")[0]
+    history = await app.db.conversations.history(app.manager.conversation_key(_web_incoming(session)))
     assert [m.role for m in history] == ["user", "assistant"]
 
     # 👍 on that answer is stored as feedback.
-    feedback = await client.post(
-        "/api/feedback", json={"message_id": final[0]["message_id"], "session": "s1", "rating": 1}
-    )
+    feedback = await client.post("/api/feedback", json={"message_id": final[0]["message_id"], "rating": 1})
     assert feedback.status == 200 and (await feedback.json())["recorded"] is True
     exported = await app.db.feedback.export()
     assert [row.rating for row in exported] == [1]
@@ -97,29 +103,32 @@ def _web_incoming(session: str) -> Any:
     return Incoming("web", "x", session, ChatKind.DM, session, "web", "")
 
 
-async def test_web_chat_refuses_bad_input_politely(client: TestClient) -> None:
+async def test_web_chat_refuses_bad_input_politely(client: aiohttp.ClientSession) -> None:
     not_json = await client.post("/api/chat", data=b"{not json", headers={"Content-Type": "application/json"})
     assert not_json.status == 400
     assert "not valid JSON" in (await not_json.json())["error"]["message"]
-    bad_utf8 = await client.post("/api/chat", data=b'{"text": "\xff\xfe"}')
+    bad_utf8 = await client.post(
+        "/api/chat", data=b'{"text": "\xff\xfe"}', headers={"Content-Type": "application/json"}
+    )
     assert bad_utf8.status == 400
     assert "UTF-8" in (await bad_utf8.json())["error"]["message"]
     no_text = await client.post("/api/chat", json={"question": "hi"})
     assert no_text.status == 400
-    empty = await _events(await client.post("/api/chat", json={"text": "   ", "session": "s2"}))
+    empty = await _events(await client.post("/api/chat", json={"text": "   "}))
     assert [e["type"] for e in empty] == ["notice"]
 
 
-async def test_openai_api_requires_the_key(client: TestClient) -> None:
-    response = await client.post(
-        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
-    )
-    assert response.status == 401
-    text = await response.text()
-    assert "test-key-123456" not in text
+async def test_openai_api_requires_the_key(adapter: HttpAdapter) -> None:
+    async with http_client(adapter) as client:
+        response = await client.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+        )
+        assert response.status == 401
+        text = await response.text()
+        assert "test-key-123456" not in text
 
 
-async def test_openai_api_answers_with_sources(client: TestClient) -> None:
+async def test_openai_api_answers_with_sources(client: aiohttp.ClientSession) -> None:
     headers = {"Authorization": "Bearer test-key-123456"}
     models = await (await client.get("/v1/models", headers=headers)).json()
     assert models["data"][0]["id"] == "extractive"
@@ -137,7 +146,7 @@ async def test_openai_api_answers_with_sources(client: TestClient) -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
-async def test_openai_api_rejects_malformed_messages(client: TestClient) -> None:
+async def test_openai_api_rejects_malformed_messages(client: aiohttp.ClientSession) -> None:
     headers = {"Authorization": "Bearer test-key-123456"}
     for body in ({"messages": []}, {"messages": [{"role": "assistant", "content": "x"}]}, {"model": "m"}):
         response = await client.post("/v1/chat/completions", json=body, headers=headers)

@@ -90,6 +90,7 @@ async def count_rows(db: Database) -> dict[str, int]:
                 "processed_events",
                 "feedback",
                 "user_settings",
+                "pending_replies",
             }
         }
 

@@ -132,9 +132,11 @@ class ListRetriever:
     def __init__(self, sources: Sequence[Source] = ()) -> None:
         self.sources = list(sources)
         self.queries: list[str] = []
+        self.viewers: list[str | None] = []
 
-    async def search(self, query: str, k: int = 4) -> list[Source]:
+    async def search(self, query: str, k: int = 4, *, viewer: str | None = None) -> list[Source]:
         self.queries.append(query)
+        self.viewers.append(viewer)
         words = set(re.findall(r"\w+", query.lower())) - {"what", "is", "a", "the", "and", "how"}
         scored = [(len(words & set(re.findall(r"\w+", s.text.lower()))), s) for s in self.sources]
         hits = [s for score, s in sorted(scored, key=lambda x: -x[0]) if score > 0][:k]

@@ -27,6 +27,7 @@ def test_parse_command() -> None:
         "cancel",
         "sources",
         "forget",
+        "docs",
         "settings",
         "stats",
         "ask",

@@ -21,6 +21,7 @@ from core.types import ChatKind
 from storage import ConversationKey
 from tests.core.conftest import count_rows
 from tests.core.core_doubles import BPEGenerator, RecordingSink
+from tests.support import eventually
 
 DM = ConversationKey("telegram", "1", "1")
 
@@ -190,7 +191,7 @@ async def test_full_queue_answers_busy_and_stores_nothing(make_harness, bpe_toke
     await asyncio.to_thread(gen.running.wait, 5)
     second_sink = RecordingSink()
     second = asyncio.create_task(h.manager.handle(h.incoming("q from two", user="2"), second_sink))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: bool(second_sink.events))  # queued behind the first
     full = await h.send("q from three", user="3", event="busy-1")
     assert len(full.notices()) == 1 and "busy" in full.notices()[0] and "try again in ~" in full.notices()[0]
     assert not await h.db.conversations.is_processed("telegram", "busy-1")  # a resend can succeed
@@ -233,7 +234,7 @@ async def test_cancel_while_queued_gets_a_notice(make_harness, bpe_tokenizer) ->
     first = asyncio.create_task(h.send("q", user="1"))
     await asyncio.to_thread(gen.running.wait, 5)
     waiting = asyncio.create_task(h.send("q", user="2"))
-    await asyncio.sleep(0.02)
+    await eventually(lambda: h.worker.queue_depth == 1)
     assert (await h.send("/cancel", user="2")).notices() == ["Cancelled your request."]
     sink = await waiting
     assert sink.kinds() == ["queued", "notice"] and sink.notices() == [CANCELLED_NOTICE]

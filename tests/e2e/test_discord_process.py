@@ -35,7 +35,7 @@ async def start_bot(world, tmp_path: Path, **extra_env: str) -> asyncio.subproce
         DISCORD_GUILD_IDS=world.guild["id"],
         DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
         DATA_DIR=str(tmp_path / "data"),
-        PACKS="",
+        PACKS="none",
         DENSE_RETRIEVAL="false",
         GENERATOR="extractive",
         HTTP_PORT="0",

@@ -19,7 +19,7 @@ from tests.e2e.discord_fixtures import (
     slash,
 )
 
-COMMANDS = {"ask", "reset", "sources", "forget", "settings", "stats", "help", "retry", "cancel"}
+COMMANDS = {"ask", "reset", "sources", "forget", "settings", "stats", "help", "retry", "cancel", "docs"}
 DOCS = {
     "xss.md": "# Cross-site scripting\n\nCWE-79 cross-site scripting: escape output, use a content security policy."
 }
@@ -32,14 +32,18 @@ def channel_key(h, user) -> ConversationKey:
 async def test_commands_are_synced_to_the_configured_guild(discord_bot) -> None:
     async with discord_bot() as h:
         synced = h.fake.commands[h.world.guild["id"]]
-        assert {c["name"] for c in synced} == COMMANDS
+        assert {c["name"] for c in synced if c["type"] == 1} == COMMANDS
+        assert [c["name"] for c in synced if c["type"] == 3] == ["Ask GhostLM about this message"]
         settings = next(c for c in synced if c["name"] == "settings")
         assert [(o["name"], o.get("required", False)) for o in settings["options"]] == [
             ("key", False),
             ("value", False),
         ]
         ask = next(c for c in synced if c["name"] == "ask")
-        assert [(o["name"], o.get("required", False)) for o in ask["options"]] == [("question", True)]
+        assert [(o["name"], o.get("required", False)) for o in ask["options"]] == [
+            ("question", True),
+            ("file", False),
+        ]
         assert "global" not in h.fake.commands
 
 
@@ -79,16 +83,21 @@ async def test_ask_defers_promptly_even_when_the_queue_is_full(discord_bot) -> N
         refused = await slash(h, "ask", {"question": "one too many"}, user=users[3], wait=False)
         await h.fake.wait_for(lambda: refused.deleted, 10)
 
-        for state in [running, *waiting, refused]:
-            # Discord's rule: acknowledged within 3 s of the event (the fake's clock), queue or not.
-            assert state.callback_type == 5 and state.callback_at - state.pushed_at < 3.0
         queued_notes = [m["content"] for s in waiting for m in s.visible() if is_ephemeral(m)]
         assert all("queue" in text.lower() for text in queued_notes)
         busy = [m for m in refused.visible() if is_ephemeral(m)]
         assert busy and not any(not is_ephemeral(m) for m in refused.visible())  # nothing public left
 
+        # Every one was acknowledged while the model was still held and the queue full: the defer never
+        # waits for the queue (the fake's record of events, not a clock) …
+        acknowledged_while_held = [state.callback_type for state in [running, *waiting, refused]]
         gate.set()
         await settled(h, 20)
+        assert acknowledged_while_held == [5, 5, 5, 5]
+        for state in [running, *waiting, refused]:
+            # … and the acknowledgement was the bot's first call about the interaction.
+            about = [c for c in h.fake.calls if state.token in c.path]
+            assert about[0].path.startswith(f"/interactions/{state.id}/")
         for state in [running, *waiting]:
             assert state.visible()[0]["content"].startswith("Answer to:")
         assert len(script.specs) == 3  # the refused request never reached the model

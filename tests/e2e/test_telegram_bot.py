@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import threading
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -17,17 +15,10 @@ from core.types import Answer
 from storage.values import ConversationKey
 from tests.e2e.conftest import Harness, ScriptedGenerator
 from tests.fakes.telegram_api import FakeTelegramAPI, StoredMessage
+from tests.support import eventually
 
 ALICE, BOB, STRANGER = 4242, 5151, 9999
 GROUP = -1001234
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def reply(
@@ -115,7 +106,7 @@ async def test_dm_conversation_keeps_history(bot_factory: Any) -> None:
 async def test_streaming_edits_respect_the_throttle(bot_factory: Any) -> None:
     words = " ".join(f"token{i}" for i in range(120))
     generator = ScriptedGenerator(script=lambda spec: words, delay=0.02)
-    async with bot_factory(generator=generator) as h:
+    async with bot_factory(generator=generator, telegram_streaming="edit") as h:
         fake = h.fake
         chat, user = fake.private_chat(ALICE), fake.user(ALICE)
         messages = await ask(h, chat, user, "stream please")
@@ -136,7 +127,7 @@ async def test_streaming_edits_respect_the_throttle(bot_factory: Any) -> None:
 async def test_429_in_the_middle_of_a_reply_delays_it(bot_factory: Any) -> None:
     words = " ".join(f"w{i}" for i in range(150))
     generator = ScriptedGenerator(script=lambda spec: words, delay=0.02)
-    async with bot_factory(generator=generator) as h:
+    async with bot_factory(generator=generator, telegram_streaming="edit") as h:
         fake = h.fake
         fake.fail_with_429("sendMessage", nth=1, retry_after=1)  # the streamed message's first send
         fake.fail_with_429("editMessageText", nth=1, retry_after=1)  # a streaming edit
@@ -344,7 +335,7 @@ async def _count(h: Harness, key: ConversationKey, n: int) -> bool:
 
 async def test_cancel_stops_a_running_answer(bot_factory: Any) -> None:
     generator = ScriptedGenerator(script=lambda spec: " ".join(["slow"] * 400), delay=0.02)
-    async with bot_factory(generator=generator) as h:
+    async with bot_factory(generator=generator, telegram_streaming="edit") as h:
         fake = h.fake
         chat, user = fake.private_chat(ALICE), fake.user(ALICE)
         fake.send_text(chat=chat, user=user, text="tell me a long story")
@@ -417,6 +408,7 @@ async def test_webhook_mode_checks_the_secret(bot_factory: Any) -> None:
         fake = h.fake
         assert fake.webhook is not None and fake.webhook["url"] == "https://bot.example.test/telegram/hook"
         assert fake.webhook["secret_token"] == "s3cret-Token_value"
+        assert "message_reaction" in fake.webhook["allowed_updates"]  # reactions are feedback
         assert not fake.calls_to("getUpdates")
         chat, user = fake.private_chat(ALICE), fake.user(ALICE)
         update_id = fake.send_text(chat=chat, user=user, text="via webhook")

@@ -22,13 +22,6 @@ ALICE = 4242
 pytestmark = pytest.mark.slow
 
 
-def _cli_has_run() -> bool:
-    source = (
-        (ROOT / "bots" / "cli.py").read_text(encoding="utf-8") if (ROOT / "bots" / "cli.py").exists() else ""
-    )
-    return '"run"' in source
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -56,7 +49,7 @@ class BotProcess:
             DATABASE_URL=f"sqlite+aiosqlite:///{self.workdir / 'ghostbot.db'}",
             DATA_DIR=str(self.workdir / "data"),
             GENERATOR="extractive",
-            PACKS="",
+            PACKS="none",
             DENSE_RETRIEVAL="false",
             HTTP_HOST="127.0.0.1",
             HTTP_PORT=str(self.http_port),
@@ -118,7 +111,6 @@ async def _bot_replies(fake: FakeTelegramAPI, chat_id: int, count: int, *, final
     await fake.wait_for_messages(chat_id, count, timeout=30, final=final)
 
 
-@pytest.mark.skipif(not _cli_has_run(), reason="bots/cli.py has no `run` command yet (lead)")
 async def test_run_sigterm_restart_and_exactly_once(tg_fake: FakeTelegramAPI, tmp_path: Path) -> None:
     fake = tg_fake
     chat, user = fake.private_chat(ALICE), fake.user(ALICE, "Alice")

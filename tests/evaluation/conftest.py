@@ -11,8 +11,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from core.evaluation.judges import OpenAIJudge
-from core.evaluation.rubrics import load_rubrics
+from evaluation.judges import OpenAIJudge
+from evaluation.rubrics import load_rubrics
 from ghostlm import GhostLM, GhostLMConfig, save_safetensors, train_tokenizer
 from tests.fakes.openai_server import FakeOpenAIServer, RecordedRequest, Reply
 

@@ -1,4 +1,4 @@
-"""`ghostbot eval …` end to end through the real argparse wiring (bots/cli.py mounts core/evaluation/cli.py)."""
+"""`ghostbot eval …` end to end through the real argparse wiring (bots/cli.py mounts evaluation/cli.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import socket
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from conftest import ScriptedJudge, rating
-
 from bots.cli import build_parser
-from core.evaluation.cli import run_eval
-from core.evaluation.io import read_table
 from core.settings import Settings
 from core.types import Answer, Source
+from evaluation.cli import run_eval
+from evaluation.io import read_table
+from tests.evaluation.conftest import ScriptedJudge, rating
 from tests.fakes.openai_server import Reply
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -140,14 +139,14 @@ async def test_unreachable_judge_error_before_the_app_opens(tmp_path, capsys):
             "--out",
             str(out),
             "--judge-url",
-            f"http://user:pw@127.0.0.1:{_closed_port()}/v1",
+            f"http://user:pw@127.0.0.1:{_closed_port()}/v1?key=sk-in-query",
         ]
     )
     opened: list = []
     assert await run_eval(args, Settings(), fake_open_app(FakeApp(), opened)) == 2
     err = capsys.readouterr().err
-    assert re.match(r"error: judge at http://\*\*\*@127\.0\.0\.1:\d+/v1 is unreachable", err)
-    assert "pw" not in err and opened == [] and not out.exists()
+    assert re.match(r"error: judge at http://127\.0\.0\.1:\d+/v1 is unreachable", err)
+    assert "pw" not in err and "sk-in-query" not in err and opened == [] and not out.exists()
 
 
 def test_bad_criteria_and_bad_file_are_one_line_errors(tmp_path, capsys):

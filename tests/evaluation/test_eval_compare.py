@@ -7,11 +7,11 @@ import json
 import re
 
 import pytest
-from conftest import criterion_of
 
-from core.evaluation.compare import PairwiseComparer, pairs_from_columns, pairs_from_results
-from core.evaluation.io import EvalInputError, read_table
-from core.evaluation.rubrics import load_rubrics
+from evaluation.compare import PairwiseComparer, pairs_from_columns, pairs_from_results
+from evaluation.io import EvalInputError, read_table
+from evaluation.rubrics import load_rubrics
+from tests.evaluation.conftest import criterion_of
 from tests.fakes.openai_server import Reply
 
 RUBRICS = load_rubrics()

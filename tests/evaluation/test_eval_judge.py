@@ -8,13 +8,13 @@ import socket
 import statistics
 
 import pytest
-from conftest import ScriptedJudge, rating
 
-from core.evaluation.io import EvalInputError, read_table
-from core.evaluation.judges import JudgeUnavailableError, OpenAIJudge
-from core.evaluation.rubrics import load_rubrics
-from core.evaluation.runner import JudgeRunConfig, judge_file, summary_paths
 from core.types import Answer, Source
+from evaluation.io import EvalInputError, read_table
+from evaluation.judges import JudgeUnavailableError, OpenAIJudge
+from evaluation.rubrics import load_rubrics
+from evaluation.runner import JudgeRunConfig, judge_file, summary_paths
+from tests.evaluation.conftest import ScriptedJudge, rating
 from tests.fakes.openai_server import Reply
 
 RUBRICS = load_rubrics()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from core.evaluation.local import (
+from evaluation.local import (
     GhostLMLocal,
     LocalJudge,
     TorchLM,
@@ -17,7 +17,7 @@ from core.evaluation.local import (
     load_local_lm,
     score_candidates,
 )
-from core.evaluation.mcq import McqItem, option_orders, report, score_local
+from evaluation.mcq import McqItem, option_orders, report, score_local
 
 VOCAB = [chr(c) for c in range(32, 127)] + ["\n", "…"]
 PROBS = [0.1, 0.2, 0.3, 0.25, 0.15]  # p(score = 1..5) of the hand-built judge

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.evaluation.parse import JudgeParseError, parse_letter, parse_pair, parse_rating
-from core.evaluation.rubrics import DEFAULT_CRITERIA, RubricError, default_rubrics_path, load_rubrics
+from evaluation.parse import JudgeParseError, parse_letter, parse_pair, parse_rating
+from evaluation.rubrics import DEFAULT_CRITERIA, RubricError, default_rubrics_path, load_rubrics
 
 
 def test_packaged_rubrics_define_the_six_criteria_with_five_levels():

@@ -27,6 +27,14 @@ MESSAGE_CONTENT_INTENT = 1 << 15
 LOADING = 128
 TS = "2026-11-22T00:00:00.000000+00:00"
 EVERYONE_PERMISSIONS = "1071698660929"
+USER_INSTALL_FOLLOWUPS = 5  # follow-ups per interaction when only the user installed the app
+
+
+def _context(channel: dict[str, Any]) -> int:
+    """An interaction's context: 0 a server, 1 the bot's DM, 2 another private channel."""
+    if channel.get("guild_id"):
+        return 0
+    return 1 if channel.get("type") == 1 else 2
 
 
 @dataclass
@@ -53,6 +61,8 @@ class InteractionState:
     deleted: bool = False
     followups: list[dict[str, Any]] = field(default_factory=list)
     original_edits: list[tuple[float, str]] = field(default_factory=list)
+    followup_limit: int | None = None  # Discord's cap for user installs
+    followups_refused: int = 0
 
     def visible(self) -> list[dict[str, Any]]:
         """Messages in posting order: the original (if not deleted) then follow-ups."""
@@ -86,12 +96,15 @@ class DiscordFake:
         self._runner: web.AppRunner | None = None
         self._sessions = itertools.count(1)
         self.port = 0
+        self.attachments: dict[str, bytes] = {}  # attachment id → bytes served at its URL (the CDN)
+        self.attachment_downloads: list[str] = []  # attachment ids, in download order
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        app.router.add_get("/attachments/{attachment_id}/{filename}", self._attachment)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -209,8 +222,40 @@ class DiscordFake:
         self.channels[thread["id"]] = thread
         return thread
 
+    def add_foreign_channel(self, name: str = "elsewhere") -> dict[str, Any]:
+        """A channel of a server the bot is not in (no GUILD_CREATE): only a user install reaches it."""
+        guild_id = self.snowflake()
+        channel: dict[str, Any] = {
+            "id": self.snowflake(),
+            "type": 0,
+            "guild_id": guild_id,
+            "name": name,
+            "position": 0,
+            "permission_overwrites": [],
+            "nsfw": False,
+            "parent_id": None,
+        }
+        self.channels[channel["id"]] = channel
+        return channel
+
+    def add_group_dm(self, *users: dict[str, Any]) -> dict[str, Any]:
+        """A group DM (a private channel the bot is not in: context 2)."""
+        channel: dict[str, Any] = {
+            "id": self.snowflake(),
+            "type": 3,
+            "recipients": list(users),
+            "last_message_id": None,
+        }
+        self.channels[channel["id"]] = channel
+        return channel
+
     def add_dm(self, user: dict[str, Any]) -> dict[str, Any]:
-        channel = {"id": self.snowflake(), "type": 1, "recipients": [user], "last_message_id": None}
+        channel: dict[str, Any] = {
+            "id": self.snowflake(),
+            "type": 1,
+            "recipients": [user],
+            "last_message_id": None,
+        }
         self.channels[channel["id"]] = channel
         return channel
 
@@ -330,6 +375,11 @@ class DiscordFake:
         if self._ws is not None:
             await self._ws.send_str(json.dumps({"op": 7, "s": None, "t": None, "d": None}))
 
+    async def drop_connection(self) -> None:
+        """Close the gateway websocket as a network failure would (close code 4000: the client RESUMEs)."""
+        if self._ws is not None:
+            await self._ws.close(code=4000, message=b"fault injected")
+
     async def wait_connected(self, timeout: float = 10.0) -> None:
         await self.wait_for(lambda: self._ws is not None and bool(self.identifies or self.resumes), timeout)
 
@@ -383,8 +433,17 @@ class DiscordFake:
         return {**message, "content": "", "embeds": [], "attachments": [], "components": []}
 
     def _interaction_base(
-        self, kind: int, channel: dict[str, Any], user: dict[str, Any], roles: list[str] | None
+        self,
+        kind: int,
+        channel: dict[str, Any],
+        user: dict[str, Any],
+        roles: list[str] | None,
+        install: str = "guild",
     ) -> dict[str, Any]:
+        """An interaction's common fields. `install` is how the app was installed where it is used:
+        "guild" (the server added the bot) or "user" (only the user did: `authorizing_integration_owners`
+        names the user alone, and Discord allows 5 follow-ups). The context is 0 in a server, 1 in the
+        bot's DM, 2 in any other private channel (a group DM or a DM between two users)."""
         interaction_id, token = self.snowflake(), f"itoken-{self.snowflake()}"
         payload: dict[str, Any] = {
             "id": interaction_id,
@@ -399,19 +458,28 @@ class DiscordFake:
             "entitlements": [],
             "attachment_size_limit": 26214400,
         }
+        owners: dict[str, str] = {"1": user["id"]} if install == "user" else {}
         guild_id = channel.get("guild_id")
         if guild_id is not None:
+            if install == "guild":
+                owners["0"] = guild_id
             payload.update(
                 guild_id=guild_id,
                 guild_locale="en-US",
                 context=0,
                 member=self._member(user, roles or []),
-                authorizing_integration_owners={"0": guild_id},
+                authorizing_integration_owners=owners,
             )
         else:
-            payload.update(user=user, context=1, authorizing_integration_owners={"1": user["id"]})
+            if install == "guild":
+                owners["0"] = "0"  # a guild install used in the bot's DM
+            payload.update(user=user, context=_context(channel), authorizing_integration_owners=owners)
         self.interactions[token] = InteractionState(
-            id=interaction_id, token=token, channel_id=channel["id"], pushed_at=time.monotonic()
+            id=interaction_id,
+            token=token,
+            channel_id=channel["id"],
+            pushed_at=time.monotonic(),
+            followup_limit=USER_INSTALL_FOLLOWUPS if "0" not in owners else None,
         )
         return payload
 
@@ -423,24 +491,72 @@ class DiscordFake:
         options: dict[str, str] | None = None,
         *,
         roles: list[str] | None = None,
+        install: str = "guild",
     ) -> InteractionState:
-        payload = self._interaction_base(2, channel, user, roles)
-        scope = channel.get("guild_id") if channel.get("guild_id") in self.commands else "global"
-        command = next((c for c in self.commands.get(scope, []) if c["name"] == name), None)
-        if command is None:
-            raise KeyError(f"command /{name} was not synced ({list(self.commands)})")
+        payload = self._interaction_base(2, channel, user, roles, install)
+        command = self._synced(name, channel, install, command_type=1)
         data = {
             "id": command["id"],
             "name": name,
             "type": 1,
             "options": [{"name": k, "type": 3, "value": v} for k, v in (options or {}).items()],
         }
-        if channel.get("guild_id"):
+        if channel.get("guild_id") and "guild_id" in command:
             data["guild_id"] = channel["guild_id"]
         payload["data"] = data
         state = self.interactions[payload["token"]]
         await self.dispatch("INTERACTION_CREATE", payload)
         return state
+
+    async def push_message_command(
+        self,
+        name: str,
+        target: dict[str, Any],
+        user: dict[str, Any],
+        *,
+        roles: list[str] | None = None,
+        install: str = "guild",
+    ) -> InteractionState:
+        """A message context-menu command (type 2, data.type 3) on `target`, which Discord sends
+        along in `data.resolved.messages` (with its content, whatever the intents)."""
+        channel = self.channels[target["channel_id"]]
+        payload = self._interaction_base(2, channel, user, roles, install)
+        command = self._synced(name, channel, install, command_type=3)
+        payload["data"] = {
+            "id": command["id"],
+            "name": name,
+            "type": 3,
+            "target_id": target["id"],
+            "resolved": {"messages": {target["id"]: target}},
+        }
+        if channel.get("guild_id") and "guild_id" in command:
+            payload["data"]["guild_id"] = channel["guild_id"]
+        state = self.interactions[payload["token"]]
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return state
+
+    def _synced(
+        self, name: str, channel: dict[str, Any], install: str, *, command_type: int
+    ) -> dict[str, Any]:
+        """The synced command a user can invoke here, as Discord decides it: guild commands in their
+        guild; global ones where their `contexts` and `integration_types` allow."""
+        guild_id = channel.get("guild_id")
+        for scope in (guild_id, "global") if guild_id in self.commands else ("global",):
+            for command in self.commands.get(scope, []):
+                if command["name"] != name or command.get("type", 1) != command_type:
+                    continue
+                if scope == "global" and not self._usable(command, channel, install):
+                    raise PermissionError(f"/{name} is not available here ({install} install)")
+                return command
+        raise KeyError(f"command {name!r} was not synced ({list(self.commands)})")
+
+    def _usable(self, command: dict[str, Any], channel: dict[str, Any], install: str) -> bool:
+        contexts = command.get("contexts")
+        installs = command.get("integration_types")
+        context = _context(channel)
+        wanted_install = 1 if install == "user" else 0
+        # Discord's defaults when unset: guild installs only, every context.
+        return (contexts is None or context in contexts) and wanted_install in (installs or [0])
 
     async def push_button(
         self, custom_id: str, message: dict[str, Any], user: dict[str, Any], *, roles: list[str] | None = None
@@ -452,6 +568,92 @@ class DiscordFake:
         state = self.interactions[payload["token"]]
         await self.dispatch("INTERACTION_CREATE", payload)
         return state
+
+    # --- attachments (files users send; served like Discord's CDN) ---------------------------
+    def add_attachment(
+        self, data: bytes, filename: str, *, content_type: str | None = None, size: int | None = None
+    ) -> dict[str, Any]:
+        """An attachment payload whose `url` serves `data`; `size` is what Discord declares (default: real)."""
+        attachment_id = self.snowflake()
+        self.attachments[attachment_id] = data
+        url = f"http://127.0.0.1:{self.port}/attachments/{attachment_id}/{filename}"
+        payload: dict[str, Any] = {
+            "id": attachment_id,
+            "filename": filename,
+            "size": len(data) if size is None else size,
+            "url": url,
+            "proxy_url": url,
+        }
+        if content_type:
+            payload["content_type"] = content_type
+        return payload
+
+    async def push_attachment_message(
+        self,
+        channel: dict[str, Any],
+        author: dict[str, Any],
+        content: str,
+        attachments: list[dict[str, Any]],
+        *,
+        mention_bot: bool = False,
+        roles: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """A user message carrying files (DMs; in a guild only a mention of the bot makes it ours)."""
+        extra: dict[str, Any] = {"attachments": attachments}
+        if mention_bot:
+            content = f"<@{self.bot_user['id']}> {content}".strip()
+            extra["mentions"] = [self.bot_user]
+        message = self._message(channel["id"], author, content, **extra)
+        if "guild_id" in message:
+            member = self._member(author, roles or [])
+            member.pop("user")
+            message["member"] = member
+        self.messages.setdefault(channel["id"], {})[message["id"]] = message
+        await self.dispatch("MESSAGE_CREATE", self._as_received(message))
+        return message
+
+    async def push_slash_with_attachment(
+        self,
+        name: str,
+        channel: dict[str, Any],
+        user: dict[str, Any],
+        options: dict[str, str],
+        attachment: dict[str, Any],
+        *,
+        option: str = "file",
+        roles: list[str] | None = None,
+    ) -> InteractionState:
+        """A slash command with an attachment option (type 11): the value is the attachment id, the
+        attachment itself is in `data.resolved.attachments`."""
+        payload = self._interaction_base(2, channel, user, roles)
+        scope = channel.get("guild_id") if channel.get("guild_id") in self.commands else "global"
+        command = next((c for c in self.commands.get(scope, []) if c["name"] == name), None)
+        if command is None:
+            raise KeyError(f"command /{name} was not synced ({list(self.commands)})")
+        data: dict[str, Any] = {
+            "id": command["id"],
+            "name": name,
+            "type": 1,
+            "options": [
+                *({"name": k, "type": 3, "value": v} for k, v in options.items()),
+                {"name": option, "type": 11, "value": attachment["id"]},
+            ],
+            "resolved": {"attachments": {attachment["id"]: attachment}},
+        }
+        if channel.get("guild_id"):
+            data["guild_id"] = channel["guild_id"]
+        payload["data"] = data
+        state = self.interactions[payload["token"]]
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return state
+
+    async def _attachment(self, request: web.Request) -> web.Response:
+        attachment_id = request.match_info["attachment_id"]
+        data = self.attachments.get(attachment_id)
+        if data is None:
+            return web.Response(status=404, text="Not Found")
+        self.attachment_downloads.append(attachment_id)
+        return web.Response(body=data, content_type="application/octet-stream")
 
     # --- REST ------------------------------------------------------------------------------
     def rate_limit(self, method: str, path_regex: str, *, retry_after: float = 0.5, times: int = 1) -> None:
@@ -555,6 +757,7 @@ class DiscordFake:
                     "application_id": app_id,
                     "version": self.snowflake(),
                     "type": 1,
+                    "description": "",  # context-menu commands have none; Discord returns ""
                     "options": [],
                     "default_member_permissions": None,
                     "nsfw": False,
@@ -642,6 +845,9 @@ class DiscordFake:
             state.resolved = True
             state.original_edits.append((time.monotonic(), state.original["content"]))
             return 200, state.original
+        if state.followup_limit is not None and len(state.followups) >= state.followup_limit:
+            state.followups_refused += 1
+            return 400, {"message": "Maximum number of follow-up messages reached", "code": 40094}
         flags = (body.get("flags") or 0) & EPHEMERAL
         message = self._bot_message(
             state.channel_id,

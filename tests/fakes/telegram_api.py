@@ -122,6 +122,17 @@ class Call:
 
 
 @dataclass
+class Draft:
+    """One accepted sendMessageDraft: a ~30 s preview the client drops when a real message arrives."""
+
+    chat_id: int
+    draft_id: int
+    text: str
+    thread_id: int | None
+    at: float  # time.monotonic()
+
+
+@dataclass
 class StoredMessage:
     """A message as it currently looks in a chat."""
 
@@ -162,6 +173,8 @@ class FakeTelegramAPI:
         self.messages: dict[tuple[int, int], StoredMessage] = {}
         self.commands: list[dict[str, Any]] = []
         self.webhook: dict[str, Any] | None = None
+        self.drafts: list[Draft] = []  # every accepted sendMessageDraft, in order
+        self.drafts_supported = True  # False: answer sendMessageDraft as an older Bot API server (404)
         self._updates: list[dict[str, Any]] = []  # not yet confirmed by an offset
         self.all_updates: dict[int, dict[str, Any]] = {}  # every update ever injected, for redelivery
         self._update_ids = itertools.count(1000)
@@ -169,10 +182,13 @@ class FakeTelegramAPI:
         self._callback_ids = itertools.count(1)
         self._chats: dict[int, dict[str, Any]] = {}
         self._failures: list[_Failure] = []
+        self.faults: list[Fault] = []  # fault injection (see `inject`)
+        self.faults_injected: list[str] = []  # "kind method" of every fault that fired
         self._changed = asyncio.Condition()
         self._closing = False
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.files: dict[str, FakeFile] = {}  # file_id → a document users sent (getFile + download)
 
     # --- lifecycle --------------------------------------------------------------------
     async def start(self, port: int = 0) -> None:
@@ -281,6 +297,42 @@ class FakeTelegramAPI:
         }
         return self.push_update({"message": message})
 
+    def send_document(
+        self,
+        *,
+        chat: dict[str, Any],
+        user: dict[str, Any],
+        data: bytes,
+        file_name: str,
+        mime_type: str | None = None,
+        caption: str | None = None,
+        declared_size: int | None = None,
+    ) -> int:
+        """Inject a document message (its bytes then served by getFile + the file route); mentions and
+        commands in the caption become `caption_entities`. Returns the update_id."""
+        file_id = f"BQAC{len(self.files) + 1:04d}{int(time.time() * 1000)}"
+        self.files[file_id] = FakeFile(file_id, f"documents/file_{len(self.files) + 1}", data)
+        document: dict[str, Any] = {
+            "file_id": file_id,
+            "file_unique_id": f"u{file_id}",
+            "file_name": file_name,
+            "file_size": declared_size if declared_size is not None else len(data),
+        }
+        if mime_type:
+            document["mime_type"] = mime_type
+        message: dict[str, Any] = {
+            "message_id": self._next_message_id(chat["id"]),
+            "date": int(time.time()),
+            "chat": chat,
+            "from": user,
+            "document": document,
+        }
+        if caption:
+            message["caption"] = caption
+            if entities := self.auto_entities(caption):
+                message["caption_entities"] = entities
+        return self.push_update({"message": message})
+
     def press_button(self, *, chat_id: int, message_id: int, user: dict[str, Any], data: str) -> int:
         """Inject a callback query for an inline button under one of the bot's messages."""
         stored = self.messages[(chat_id, message_id)]
@@ -292,6 +344,38 @@ class FakeTelegramAPI:
             "data": data,
         }
         return self.push_update({"callback_query": query})
+
+    def react(
+        self,
+        *,
+        chat_id: int,
+        message_id: int,
+        user: dict[str, Any],
+        new: list[str],
+        old: list[str] | None = None,
+    ) -> int:
+        """Inject a `message_reaction` update: `user` changed their emoji reactions on a message from
+        `old` to `new`. Telegram sends these only when allowed_updates names message_reaction (a
+        group's also only to an administrator bot): without it the update is dropped here too."""
+        if self.allowed_updates is not None and "message_reaction" not in self.allowed_updates:
+            return 0
+        reaction = {
+            "chat": self._chats[chat_id],
+            "message_id": message_id,
+            "user": user,
+            "date": int(time.time()),
+            "old_reaction": [{"type": "emoji", "emoji": e} for e in old or []],
+            "new_reaction": [{"type": "emoji", "emoji": e} for e in new],
+        }
+        return self.push_update({"message_reaction": reaction})
+
+    @property
+    def allowed_updates(self) -> list[str] | None:
+        """What the bot last asked for (getUpdates or setWebhook); None = Telegram's default set."""
+        for call in reversed(self.calls):
+            if call.method in ("getUpdates", "setWebhook") and "allowed_updates" in call.params:
+                return list(call.params["allowed_updates"] or [])
+        return None
 
     def push_update(self, body: dict[str, Any], update_id: int | None = None) -> int:
         """Queue an update (a redelivery when `update_id` is an old one) and wake the long-polls."""
@@ -334,6 +418,26 @@ class FakeTelegramAPI:
                 {"retry_after": retry_after},
             )
         )
+
+    def inject(self, fault: Fault) -> None:
+        """Arm a fault: the `nth` matching call of its method from now on fails (see `Fault`)."""
+        self.faults.append(fault)
+
+    def _take_fault(self, method: str, params: dict[str, Any]) -> Fault | None:
+        for fault in self.faults:
+            if fault.method != method or (
+                fault.chat_id is not None and _int(params.get("chat_id")) != fault.chat_id
+            ):
+                continue
+            if fault.match is not None and not fault.match(params):
+                continue
+            fault.left -= 1
+            if fault.left <= 0:
+                self.faults.remove(fault)
+                self.faults_injected.append(f"{fault.kind} {method}")
+                return fault
+            return None
+        return None
 
     def reject_entities(self, method: str, *, nth: int = 1) -> None:
         """The `nth` call of `method` with a parse_mode from now on is refused as if Telegram could
@@ -399,7 +503,17 @@ class FakeTelegramAPI:
 
     # --- the API ----------------------------------------------------------------------
     async def _file(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": False, "error_code": 404, "description": "Not Found"}, status=404)
+        """File download: `GET {file_base_url}{token}/{file_path}` of a document a user sent."""
+        if request.match_info["token"] != self.token:
+            return _error(401, "Unauthorized")
+        path = request.match_info["path"]
+        found = next((f for f in self.files.values() if f.file_path == path), None)
+        if found is None:
+            return _error(404, "Not Found")
+        found.downloads += 1
+        self.calls.append(Call("download", {"file_path": path}, time.monotonic()))
+        await self._notify()
+        return web.Response(body=found.data, content_type="application/octet-stream")
 
     async def _handle(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
@@ -410,6 +524,32 @@ class FakeTelegramAPI:
         self.calls.append(call)
         await self._notify()  # a long-poll returns much later: let waiters see the request now
         try:
+            fault = self._take_fault(method, params)
+            if fault is not None and fault.kind in ("429", "5xx"):
+                call.status = 429 if fault.kind == "429" else 502
+                if fault.kind == "429":
+                    return web.json_response(
+                        {
+                            "ok": False,
+                            "error_code": 429,
+                            "description": f"Too Many Requests: retry after {fault.retry_after}",
+                            "parameters": {"retry_after": fault.retry_after},
+                        },
+                        status=429,
+                    )
+                return _error(502, "Bad Gateway")
+            if fault is not None:  # "reset"/"kill": the call takes effect, then the answer never arrives
+                handler = getattr(self, f"_api_{method}")
+                try:
+                    call.result = await handler(params)
+                except _ApiError as exc:
+                    call.status = exc.status
+                if fault.action is not None:
+                    fault.action()
+                call.status = 0
+                if request.transport is not None:
+                    request.transport.abort()
+                raise ConnectionResetError("fault injected: connection reset")
             failure = self._take_failure(method, params)
             if failure is not None:
                 call.status = failure.status
@@ -480,6 +620,19 @@ class FakeTelegramAPI:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), remaining)
 
+    async def _api_getFile(self, params: dict[str, Any]) -> dict[str, Any]:
+        found = self.files.get(str(params.get("file_id")))
+        if found is None:
+            raise _ApiError(400, "Bad Request: invalid file_id")
+        if len(found.data) > FILE_DOWNLOAD_LIMIT:
+            raise _ApiError(400, "Bad Request: file is too big")
+        return {
+            "file_id": found.file_id,
+            "file_unique_id": f"u{found.file_id}",
+            "file_size": len(found.data),
+            "file_path": found.file_path,
+        }
+
     async def _api_sendChatAction(self, params: dict[str, Any]) -> bool:
         self._require_chat(params)
         return True
@@ -524,6 +677,24 @@ class FakeTelegramAPI:
             payload=payload,
         )
         return payload
+
+    async def _api_sendMessageDraft(self, params: dict[str, Any]) -> bool:
+        if not self.drafts_supported:
+            raise _ApiError(404, "Not Found: method not found")
+        chat = self._require_chat(params)
+        if chat["type"] != "private":
+            raise _ApiError(400, "Bad Request: message drafts can be sent only to private chats")
+        draft_id = _int(params.get("draft_id"))
+        if not draft_id:
+            raise _ApiError(400, "Bad Request: draft_id must be non-zero")
+        raw = params.get("text") or ""
+        if not isinstance(raw, str):
+            raise _ApiError(400, "Bad Request: text must be a string")
+        visible = self._visible(raw, params.get("parse_mode")) if raw else ""
+        self.drafts.append(
+            Draft(chat["id"], draft_id, visible, _int(params.get("message_thread_id")), time.monotonic())
+        )
+        return True
 
     async def _api_editMessageText(self, params: dict[str, Any]) -> dict[str, Any]:
         stored = self._stored(params)
@@ -584,6 +755,37 @@ class FakeTelegramAPI:
         return next(counter)
 
 
+FILE_DOWNLOAD_LIMIT = 20 * 1024 * 1024  # the cloud Bot API's getFile limit
+
+
+@dataclass
+class FakeFile:
+    """A document a user sent: served by getFile and the file download route."""
+
+    file_id: str
+    file_path: str
+    data: bytes
+    downloads: int = 0
+
+
+@dataclass
+class Fault:
+    """One injected failure of the `nth` call of `method` (in `chat_id`, if given, and where `match` holds).
+
+    kind "429": Too Many Requests with `retry_after`; "5xx": 502 Bad Gateway (neither takes effect);
+    "reset": the call takes effect, then the connection is cut before the answer (a lost response);
+    "kill": like reset, after running `action` (e.g. SIGKILL the bot: killed between delivery and commit).
+    """
+
+    method: str
+    kind: str
+    left: int = 1
+    chat_id: int | None = None
+    retry_after: int = 1
+    match: Callable[[dict[str, Any]], bool] | None = None
+    action: Callable[[], None] | None = None
+
+
 @dataclass
 class _Failure:
     method: str
@@ -633,8 +835,11 @@ async def _read_params(request: web.Request) -> dict[str, Any]:
 __all__ = [
     "NOT_MODIFIED",
     "Call",
+    "Draft",
     "EntityError",
+    "FakeFile",
     "FakeTelegramAPI",
+    "Fault",
     "StoredMessage",
     "utf16_len",
     "visible_html_text",

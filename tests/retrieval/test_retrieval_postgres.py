@@ -117,3 +117,29 @@ async def test_postgres_entries_sections_and_relations(pg_repo: KnowledgeReposit
     ]
     assert [r.ref for r in await pg_repo.related("G0016", ["uses"])] == ["T1558.003"]
     assert [e.ref for e in await pg_repo.list_entries("group")] == ["G0016"]
+
+
+async def test_postgres_private_documents_are_seen_by_their_owner_only(pg_repo: KnowledgeRepository) -> None:
+    await pg_repo.save_documents("cwe", [doc("CWE-79", "shared text about quokka scripting")])
+    [mine] = await pg_repo.save_documents(
+        "upload", [doc("telegram:1/h/notes.md", "private quokka runbook CVE-2099-0001")], owner="telegram:1"
+    )
+    shared = {r.ref for r in await pg_repo.get_chunks([c for c, _ in await pg_repo.fts_search("quokka")])}
+    assert shared == {"CWE-79"}
+    owner_hits = await pg_repo.fts_search("quokka", viewer="telegram:1")
+    assert len(owner_hits) == 2
+    assert len(await pg_repo.fts_search_meta("quokka", viewer="telegram:2")) == 1
+    assert await pg_repo.phrase_search("CVE-2099-0001", viewer="telegram:2") == []
+    assert len(await pg_repo.phrase_search("CVE-2099-0001", viewer="telegram:1")) == 1
+    assert await pg_repo.find_by_ref("telegram:1/h/notes.md") == []
+    assert len(await pg_repo.find_by_ref("telegram:1/h/notes.md", viewer="telegram:1")) == 1
+    ids = [c for c, _ in owner_hits]
+    assert len(await pg_repo.get_chunk_meta(ids)) == 1 and len(await pg_repo.get_chunks(ids)) == 1
+    assert len(await pg_repo.get_chunks(ids, all_owners=True)) == 2
+    assert len(await pg_repo.hidden_chunk_ids("telegram:2")) == 1
+    assert (
+        len(await pg_repo.hidden_chunk_ids(None)) == 1 and await pg_repo.hidden_chunk_ids("telegram:1") == []
+    )
+    assert [d.id for d in await pg_repo.owned_documents("telegram:1")] == [mine.document_id]
+    assert await pg_repo.delete_owned("telegram:1") == (1, 1)
+    assert await pg_repo.count() == (1, 1)

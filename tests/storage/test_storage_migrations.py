@@ -14,6 +14,7 @@ from storage.migrate import current_revision, upgrade
 
 MY_TABLES = {
     "users",
+    "pending_replies",
     "conversations",
     "messages",
     "message_refs",

@@ -7,6 +7,8 @@ Create Date: 2026-11-22
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -18,7 +20,7 @@ depends_on = None
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def _ts(name: str, **kw: object) -> sa.Column:
+def _ts(name: str, **kw: Any) -> sa.Column[Any]:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=False, **kw)
 
 

@@ -54,7 +54,7 @@ class Rubrics:
 
 
 def default_rubrics_path() -> Path:
-    return Path(str(resources.files("core.evaluation").joinpath("rubrics.toml")))
+    return Path(str(resources.files("evaluation").joinpath("rubrics.toml")))
 
 
 def _text(table: dict, key: str, where: str) -> str:

@@ -1,4 +1,4 @@
-"""Storage throughput: `python -m storage.bench [--url URL] [-n 1000]` prints one JSON object.
+"""Storage throughput: `python benchmarks/storage_throughput.py [--url URL] [-n 1000]` prints one JSON object.
 
 Per simulated message it does what the conversation core does: is_processed, history(limit=20) and
 commit_exchange. Without --url it uses a fresh SQLite file in a temporary folder.
@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from storage.database import Database
 from storage.values import ConversationKey, UserRef

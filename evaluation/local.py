@@ -140,8 +140,8 @@ def hf_local(path: str | Path) -> TorchLM:
     def chat_ids(system: str, user: str) -> list[int]:
         if getattr(tok, "chat_template", None):
             msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+            ids: Any = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+            return [int(i) for i in (ids["input_ids"] if hasattr(ids, "keys") else ids)]
         return encode(f"{system}\n\n{user}\n\n")
 
     ctx = int(
@@ -151,7 +151,7 @@ def hf_local(path: str | Path) -> TorchLM:
         Path(path).name,
         logits,
         encode,
-        lambda ids: tok.decode(list(ids), skip_special_tokens=True),
+        lambda ids: str(tok.decode(list(ids), skip_special_tokens=True)),
         chat_ids,
         ctx,
     )

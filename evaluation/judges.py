@@ -13,9 +13,10 @@ import logging
 import os
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+
+from core.redaction import redact_url
 
 from .parse import JudgeParseError, PairVerdict, Rating, parse_pair, parse_rating
 
@@ -72,17 +73,6 @@ def derive_seed(*parts: object) -> int:
     """A stable 31-bit seed from the run seed and the item identity (reproducible, order independent)."""
     digest = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-def redact_url(url: str) -> str:
-    """Drop user:password from a URL so it can be logged."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        parts = parts._replace(netloc=f"***@{host}")
-    return urlunsplit(parts)
 
 
 class OpenAIJudge:

@@ -112,7 +112,7 @@ def score_local(items: Sequence[McqItem], scorer: OptionScorer, *, orders: int =
     """Mean per-token log-prob of each option's text after the listed question, averaged over option orders."""
     results = []
     for item in items:
-        per_order = []
+        per_order: list[int | None] = []
         totals = [0.0] * len(item.options)
         perms = option_orders(len(item.options), orders)
         for order in perms:

@@ -181,7 +181,7 @@ class JudgeRunner:
             if other:
                 raise EvalInputError(
                     f"{out}: row 2: existing results were made with another judge, rubric, --repeats or --seed "
-                    f"(judge_config {sorted(other)[0]} ≠ {fingerprint}); choose a new --out or pass --no-resume"
+                    f"(judge_config {sorted(str(o) for o in other)[0]} ≠ {fingerprint}); choose a new --out or pass --no-resume"
                 )
             keys = row_keys((r["question"], r.get("reference", ""), r.get("answer", "")) for r in table.rows)
             todo = [i for i, k in enumerate(keys) if k not in writer.done]
@@ -372,9 +372,9 @@ def write_chart(results: Sequence[dict[str, str]], criteria: Sequence[Criterion]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.6 * len(names) + 2.5))
     colors = ["#b2182b", "#ef8a62", "#e0e0e0", "#67a9cf", "#2166ac"]
     left = [0.0] * len(names)
-    for s in range(5):
-        share = [(cnt[s] / sum(cnt) * 100 if sum(cnt) else 0.0) for cnt in counts]
-        ax1.barh(names, share, left=left, color=colors[s], label=str(s + 1))
+    for score in range(5):
+        share = [(cnt[score] / sum(cnt) * 100 if sum(cnt) else 0.0) for cnt in counts]
+        ax1.barh(names, share, left=left, color=colors[score], label=str(score + 1))
         left = [a + b for a, b in zip(left, share)]
     ax1.set_xlabel("% of judge scores")
     ax1.set_xlim(0, 100)

@@ -12,12 +12,13 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+from core.redaction import redact_url
 from core.settings import Settings
 
 from .compare import Pair, PairwiseComparer, format_table, pairs_from_columns, pairs_from_results, write_json
 from .feedback import export_feedback
 from .io import EvalInputError, read_table
-from .judges import JudgeUnavailableError, OpenAIJudge, redact_url
+from .judges import JudgeUnavailableError, OpenAIJudge
 from .mcq import load_mcq, report, score_api, score_local, write_items
 from .rubrics import RubricError, load_rubrics
 from .runner import JudgeRunConfig, format_summary, judge_file
