@@ -90,7 +90,7 @@ class PassageSearch(Protocol):
 MIN_COSINE = 0.30
 # Without dense retrieval: the share of the question's informative words found in the passages; a question
 # that uses a security word ("technique", "weakness", "attack", ...) needs less.
-MIN_LEXICAL = 0.75
+MIN_LEXICAL = 0.6
 MIN_LEXICAL_SECURITY = 0.4
 
 

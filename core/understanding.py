@@ -130,7 +130,7 @@ _SECURITY = _rx(
     r"\b(?:techniques?|sub-?techniques?|weakness(?:es)?|cwes?|att&ck|attacks?|attackers?|adversar(?:y|ies)|"
     r"malware|ransomware|vulnerabilit(?:y|ies)|vulnerable|exploits?|exploited|security|secure|hackers?|"
     r"threats?|injections?|credentials?|passwords?|encrypt\w*|crypto\w*|phishing|backdoors?|payloads?|"
-    r"overflows?|privileges?|authenticat\w*|authoriz\w*|xss|csrf|ssrf|sqli|cves?|apts?|mitre|kerberos|"
+    r"overflows?|privileges?|authenticat\w*|authoriz\w*|xss|csrf|ssrf|sqli|cves?|apts?|mitre|kerber\w*|"
     r"tactics?|persistence|exfiltrat\w*|lateral|trojans?|botnets?|c2|beacons?|forensics?|incidents?)\b"
 )
 

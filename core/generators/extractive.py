@@ -461,10 +461,34 @@ def compose(spec: PromptSpec, max_tokens: int, count: Callable[[str], int]) -> l
             (n, s) for n, s in rest if s.ref != head.ref or s.section != "summary"
         ]
     lead = _HEADS.get(intent, "About")
-    lines.append(f"{lead} **{head.ref} {short_name(head.title)}** [{first_number}]:")
-    bullets = _bullets(answering, terms, MAX_BULLETS)
-    lines.extend(bullets)
+    bullets = _bullets(answering, terms, MAX_BULLETS) if head.kind not in _FILE_KINDS else []
+    if bullets:
+        lines.append(f"{lead} **{head.ref} {short_name(head.title)}** [{first_number}]:")
+        lines.extend(bullets)
+    else:
+        # No typed section answers it (a user's document, an entry without one): the sentences of the
+        # passages that share the question's words, each cited.
+        lines.append(f"From **{head.title or head.ref}** [{first_number}]:")
+        lines.extend(_relevant_sentences(numbered, terms))
     return _within(lines, max_tokens, count)
+
+
+_FILE_KINDS = ("", "document")
+
+
+def _relevant_sentences(passages: Sequence[tuple[int, Source]], terms: set[str]) -> list[str]:
+    """Up to MAX_BULLETS whole sentences of the best passage and of others sharing the question's words,
+    in passage order, as cited bullets."""
+    scored: list[tuple[int, int, str]] = []
+    for order, (number, source) in enumerate(passages):
+        for j, sentence in enumerate(sentences_of(_MARKDOWN_HEADING.sub(" ", body_of(source)))):
+            overlap = len(terms & query_terms(sentence))
+            if order == 0:  # the best match: its own sentences answer, even in other words
+                overlap = max(overlap, 1)
+            if overlap and len(sentence.split()) >= 4:
+                scored.append((-overlap, order * 1000 + j, f"- {sentence} [{number}]"))
+    best = sorted(scored)[:MAX_BULLETS]
+    return [text for _, _, text in sorted(best, key=lambda x: x[1])]
 
 
 def _within(lines: list[str], max_tokens: int, count: Callable[[str], int]) -> list[str]:
