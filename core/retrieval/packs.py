@@ -221,7 +221,7 @@ class CwePack:
             if term.text
         ]
         # "Improper Neutralization ... ('SQL Injection')": the short name in quotes is what people say.
-        aliases = list(dict.fromkeys([*_SHORT_NAME.findall(name), *aliases]))
+        aliases = list(dict.fromkeys([*_SHORT_NAME.findall(name), *_acronym_aliases(name), *aliases]))
         # A short first chunk (name, aliases, definition) gives each entry one focused passage
         # and one focused embedding; long extended descriptions would dilute both.
         summary = [f"{ref}: {name}."]
@@ -340,6 +340,23 @@ class CwePack:
             names=[name],
             relations=relations,
         )
+
+
+_ACRONYM = re.compile(r"^(.*\S)\s+\(([A-Z]{2,6})\)$")
+_GLUE_WORDS = frozenset({"of", "on", "in", "a", "an", "the", "for", "to", "and"})
+
+
+def _acronym_aliases(name: str) -> list[str]:
+    """ "Cross-Site Request Forgery (CSRF)" → ["CSRF", "Cross-Site Request Forgery"]: an acronym in
+    parentheses that spells the initials of the words before it (not "(PHP)")."""
+    match = _ACRONYM.match(name)
+    if match is None:
+        return []
+    before, acronym = match.groups()
+    initials = "".join(
+        w[0].upper() for w in re.split(r"[\s-]+", before) if w and w.lower() not in _GLUE_WORDS
+    )
+    return [acronym, before] if initials.endswith(acronym) else []
 
 
 def _paragraphs(node: ET.Element | None, *, items_as_bullets: bool = False) -> list[str]:

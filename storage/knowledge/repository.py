@@ -56,12 +56,7 @@ INVERSE_RELATIONS = {
 }
 _INVERSE_TO_STORED = {inverse: stored for stored, inverse in INVERSE_RELATIONS.items()}
 
-_META_COLUMNS = "c.id, d.source, c.ord, c.ref, d.prior, c.section, c.entry_kind"
-_RECORD_COLUMNS = (
-    "c.id, c.document_id, d.source, d.locator, c.ord, c.ref, c.title, c.url, c.text, d.prior, "
-    "c.entry_ref, c.entry_kind, c.section, c.heading, d.version"
-)
-# --- private documents: who may read what -------------------------------------------------------------
+# --- private documents: who may read what ---------------------------------------------------------
 # Every read that can reach a user takes `viewer` (the core's user key, or None): it sees the shared knowledge
 # (owner NULL) plus the viewer's own private documents, never anyone else's. The filter is part of each
 # query (FTS hits are filtered before their LIMIT), not applied to results afterwards.
@@ -74,6 +69,11 @@ _SQLITE_HIDDEN_CHUNKS = (
     "SELECT hd.id FROM knowledge_documents AS hd WHERE hd.owner IS NOT NULL AND hd.owner IS NOT :viewer)"
 )
 
+_META_COLUMNS = "c.id, d.source, c.ord, c.ref, d.prior, c.section, c.entry_kind"
+_RECORD_COLUMNS = (
+    "c.id, c.document_id, d.source, d.locator, c.ord, c.ref, c.title, c.url, c.text, d.prior, "
+    "c.entry_ref, c.entry_kind, c.section, c.heading, d.version"
+)
 _SQLITE_META = text(
     f"SELECT {_META_COLUMNS} FROM knowledge_chunks AS c "
     "JOIN knowledge_documents AS d ON d.id = c.document_id "
@@ -122,9 +122,9 @@ class KnowledgeRepository:
     `related` (a technique's mitigations, the groups that use it, its parent / sub-techniques,
     its tactics, ...) and `entry_name_index` (every name → entry, to spot names in questions).
 
-    Private documents (uploads, `owner` set): every read that can reach an answer takes `viewer` and sees
-    the shared knowledge plus the viewer's own documents only; entries (names, relations) are shared
-    knowledge. `owned_documents` / `delete_owned` / `hidden_chunk_ids` manage and mask the private ones.
+    Private documents (uploads, `owner` set): every chunk read that can reach an answer takes `viewer` and
+    sees the shared knowledge plus the viewer's own documents only. Entries (names, relations) are shared
+    knowledge: their reads never return a private document's rows.
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -139,7 +139,7 @@ class KnowledgeRepository:
         """Insert or update a document; returns (id, whether its content changed or it is new)."""
         async with self._sessions.begin() as session:
             document_id, status = await self._upsert(
-                session, source, DocumentData(locator, title, content_hash, url), None
+                session, source, DocumentData(locator, title, content_hash, url)
             )
         return document_id, status != "unchanged"
 
@@ -192,7 +192,7 @@ class KnowledgeRepository:
 
     @staticmethod
     async def _upsert(
-        session: AsyncSession, source: str, doc: DocumentData, owner: str | None
+        session: AsyncSession, source: str, doc: DocumentData, owner: str | None = None
     ) -> tuple[int, str]:
         existing = (
             await session.execute(
@@ -291,28 +291,28 @@ class KnowledgeRepository:
         query: str,
         limit: int = 50,
         *,
-        sections: Sequence[str] | None = None,
         viewer: str | None = None,
+        sections: Sequence[str] | None = None,
     ) -> list[tuple[int, float]]:
         """Full-text search over chunk text, title, ref and aliases: [(chunk id, score)], best first,
-        higher score is better; with `sections`, only chunks of those sections. Any user text is safe.
-        Only what `viewer` may read is searched."""
-        return [(meta.id, score) for meta, score in await self._bm25(query, limit, sections, viewer)]
+        higher score is better; with `sections`, only chunks of those sections. Only what `viewer`
+        may read is searched. Any user text is safe here."""
+        return [(meta.id, score) for meta, score in await self._bm25(query, limit, viewer, sections)]
 
     async def fts_search_meta(
         self,
         query: str,
         limit: int = 50,
         *,
-        sections: Sequence[str] | None = None,
         viewer: str | None = None,
+        sections: Sequence[str] | None = None,
     ) -> list[ChunkMeta]:
         """`fts_search`'s hits, best first, with their ranking metadata, in one statement (a search's
         first half runs while the query is being encoded; fewer round trips, less contention)."""
-        return [meta for meta, _ in await self._bm25(query, limit, sections, viewer)]
+        return [meta for meta, _ in await self._bm25(query, limit, viewer, sections)]
 
     async def _bm25(
-        self, query: str, limit: int, sections: Sequence[str] | None, viewer: str | None
+        self, query: str, limit: int, viewer: str | None, sections: Sequence[str] | None
     ) -> list[tuple[ChunkMeta, float]]:
         wanted = json.dumps(list(sections)) if sections is not None else None
         async with self._sessions() as session:
@@ -462,7 +462,7 @@ class KnowledgeRepository:
 
         `entry_chunks(["T1558.003"], ["detection"])` → its detection texts (x_mitre_detection and the
         data-component `detects` descriptions); `entry_chunks(["CWE-89"], ["mitigation"])` → its
-        potential mitigations, whole sentences. Only of documents `viewer` may read."""
+        potential mitigations, whole sentences. Private documents only for their owner (`viewer`)."""
         wanted = list(dict.fromkeys(r for ref in refs for r in (ref, ref.upper())))
         if not wanted:
             return []
@@ -738,7 +738,7 @@ class KnowledgeRepository:
         async with self._sessions() as session:
             return list((await session.execute(select(Chunk.id).order_by(Chunk.id))).scalars())
 
-    # --- private documents ---------------------------------------------------------------
+    # --- private documents -------------------------------------------------------------------
 
     async def owned_documents(self, owner: str) -> list[OwnedDocument]:
         """The owner's private documents, oldest first, with their chunk counts."""
@@ -771,7 +771,7 @@ class KnowledgeRepository:
 
     async def delete_owned(self, owner: str, document_ids: Sequence[int] | None = None) -> tuple[int, int]:
         """Delete the owner's private documents (all, or those of `document_ids` that are theirs) with their
-        chunks, names, relations and full-text rows, in one transaction. Returns (documents, chunks) deleted."""
+        chunks and full-text rows, in one transaction. Returns (documents, chunks) deleted."""
         async with self._sessions.begin() as session:
             condition: ColumnElement[bool] = Document.owner == owner
             if document_ids is not None:
@@ -785,8 +785,6 @@ class KnowledgeRepository:
                 await session.execute(delete(table).where(table.document_id.in_(doomed)))
             await session.execute(delete(Document).where(Document.id.in_(doomed)))
         return len(doomed), int(getattr(chunks, "rowcount", 0) or 0)
-
-    # --- counts --------------------------------------------------------------------------
 
     async def count(self, source: str | None = None) -> tuple[int, int]:
         """(documents, chunks), of one source or all."""

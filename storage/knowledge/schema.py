@@ -2,8 +2,7 @@
 plus the full-text index DDL of each engine.
 
 An *entry* is one thing the knowledge base knows about: a CWE weakness, an ATT&CK technique, group,
-software, campaign, mitigation or data component, or a user's document. A document with an `owner` is
-private to that user (an upload); pack entries and indexed folders are shared (owner NULL). Every chunk carries its entry
+software, campaign, mitigation or data component, or a user's document. Every chunk carries its entry
 (`entry_ref`, `entry_kind`) and the kind of text it holds (`section`) as columns, so answers can ask for
 "the detection sections of T1558.003" directly.
 """
@@ -98,6 +97,13 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def visible_to(viewer: str | None) -> ColumnElement[bool]:
+    """The documents `viewer` may read: shared ones (owner NULL), and their own private ones."""
+    if viewer is None:
+        return Document.owner.is_(None)
+    return or_(Document.owner.is_(None), Document.owner == viewer)
+
+
 def name_key(name: str) -> str:
     """How entry names and aliases are compared: case-folded, inner whitespace collapsed."""
     return " ".join(name.casefold().split())
@@ -118,11 +124,10 @@ class Document(Base):
     # How often practitioners meet this entry (0..1, from the pack data itself); a ranking prior.
     prior: Mapped[float] = mapped_column(Float, default=0.0)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    # A private document's owner (the core's user key, "telegram:42"); NULL = shared knowledge.
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True, default=None)
     # The data release the document was built from ("v15", "4.14"); empty for user files.
     version: Mapped[str] = mapped_column(String(64), default="", server_default="")
-    # A private document's owner (the core's user key, "telegram:42"); NULL = shared knowledge (packs,
-    # indexed folders). Every read that can reach a user filters on it (see `visible_to`).
-    owner: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True, default=None)
 
 
 class Chunk(Base):
@@ -186,11 +191,3 @@ class Relation(Base):
     target_kind: Mapped[str] = mapped_column(String(32), default="")
     target_name: Mapped[str] = mapped_column(Text, default="")
     description: Mapped[str] = mapped_column(Text, default="")  # e.g. the procedure text, cleaned
-
-
-def visible_to(viewer: str | None) -> ColumnElement[bool]:
-    """The documents `viewer` (the core's user key, or None) may read: shared ones, and their own private
-    ones. Every read that can reach a user filters on it, inside the query (before any LIMIT)."""
-    if viewer is None:
-        return Document.owner.is_(None)
-    return or_(Document.owner.is_(None), Document.owner == viewer)

@@ -6,7 +6,7 @@ The full-text index is untouched: its triggers name their columns, and SQLite's 
 table (and so the FTS rowids) as it is.
 
 Revision ID: 0003
-Revises: 0002
+Revises: 0005 (written against 0002; chained after main's 0004 outbox and 0005 private documents)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003"
-down_revision = "0002"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
@@ -109,7 +109,7 @@ def _backfill() -> None:
     names = []
     named: set[int] = set()
     for chunk_id, ref, ord_, text, title, aliases, source, document_id in rows:
-        is_pack = source != "file"
+        is_pack = source not in ("file", "upload")  # user files and private uploads are documents
         kind = _KIND_OF_SOURCE.get(source, "document") if is_pack else "document"
         entry_ref = ref if is_pack else ref.rsplit("#", 1)[0]
         heading, section = "", "description"

@@ -1,7 +1,7 @@
 """The outbox: replies between "accepted" and "stored", found and repaired after a crash.
 
 Revision ID: 0004
-Revises: 0003
+Revises: 0002
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

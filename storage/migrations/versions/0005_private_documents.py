@@ -4,7 +4,7 @@
 Reads filter on it, so a private document is only ever seen by its owner.
 
 Revision ID: 0005
-Revises: 0004
+Revises: 0002
 """
 
 from __future__ import annotations
