@@ -184,7 +184,7 @@ async def main() -> None:
         http_port=0,
         rate_limit_per_minute=1_000_000.0,
         rate_limit_burst=1_000_000,
-    )  # type: ignore[call-arg]
+    )
     async with open_app(settings, build_packs=False) as app:
         if args.verify:
             print(json.dumps({"nugget_problems": await verify(app, load(args.questions))}, indent=2))

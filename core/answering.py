@@ -114,7 +114,7 @@ class Prepared:
     params: GenerationParams
     question_truncated: bool = False
     retrieved: Retrieved | None = None
-    prompt_tokens: int | None = None  # the fitted prompt, in the generator's tokens
+    prompt_tokens: int = 0  # the fitted prompt, in the generator's tokens
 
     @property
     def direct(self) -> str | None:
