@@ -11,8 +11,16 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from core.models_hub import DEFAULT_MODEL
+from core.retrieval.packs import OPTIONAL_PACKS, PACK_NAMES
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from bots.compose import App
+    from core.models_hub import ModelHub
+    from core.retrieval.indexer import IndexReport
 
 log = logging.getLogger("ghostbot")
 
@@ -35,7 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     index = sub.add_parser("index", help="index folders/files (md, txt, html, pdf) and knowledge packs")
     index.add_argument("paths", nargs="*", type=Path)
-    index.add_argument("--pack", action="append", choices=["cwe", "attack"], default=[], help="build a pack")
+    index.add_argument(
+        "--pack",
+        action="append",
+        choices=[*PACK_NAMES, *OPTIONAL_PACKS],
+        default=[],
+        help="build a pack (ghostlm-rag: the corpus pulled with `ghostbot model pull`)",
+    )
+
+    model = sub.add_parser("model", help="models from the Hugging Face Hub: pull, list")
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
+    pull = model_sub.add_parser(
+        "pull", help=f"download a model into DATA_DIR/models (default: {DEFAULT_MODEL})"
+    )
+    pull.add_argument(
+        "name",
+        nargs="?",
+        default=DEFAULT_MODEL,
+        help=f"{DEFAULT_MODEL} (GhostLM and its RAG corpus), owner/repo or owner/repo/file",
+    )
+    listing = model_sub.add_parser("list", help="the models in the cache")
+    listing.add_argument("--json", action="store_true", help="print JSON")
 
     from evaluation.cli import add_eval_subcommands
 
@@ -49,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The benchmark's own parser owns its flags (--new-tokens, --preset, …): see main().
     bench_sub.add_parser(
         "generate",
-        help="GhostLM generation speed: full recompute vs KV cache vs HF (flags: see --help)",
+        help="GhostLM generation speed: dtypes, transformers, batched worker, TTFT (flags: see --help)",
         add_help=False,
     )
     return parser
@@ -58,9 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
     if args.command == "bench":
-        from ghostlm.bench import main as bench_main
-
-        return bench_main(extra)
+        return _run_benchmark(args.bench_command, extra)
     if extra:
         build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
 
@@ -68,10 +94,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bots.logs import setup_logging
 
     setup_logging(settings)
+    from core.generators.errors import GeneratorError
+    from core.models_hub import ModelHubError
+
     try:
+        if args.command == "model":
+            return model_command(args, settings)
         return asyncio.run(_dispatch(args, settings))
     except KeyboardInterrupt:
         return 130
+    except (GeneratorError, ModelHubError) as e:
+        # A configuration or download problem: one line the user can act on, no traceback.
+        print(f"ghostbot: {e}", file=sys.stderr)
+        return 1
+
+
+def _run_benchmark(name: str, argv: list[str]) -> int:
+    """Benchmarks live in benchmarks/ (a source checkout, not the installed package): run that script's main."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", script)
+    if spec is None or spec.loader is None or not script.is_file():
+        print(f"The {name} benchmark needs a source checkout (benchmarks/{name}.py).", file=sys.stderr)
+        return EXIT_USAGE
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return int(module.main(argv))
 
 
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
@@ -190,7 +239,10 @@ async def index(settings: Settings, paths: list[Path], packs: list[str]) -> int:
     failed = False
     async with open_app(settings, build_packs=False) as app:
         for pack in packs:
-            report = await app.indexer.index_pack(pack)
+            if pack in OPTIONAL_PACKS:
+                report = await index_rag_pack(settings, app)
+            else:
+                report = await app.indexer.index_pack(pack)
             print(f"pack {pack}{' ' + report.version if report.version else ''}: {_describe(report)}")
             failed |= bool(report.failed)
         if paths:
@@ -198,6 +250,113 @@ async def index(settings: Settings, paths: list[Path], packs: list[str]) -> int:
             print(f"files: {_describe(report)}")
             failed |= bool(report.failed)
     return 1 if failed else 0
+
+
+async def index_rag_pack(settings: Settings, app: App) -> IndexReport:
+    """`--pack ghostlm-rag`: the pulled upstream corpus, re-embedded with our encoder; says how long first."""
+    from core.models_hub import hub_from_settings
+    from core.retrieval.indexer import embedding_text
+    from core.retrieval.rag_pack import (
+        CHUNKS_FILE,
+        MODEL_NAME,
+        PACK_NAME,
+        RagPack,
+        describe_duration,
+        measure_rate,
+        pending_chunks,
+    )
+    from storage.knowledge import KnowledgeRepository
+
+    path = hub_from_settings(settings).data_file(MODEL_NAME, CHUNKS_FILE)
+    pack = RagPack(path)
+    entries = await asyncio.to_thread(lambda: list(pack.entries()))
+    known = await KnowledgeRepository(app.db.sessions).content_hashes(PACK_NAME)
+    pending = pending_chunks(entries, known)
+    print(
+        f"pack {PACK_NAME}: {pack.chunk_count} passages in {len(entries)} entries from {path}",
+        file=sys.stderr,
+    )
+    embedder = app.retriever.embedder
+    if embedder is not None and pending:
+        sample = [embedding_text(e.title, s.text) for e in entries[:64] for s in e.sections][:32]
+        rate = await asyncio.to_thread(measure_rate, embedder.encode, sample)
+        print(
+            f"{pending} passages to embed at ~{rate:.0f} passages/s (measured on {len(sample)}): "
+            f"{describe_duration(pending / rate if rate else 0.0)}",
+            file=sys.stderr,
+        )
+    elif not pending:
+        print("nothing changed since the last import", file=sys.stderr)
+    return await app.indexer.index_entries(PACK_NAME, entries, version=pack.version)
+
+
+def model_command(args: argparse.Namespace, settings: Settings) -> int:
+    from core.models_hub import hub_from_settings
+
+    hub = hub_from_settings(settings)
+    if args.model_command == "pull":
+        return model_pull(hub, args.name)
+    models = hub.cached()
+    if args.json:
+        rows = [{k: v for k, v in asdict(m).items() if k != "files"} for m in models]
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not models:
+        print(f"No models in {hub.cache_dir}: `ghostbot model pull` downloads {DEFAULT_MODEL}.")
+        return 0
+    header = ("name", "architecture", "parameters", "context", "size", "sha256")
+    rows_text = [
+        (
+            m.name,
+            m.architecture,
+            f"{m.parameters / 1e6:.1f}M" if m.parameters >= 1e5 else str(m.parameters),
+            str(m.context_length),
+            _human_size(m.size),
+            m.sha256[:16],
+        )
+        for m in models
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows_text)) for i in range(len(header))]
+    for row in (header, *rows_text):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def model_pull(hub: ModelHub, name: str) -> int:
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(file: str, done: int, total: int | None) -> None:
+        bar = bars.get(file)
+        if bar is None:
+            bar = bars[file] = tqdm(desc=file, total=total, unit="B", unit_scale=True, unit_divisor=1024)
+        if total is not None and bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        model = hub.pull(name, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    print(
+        f"{model.name}: {model.architecture}, {model.parameters:,} parameters, context {model.context_length}"
+    )
+    print(f"  {model.path}")
+    print(f"  use it: MODEL_PATH=hf:{model.name}")
+    if model.name == DEFAULT_MODEL:
+        print("  its knowledge base: ghostbot index --pack ghostlm-rag")
+    return 0
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
 
 
 if __name__ == "__main__":

@@ -84,7 +84,10 @@ async def open_app(
             await asyncio.to_thread(_prepare, generator)
         log.info("generator: %s (context %d tokens)", generator.name, generator.context_length)
         worker = GenerationWorker(
-            generator, queue_size=settings.queue_size, timeout_s=settings.request_timeout_seconds
+            generator,
+            queue_size=settings.queue_size,
+            timeout_s=settings.request_timeout_seconds,
+            max_batch=settings.max_batch,
         )
         await worker.start()
         documents = DocumentLibrary(

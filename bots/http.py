@@ -432,9 +432,17 @@ class HttpAdapter:
         authed = self._api_key is not None  # only reached with the key (bearer) when one is set
         return new, self._signer.issue(new, authed=authed)
 
-    def _set_cookie(self, response: web.StreamResponse, value: str) -> None:
+    def _set_cookie(self, request: web.Request, response: web.StreamResponse, value: str) -> None:
+        # Secure when the page came over HTTPS (directly, or from a proxy that says so).
+        secure = request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
         response.set_cookie(
-            SESSION_COOKIE, value, max_age=SESSION_MAX_AGE, httponly=True, samesite="Strict", path="/"
+            SESSION_COOKIE,
+            value,
+            max_age=SESSION_MAX_AGE,
+            httponly=True,
+            samesite="Strict",
+            path="/",
+            secure=secure,
         )
 
     def _page(self, request: web.Request, name: str, *, status: int = 200) -> web.Response:
@@ -465,7 +473,7 @@ class HttpAdapter:
         response = self._page(request, "web_chat.html")
         _, cookie = self._web_user(request)
         if cookie is not None:
-            self._set_cookie(response, cookie)
+            self._set_cookie(request, response, cookie)
         return response
 
     async def login(self, request: web.Request) -> web.Response:
@@ -480,7 +488,7 @@ class HttpAdapter:
         session = request.get(SESSION_KEY)
         response = web.json_response({"ok": True})
         self._set_cookie(
-            response, self._signer.issue(session[0] if session else uuid.uuid4().hex, authed=True)
+            request, response, self._signer.issue(session[0] if session else uuid.uuid4().hex, authed=True)
         )
         return response
 
@@ -527,7 +535,7 @@ class HttpAdapter:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         if cookie is not None:
-            self._set_cookie(response, cookie)
+            self._set_cookie(request, response, cookie)
         await response.prepare(request)
         async for event in _drive(self._app.manager.handle(incoming, sink), sink):
             await response.write(f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode())

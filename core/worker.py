@@ -7,14 +7,18 @@ Policy (documented for users and adapters):
 - Each request yields events in order: `Queued` (when it waits, and again whenever its position moves),
   `Started`, `Piece`…; when iteration ends `handle.finish_reason` is "stop", "length" (hit max_new_tokens), "cancelled", "timeout" or "error".
 - The per-request timeout counts from the moment generation starts (waiting in the queue does not count).
-- Cancel and timeout end the request for the caller at once; the model thread stops at its next
-  `should_stop` poll, and the next request starts only after it has (there is only one model instance).
+- Continuous batching: up to `capacity` requests run together in the ONE model thread (a generator that can
+  batch, `max_batch` > 1); a new one joins between steps, a finished one leaves without stalling the others.
+  Queue positions and ETAs count only the requests waiting beyond the batch.
+- Cancel and timeout end the request for the caller at once; the model thread drops it before its next step
+  (or, one at a time, at the stream's next `should_stop` poll), and its slot is reused only after that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -22,13 +26,18 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Literal
 
-from core.generators.base import GenerationParams, Generator, PromptSpec
+from core.generators.base import (
+    BatchingGenerator,
+    BatchSession,
+    FinishReason,
+    GenerationParams,
+    Generator,
+    PromptSpec,
+    StreamSession,
+)
 
 logger = logging.getLogger(__name__)
-
-FinishReason = Literal["stop", "length", "cancelled", "timeout", "error"]
 
 
 class QueueFull(Exception):
@@ -110,20 +119,30 @@ class GenerationHandle:
 
 
 class _ModelThread:
-    """The single thread that touches the model. Jobs arrive on a thread-safe queue."""
+    """The single thread that touches the model. Jobs arrive on a thread-safe queue.
+
+    It drives one :class:`BatchSession`: requests are added between steps, each step advances every running
+    request, and a request whose `stop_event` is set (cancel, timeout, shutdown) is removed before the next step
+    without stopping the others. With a generator that cannot batch (or `max_batch=1`) the session is a
+    :class:`StreamSession`: one request at a time, exactly as before batching.
+    """
 
     def __init__(
         self,
         generator: Generator,
+        max_batch: int,
         loop: asyncio.AbstractEventLoop,
         on_done: Callable[[GenerationHandle], None],
     ) -> None:
         self._generator = generator
+        self._max_batch = max_batch
         self._loop = loop
         self._on_done = on_done
         self._jobs: queue.SimpleQueue[tuple[GenerationHandle, asyncio.Future[None]] | None] = (
             queue.SimpleQueue()
         )
+        self.capacity: asyncio.Future[int] = loop.create_future()
+        self.steps = 0  # batch steps run (for tests and the benchmark)
         # Daemon: a generator that ignores should_stop must not keep the process alive after shutdown.
         self._thread = threading.Thread(target=self._run, name="ghostbot-generation", daemon=True)
         self._thread.start()
@@ -140,27 +159,76 @@ class _ModelThread:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            handle, fut = job
-            reason: FinishReason = "stop"
-            error: BaseException | None = None
+    def _open(self) -> BatchSession:
+        if isinstance(self._generator, BatchingGenerator):
             try:
-                pieces = self._generator.stream(handle.spec, handle.params, handle.stop_event.is_set)
-                for piece in pieces:
-                    if handle.stop_event.is_set():
-                        break
-                    if piece:
-                        self._call(handle._push, Piece(piece))
-                # Backends report why they stopped; only this thread runs the generator, so it is ours.
-                if getattr(self._generator, "last_finish_reason", None) == "length":
-                    reason = "length"
-            except Exception as exc:  # the model's failure is the request's failure, never the worker's
-                reason, error = "error", exc
-            self._call(self._complete, handle, fut, reason, error)
+                return self._generator.open_batch(self._max_batch)
+            except Exception as exc:  # e.g. weights missing: every request will report it through stream()
+                logger.warning(
+                    "batched generation unavailable (%s); serving one at a time", type(exc).__name__
+                )
+        return StreamSession(self._generator)
+
+    def _run(self) -> None:
+        session = self._open()
+        self._call(_resolve, self.capacity, max(1, session.capacity))
+        active: dict[int, tuple[GenerationHandle, asyncio.Future[None]]] = {}
+        try:
+            while True:
+                if not self._admit(session, active):
+                    return
+                for key, (handle, fut) in list(active.items()):
+                    if handle.stop_event.is_set():  # cancelled / timed out: leave now, the rest go on
+                        session.remove(key)
+                        del active[key]
+                        self._call(self._complete, handle, fut, "cancelled", None)
+                if not active:
+                    continue
+                try:
+                    outputs = session.step()
+                except Exception as exc:  # the model's failure is the requests' failure, never the worker's
+                    for key, (handle, fut) in active.items():
+                        session.remove(key)
+                        self._call(self._complete, handle, fut, "error", exc)
+                    active.clear()
+                    continue
+                self.steps += 1
+                for out in outputs:
+                    job = active.get(out.key)  # type: ignore[call-overload]
+                    if job is None:
+                        continue
+                    handle, fut = job
+                    if out.text and not handle.stop_event.is_set():
+                        self._call(handle._push, Piece(out.text))
+                    if out.finish is not None:
+                        del active[out.key]  # type: ignore[arg-type]
+                        self._call(self._complete, handle, fut, out.finish, out.error)
+        finally:
+            session.close()
+
+    def _admit(
+        self, session: BatchSession, active: dict[int, tuple[GenerationHandle, asyncio.Future[None]]]
+    ) -> bool:
+        """Take new jobs (wait for one when idle). Returns False on the stop sentinel."""
+        while True:
+            try:
+                job = self._jobs.get(block=not active)
+            except queue.Empty:
+                return True
+            if job is None:
+                for key, (handle, fut) in active.items():
+                    session.remove(key)
+                    self._call(self._complete, handle, fut, "cancelled", None)
+                active.clear()
+                return False
+            handle, fut = job
+            key = id(handle)
+            try:
+                session.add(key, handle.spec, handle.params, handle.stop_event.is_set)
+            except Exception as exc:
+                self._call(self._complete, handle, fut, "error", exc)
+                continue
+            active[key] = (handle, fut)
 
     def _call(self, fn: object, *args: object) -> None:
         with contextlib.suppress(RuntimeError):  # loop closed during interpreter shutdown
@@ -180,8 +248,17 @@ class _ModelThread:
             fut.set_result(None)
 
 
+def _resolve(fut: asyncio.Future[int], value: int) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
 class GenerationWorker:
-    """Owns the generator for the process. `start()` inside the running loop, `shutdown()` at the end."""
+    """Owns the generator for the process. `start()` inside the running loop, `shutdown()` at the end.
+
+    `max_batch` > 1 lets a batching generator (see `BatchingGenerator`) run that many requests together in
+    the one model thread; the generator may lower it (e.g. a KV-cache memory bound). 1 = one at a time.
+    """
 
     def __init__(
         self,
@@ -190,16 +267,21 @@ class GenerationWorker:
         queue_size: int = 32,
         timeout_s: float = 120.0,
         initial_duration_s: float = 10.0,
+        max_batch: int = 1,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
         self.generator = generator
         self.queue_size = queue_size
         self.timeout_s = timeout_s
+        self.max_batch = max_batch
+        self.capacity = max_batch  # requests running at once; the session may lower it once it is open
         self._avg_duration = initial_duration_s  # moving average of finished requests, for ETAs
         self._waiting: deque[GenerationHandle] = deque()
         self._by_owner: dict[str, GenerationHandle] = {}
-        self._running: GenerationHandle | None = None
+        self._running: set[GenerationHandle] = set()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -212,32 +294,44 @@ class GenerationWorker:
     # --- public ----------------------------------------------------------------------------------------
     @property
     def queue_depth(self) -> int:
-        """Requests waiting (not counting the one running)."""
+        """Requests waiting beyond the batch (not counting the running ones)."""
         return len(self._waiting)
 
     @property
+    def running(self) -> int:
+        """Requests being generated now."""
+        return len(self._running)
+
+    @property
     def busy(self) -> bool:
-        return self._running is not None
+        return bool(self._running)
 
     @property
     def accepting(self) -> bool:
         return not self._closed
+
+    @property
+    def steps(self) -> int:
+        """Model steps run so far (one step advances every running request)."""
+        return self._thread.steps if self._thread is not None else 0
 
     def start(self) -> asyncio.Future[None]:
         """Start the model thread and the consumer (call inside the running loop). Takes effect at once;
         the returned future is already done, so both `worker.start()` and `await worker.start()` work."""
         loop = asyncio.get_running_loop()
         if self._consumer is None and not self._closed:
-            self._thread = _ModelThread(self.generator, loop, self._release)
+            self._thread = _ModelThread(self.generator, self.max_batch, loop, self._release)
             self._consumer = loop.create_task(self._consume(), name="ghostbot-generation-consumer")
         done: asyncio.Future[None] = loop.create_future()
         done.set_result(None)
         return done
 
     def estimate_wait(self, position: int) -> float:
-        """Seconds until a request at `position` (1 = next) starts, from the moving average."""
-        running = 0.5 * self._avg_duration if self._running is not None else 0.0
-        return running + max(0, position - 1) * self._avg_duration
+        """Seconds until a request at `position` (1 = next beyond the batch) starts, from the measured rate:
+        `capacity` requests finish per average request duration (each slot frees on average halfway through)."""
+        if len(self._running) < self.capacity:
+            return 0.0
+        return (max(1, position) - 0.5) * self._avg_duration / self.capacity
 
     def submit(self, owner: str, spec: PromptSpec, params: GenerationParams) -> GenerationHandle:
         """Enqueue a request; never blocks. Raises `WorkerClosed`, `AlreadyPending` or `QueueFull`."""
@@ -246,13 +340,12 @@ class GenerationWorker:
         if owner in self._by_owner:
             raise AlreadyPending(owner)
         if len(self._waiting) >= self.queue_size:
-            raise QueueFull(max(1.0, self._avg_duration))
+            raise QueueFull(max(1.0, self.estimate_wait(len(self._waiting) + 1)))
         handle = GenerationHandle(owner, spec, params)
         self._by_owner[owner] = handle
         self._waiting.append(handle)
         self._idle.clear()
-        if self._running is not None or len(self._waiting) > 1:
-            self._report_positions()
+        self._report_positions()
         self._wakeup.set()
         return handle
 
@@ -268,7 +361,7 @@ class GenerationWorker:
             self._report_positions()
             self._update_idle()
         else:
-            handle._finish("cancelled")  # sets stop_event: the thread stops at its next poll
+            handle._finish("cancelled")  # sets stop_event: the model thread drops it before its next step
             self._release(handle)
         return True
 
@@ -311,10 +404,12 @@ class GenerationWorker:
             del self._by_owner[handle.owner]
 
     def _update_idle(self) -> None:
-        if not self._waiting and self._running is None:
+        if not self._waiting and not self._running:
             self._idle.set()
 
     def _report_positions(self) -> None:
+        if len(self._running) < self.capacity:
+            return  # a slot is free: the consumer admits the head of the queue before anyone waits
         for i, handle in enumerate(self._waiting, 1):
             if handle._position != i:
                 handle._position = i
@@ -322,33 +417,44 @@ class GenerationWorker:
 
     async def _consume(self) -> None:
         assert self._thread is not None
+        thread = self._thread
+        capacity = await thread.capacity
+        self.capacity = capacity
+        if capacity > 1:
+            logger.info("generation: up to %d requests decoded together", capacity)
+        loop = asyncio.get_running_loop()
         while True:
-            while not self._waiting:
-                if self._closed:
+            while not self._waiting or len(self._running) >= capacity:
+                if self._closed and not self._waiting and not self._running:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
             handle = self._waiting.popleft()
-            self._running = handle
+            handle._position = 0
+            self._running.add(handle)
             self._report_positions()
             handle._push(Started())
             started = time.monotonic()
-            done = self._thread.submit(handle)
-            timer = asyncio.get_running_loop().call_later(self.timeout_s, self._expire, handle)
-            try:
-                await done  # the thread resolves it even after a cancel/timeout, once the model has stopped
-            finally:
-                timer.cancel()
-                self._release(handle)
-                self._running = None
-                self._update_idle()
-            if handle.finish_reason in ("stop", "length"):
-                elapsed = time.monotonic() - started
-                self._avg_duration = 0.7 * self._avg_duration + 0.3 * elapsed
-                self.completed += 1
-            elif handle.finish_reason == "error":
-                # The caller logs the traceback (it knows which secrets to redact); here only the type.
-                logger.warning("generation for %s failed: %s", handle.owner, type(handle.error).__name__)
+            done = thread.submit(handle)
+            timer = loop.call_later(self.timeout_s, self._expire, handle)
+            # The thread resolves `done` even after a cancel/timeout, once the model has dropped the request.
+            done.add_done_callback(functools.partial(self._ended, handle, timer, started))
+
+    def _ended(
+        self, handle: GenerationHandle, timer: asyncio.TimerHandle, started: float, _done: object = None
+    ) -> None:
+        timer.cancel()
+        self._release(handle)
+        self._running.discard(handle)
+        self._update_idle()
+        self._wakeup.set()
+        if handle.finish_reason in ("stop", "length"):
+            elapsed = time.monotonic() - started
+            self._avg_duration = 0.7 * self._avg_duration + 0.3 * elapsed
+            self.completed += 1
+        elif handle.finish_reason == "error":
+            # The caller logs the traceback (it knows which secrets to redact); here only the type.
+            logger.warning("generation for %s failed: %s", handle.owner, type(handle.error).__name__)
 
     def _expire(self, handle: GenerationHandle) -> None:
         if handle._finish("timeout"):

@@ -7,7 +7,7 @@ from .checkpoint import CheckpointError, load_model, save_safetensors
 from .config import PRESETS, GhostLMConfig
 from .engine import Engine, GenerationStream, TrimInfo, full_recompute_generate
 from .mcq import option_logprob, option_logprobs, score_token_distribution
-from .model import GhostLM, KVCache
+from .model import BatchKVCache, GhostLM, KVCache
 from .sampling import GREEDY, SamplingParams
 from .tokenizer import (
     END_ID,
@@ -27,6 +27,7 @@ __all__ = [
     "GPT2_SPECIAL",
     "GREEDY",
     "PRESETS",
+    "BatchKVCache",
     "CheckpointError",
     "Engine",
     "GPT2Tokenizer",

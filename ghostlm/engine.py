@@ -14,17 +14,24 @@ Design choices:
 * Every model call runs under ``torch.inference_mode()``, entered per step rather than around ``yield``: the mode
   is thread-local and must not leak into the consumer's code while the generator is suspended.
 * ``should_stop`` is polled before every token (cancel / timeout); the stream then ends with ``"cancelled"``.
+
+:class:`ContinuousBatch` serves many requests from one thread: each :meth:`ContinuousBatch.step` prefills one
+chunk of the oldest waiting prompt (so new arrivals interleave with running decodes instead of waiting behind
+them), samples one token for every running row, and runs ONE forward for all of them
+(:meth:`GhostLM.decode_rows`, per-row positions). Rows join and leave between steps; each keeps its own
+sampler (seed, repetition penalty), stop ids and limits, and its greedy output equals running it alone.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
-from .model import GhostLM, KVCache
+from .model import BatchKVCache, GhostLM, KVCache
 from .sampling import Sampler, SamplingParams
 from .tokenizer import END_ID, Tokenizer
 
@@ -163,6 +170,216 @@ class Engine:
                     )[0][0, -1]
         finally:
             cache = None  # release the per-request cache as soon as the stream ends or is closed
+
+
+@dataclass(frozen=True)
+class BatchEvent:
+    """One row's news from a :meth:`ContinuousBatch.step`: a new ``token``, or the end (``stop_reason`` set,
+    same values as :attr:`GenerationStream.stop_reason`). A step can carry a row's last token and its end."""
+
+    key: Hashable
+    token: int | None
+    stop_reason: str | None = None
+
+
+@dataclass(eq=False)
+class _Row:
+    key: Hashable
+    ids: list[int]
+    max_new_tokens: int
+    sampler: Sampler
+    stops: frozenset[int]
+    trimmed: TrimInfo | None
+    prefill: KVCache | None = None  # the request's own cache while its prompt is being prefilled
+    prompt_done: int = 0
+    logits: torch.Tensor | None = None  # for the next token
+    length: int = 0  # positions cached (= the next token's position)
+    generated: int = 0
+    next_token: int = 0
+    tokens: list[int] = field(default_factory=list)
+
+
+class ContinuousBatch:
+    """Continuous batching over one model, driven by ONE thread (not thread-safe by design).
+
+    ``max_batch`` rows at most (prefilling + decoding); ``max_cache_bytes`` lowers that so the batched KV cache
+    (``max_batch`` slots x ``context_length`` positions) stays within the bound. The cache grows with demand
+    and is released whenever the batch empties. ``prefill_chunk`` tokens of one prompt are prefilled per step.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        max_batch: int,
+        *,
+        prefill_chunk: int = 256,
+        max_cache_bytes: int | None = None,
+    ) -> None:
+        if max_batch < 1 or prefill_chunk < 1:
+            raise ValueError("max_batch and prefill_chunk must be at least 1")
+        self.engine = engine
+        self.model = engine.model
+        p = self.model.token_embedding.weight
+        self._device, self._dtype = p.device, p.dtype
+        ctx = engine.context_length
+        per_slot = BatchKVCache.bytes_per_slot(self.model.config, ctx, self._dtype)
+        self.capacity = max_batch
+        if max_cache_bytes is not None:
+            self.capacity = max(1, min(max_batch, max_cache_bytes // per_slot))
+        self.prefill_chunk = prefill_chunk
+        self._rows: dict[Hashable, _Row] = {}
+        self._prefilling: deque[_Row] = deque()
+        self._decoding: list[_Row] = []  # index == cache slot
+        self._cache: BatchKVCache | None = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def full(self) -> bool:
+        return len(self._rows) >= self.capacity
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._rows
+
+    def add(
+        self,
+        key: Hashable,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int,
+        params: SamplingParams | None = None,
+        stop_ids: Sequence[int] | None = None,
+    ) -> TrimInfo | None:
+        """Queue a request for prefill (it joins the decoding rows once its prompt is in). Returns the trim."""
+        if key in self._rows:
+            raise ValueError(f"request {key!r} is already in the batch")
+        if self.full:
+            raise ValueError(f"the batch is full ({self.capacity} rows)")
+        if max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        ids, trim = self.engine.trim_prompt(prompt_ids, max_new_tokens)
+        stops = frozenset(self.engine._default_stop_ids() if stop_ids is None else stop_ids)
+        sampler = Sampler(params or SamplingParams(), self.model.config.vocab_size, ids, self._device)
+        row = _Row(key, ids, max_new_tokens, sampler, stops, trim)
+        self._rows[key] = row
+        self._prefilling.append(row)
+        return trim
+
+    def remove(self, key: Hashable) -> None:
+        """Drop a request now (cancel / timeout); the other rows are untouched. Unknown keys are ignored."""
+        row = self._rows.pop(key, None)
+        if row is None:
+            return
+        if row in self._prefilling:
+            self._prefilling.remove(row)
+            row.prefill = None
+        else:
+            with torch.inference_mode():  # the cache is an inference tensor: compaction must run in the mode
+                self._drop_slot(row)
+        if not self._rows:
+            self._cache = None  # idle: give the memory back
+
+    def tokens(self, key: Hashable) -> list[int]:
+        return list(self._rows[key].tokens)
+
+    def step(self) -> list[BatchEvent]:
+        """Prefill one chunk, emit one token per running row, advance them all with one forward."""
+        events: list[BatchEvent] = []
+        with torch.inference_mode():
+            if self._prefilling:
+                self._prefill_chunk()
+            finished: list[_Row] = []
+            for row in self._decoding:
+                reason = self._sample(row, events)
+                if reason is not None:
+                    events.append(BatchEvent(row.key, None, reason))
+                    finished.append(row)
+            for row in finished:
+                self._rows.pop(row.key, None)
+                self._drop_slot(row)
+            if self._decoding:
+                assert self._cache is not None
+                tokens = torch.tensor([r.next_token for r in self._decoding], device=self._device)
+                positions = torch.tensor([r.length for r in self._decoding], device=self._device)
+                logits = self.model.decode_rows(tokens, positions, self._cache)
+                for i, row in enumerate(self._decoding):
+                    row.logits = logits[i]
+                    row.length += 1
+        if not self._rows:
+            self._cache = None
+        return events
+
+    # --- internals -------------------------------------------------------------------------------------
+    def _prefill_chunk(self) -> None:
+        row = self._prefilling[0]
+        if row.max_new_tokens == 0:  # nothing to generate: no forward at all (like Engine.generate)
+            self._prefilling.popleft()
+            row.prompt_done = len(row.ids)
+            self._decoding_join(row, None)
+            return
+        if row.prefill is None:
+            row.prefill = self.model.new_cache(1, max_len=len(row.ids))
+        chunk = row.ids[row.prompt_done : row.prompt_done + self.prefill_chunk]
+        logits = self.model(
+            torch.tensor([chunk], device=self._device), past_kv=row.prefill, use_cache=True, last_only=True
+        )[0][0, -1]
+        row.prompt_done += len(chunk)
+        if row.prompt_done >= len(row.ids):
+            self._prefilling.popleft()
+            self._decoding_join(row, logits)
+
+    def _decoding_join(self, row: _Row, logits: torch.Tensor | None) -> None:
+        slot = len(self._decoding)
+        if row.prefill is not None:
+            if self._cache is None or self._cache.slots <= slot:
+                want = min(self.capacity, max(4, 2 * (slot + 1)))
+                self._cache = (
+                    self._cache.grown(want)
+                    if self._cache is not None
+                    else BatchKVCache(
+                        self.model.config,
+                        want,
+                        self.engine.context_length,
+                        device=self._device,
+                        dtype=self._dtype,
+                    )
+                )
+            self._cache.load(slot, row.prefill)
+            row.length = row.prefill.length
+            row.prefill = None
+        row.logits = logits
+        self._decoding.append(row)
+
+    def _sample(self, row: _Row, events: list[BatchEvent]) -> str | None:
+        """The alone-path order: sample, stop id?, emit, limit?, context full? Returns the stop reason."""
+        if row.max_new_tokens == 0 or row.logits is None:
+            return "max_new_tokens"
+        tok = row.sampler(row.logits)
+        if tok in row.stops:
+            return "stop_token"
+        row.tokens.append(tok)
+        row.generated += 1
+        events.append(BatchEvent(row.key, tok))
+        if row.generated >= row.max_new_tokens:
+            return "max_new_tokens"
+        if row.length >= self.engine.context_length:
+            logger.info("generation stopped: context of %d tokens is full", self.engine.context_length)
+            return "context_length"
+        row.next_token = tok
+        return None
+
+    def _drop_slot(self, row: _Row) -> None:
+        try:
+            slot = self._decoding.index(row)
+        except ValueError:
+            return
+        last = self._decoding[-1]
+        if last is not row:
+            assert self._cache is not None
+            self._cache.move(len(self._decoding) - 1, slot, last.length)
+            self._decoding[slot] = last
+        self._decoding.pop()
 
 
 def full_recompute_generate(

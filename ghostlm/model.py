@@ -67,6 +67,56 @@ class KVCache:
         return self.k[i, :, :, : self.length], self.v[i, :, :, : self.length]
 
 
+class BatchKVCache:
+    """Slots for continuous batching: ``k[layer]`` is (slots, n_kv_heads, max_len, head_dim), one request a slot.
+
+    Every row has its own length (= its next absolute position), so rows of different lengths decode together.
+    Rows decoded together are always the prefix ``0..n-1``: :meth:`move` compacts when a row leaves, and
+    :meth:`load` copies a request's prefilled single-row :class:`KVCache` into a slot. Zero-initialised, so the
+    masked tail of a short row never holds NaN (0 * NaN would poison the attention output).
+    """
+
+    def __init__(
+        self,
+        config: GhostLMConfig,
+        slots: int,
+        max_len: int | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.max_len = max_len or config.context_length
+        self.slots = slots
+        shape = (config.n_layers, slots, config.kv_heads, self.max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    @staticmethod
+    def bytes_per_slot(config: GhostLMConfig, max_len: int, dtype: torch.dtype) -> int:
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return 2 * config.n_layers * config.kv_heads * max_len * config.head_dim * itemsize
+
+    def load(self, slot: int, single: KVCache) -> None:
+        n = single.length
+        self.k[:, slot, :, :n] = single.k[:, 0, :, :n]
+        self.v[:, slot, :, :n] = single.v[:, 0, :, :n]
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
+        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+
+    def grown(self, slots: int) -> BatchKVCache:
+        """A copy with more slots (existing rows kept)."""
+        new = BatchKVCache.__new__(BatchKVCache)
+        new.max_len, new.slots = self.max_len, slots
+        shape = (self.k.size(0), slots, *self.k.shape[2:])
+        new.k = torch.zeros(shape, device=self.k.device, dtype=self.k.dtype)
+        new.v = torch.zeros(shape, device=self.v.device, dtype=self.v.dtype)
+        new.k[:, : self.slots] = self.k
+        new.v[:, : self.slots] = self.v
+        return new
+
+
 PastKV = Sequence[LayerKV] | KVCache | None
 
 
@@ -87,6 +137,10 @@ class RMSNorm(nn.Module):
 class RotaryEmbedding(nn.Module):
     """Rotate-half RoPE tables (cos/sin for every absolute position up to context_length)."""
 
+    inv_freq: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+
     def __init__(self, head_dim: int, max_len: int, base: float = 10000.0) -> None:
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
@@ -103,6 +157,14 @@ class RotaryEmbedding(nn.Module):
         T = x.size(-2)
         cos = self.cos[offset : offset + T].to(x.dtype)
         sin = self.sin[offset : offset + T].to(x.dtype)
+        half = x.size(-1) // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def at(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, 1, hd), row ``b`` rotated for absolute position ``positions[b]``."""
+        cos = self.cos[positions].to(x.dtype)[:, None, None, :]
+        sin = self.sin[positions].to(x.dtype)[:, None, None, :]
         half = x.size(-1) // 2
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
@@ -134,6 +196,8 @@ class CausalSelfAttention(nn.Module):
         layer_past: LayerKV | None,
         cache: KVCache | None,
         layer_idx: int,
+        positions: torch.Tensor | None = None,
+        batch: BatchKVCache | None = None,
     ) -> tuple[torch.Tensor, LayerKV]:
         B, T, C = x.shape
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv_heads
@@ -143,6 +207,9 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, nkv, hd).transpose(1, 2)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)  # before RoPE, as upstream
+        if positions is not None:
+            assert batch is not None
+            return self._decode_rows(q, k, v, rope, positions, batch, layer_idx), (k, v)
         if rope is not None:
             q, k = rope(q, past_len), rope(k, past_len)
 
@@ -176,6 +243,32 @@ class CausalSelfAttention(nn.Module):
         )
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.proj(y)), present
+
+    def _decode_rows(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        rope: RotaryEmbedding | None,
+        positions: torch.Tensor,
+        batch: BatchKVCache,
+        layer_idx: int,
+    ) -> torch.Tensor:
+        """One new token per row, row ``b`` at its own position: write its k/v, attend to its own prefix."""
+        n = q.size(0)
+        if rope is not None:
+            q, k = rope.at(q, positions), rope.at(k, positions)
+        rows = torch.arange(n, device=q.device)
+        kc, vc = batch.k[layer_idx], batch.v[layer_idx]
+        kc[rows, :, positions] = k[:, :, 0]
+        vc[rows, :, positions] = v[:, :, 0]
+        S = int(positions.max()) + 1
+        # Row b sees keys 0..positions[b]; the masked tail (other rows are longer) gets weight exactly 0.
+        mask = (torch.arange(S, device=q.device)[None, :] <= positions[:, None])[:, None, None, :]
+        y = F.scaled_dot_product_attention(
+            q, kc[:n, :, :S], vc[:n, :, :S], attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads
+        )
+        return self.proj(y.transpose(1, 2).reshape(n, 1, self.n_heads * self.head_dim))
 
 
 class MLP(nn.Module):
@@ -228,8 +321,10 @@ class Block(nn.Module):
         layer_past: LayerKV | None,
         cache: KVCache | None,
         layer_idx: int,
+        positions: torch.Tensor | None = None,
+        batch: BatchKVCache | None = None,
     ) -> tuple[torch.Tensor, LayerKV]:
-        a, present = self.attn(self.ln_1(x), rope, past_len, layer_past, cache, layer_idx)
+        a, present = self.attn(self.ln_1(x), rope, past_len, layer_past, cache, layer_idx, positions, batch)
         x = x + a
         x = x + self.ffn(self.ln_2(x))
         return x, present
@@ -285,6 +380,24 @@ class GhostLM(nn.Module):
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         p = self.token_embedding.weight
         return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
+
+    def decode_rows(self, tokens: torch.Tensor, positions: torch.Tensor, batch: BatchKVCache) -> torch.Tensor:
+        """Continuous batching step: ``tokens[b]`` is row ``b``'s next token (slot ``b`` of ``batch``), at
+        absolute position ``positions[b]``. Writes each row's k/v at its position and returns (n, vocab) logits.
+
+        Each row attends only to its own prefix, so a row's output does not depend on what else is batched.
+        """
+        n = tokens.size(0)
+        if n > batch.slots:
+            raise ValueError(f"{n} rows but the batch cache has {batch.slots} slots")
+        if int(positions.max()) >= min(batch.max_len, self.config.context_length):
+            raise ValueError("a row's position is beyond the cache / context length")
+        x = self.token_embedding(tokens.view(n, 1))
+        if self.pos_embedding is not None:
+            x = x + self.pos_embedding(positions).view(n, 1, -1)
+        for i, block in enumerate(self.blocks):
+            x, _ = block(x, self.rope, 0, None, None, i, positions, batch)
+        return self.lm_head(self.ln_f(x))[:, 0]
 
     def forward(
         self,

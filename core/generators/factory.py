@@ -58,10 +58,23 @@ def detect_model_kind(path: Path) -> Literal["ghostlm", "hf"]:
     )
 
 
+def resolve_model_path(settings: Settings) -> Path | None:
+    """MODEL_PATH as a local path; `hf:NAME` comes from the model cache, or is pulled on first start."""
+    path = settings.model_path
+    if path is None or not str(path).startswith("hf:"):
+        return path
+    from core.models_hub import ModelHubError, hub_from_settings
+
+    try:
+        return hub_from_settings(settings).resolve(str(path))
+    except ModelHubError as e:
+        raise GeneratorError(f"MODEL_PATH={path}: {e}") from None
+
+
 def build_generator(settings: Settings) -> Generator:
     """settings.generator: 'auto' → model_path (GhostLM or HF) → openai_base_url → extractive."""
     kind = settings.generator
-    path = settings.model_path
+    path = resolve_model_path(settings)
     if kind == "auto":
         if path is not None:
             kind = detect_model_kind(path)
@@ -92,5 +105,6 @@ def build_generator(settings: Settings) -> Generator:
             settings.openai_model,
             settings.openai_context_length,
             timeout=settings.request_timeout_seconds,
+            concurrency=settings.openai_concurrency,
         )
     return ExtractiveGenerator()

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.generators.base import GenerationParams, PromptSpec
+from core.generators.base import FinishReason, GenerationParams, PromptSpec, TextStream
 from core.generators.errors import GeneratorError
 from core.generators.ghostlm_backend import sampling_params
 from core.generators.render import clean_text, render_messages, render_turns, turns_as_dicts
@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 PLAIN_STOP = "\nUser:"  # the plain layout's next-turn marker: the model must not write the user's turn
 _TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 _SENTINEL = "GHOSTSENTINEL{}X"
+_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "cancelled": "cancelled"}
 
 
 class _DecodeAdapter:
@@ -182,7 +183,10 @@ class HFGenerator:
     # --- generation --------------------------------------------------------------------------------------
     def stream(
         self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
-    ) -> Iterator[str]:
+    ) -> TextStream:
+        """One request at a time (the worker's StreamSession). Not batched: transformers models differ in
+        cache classes and position handling; padding rows of different lengths changes their outputs unless
+        each architecture's per-row positions are handled, so batching here is left to GhostLM."""
         import torch
 
         from ghostlm.sampling import Sampler
@@ -205,9 +209,9 @@ class HFGenerator:
         )
         if max_new <= 0:
             self.last_finish_reason = "length"
-            return
+            return "length"
         if should_stop():
-            return
+            return "cancelled"
         device = next(model.parameters()).device
         sampler = Sampler(sampling_params(params), model.config.vocab_size, ids, device)
         decoder = StreamDecoder(_DecodeAdapter(tok), skip_special=True)
@@ -229,7 +233,7 @@ class HFGenerator:
                     self.last_finish_reason = "stop"
                     if held[:cut]:
                         yield held[:cut]
-                    return
+                    return "stop"
                 safe = len(held) - _partial_suffix(held, PLAIN_STOP)
                 piece, held = held[:safe], held[safe:]
             if piece:
@@ -247,6 +251,7 @@ class HFGenerator:
         tail = held + decoder.flush()
         if tail:
             yield tail
+        return _REASONS.get(self.last_finish_reason or "", "cancelled")
 
     def close(self) -> None:
         with self._lock:

@@ -13,14 +13,22 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
-from core.generators.base import GenerationParams, PromptSpec
+from core.generators.base import (
+    BatchSession,
+    FinishReason,
+    GenerationParams,
+    PromptSpec,
+    StreamSession,
+    TextStream,
+    ThreadedSession,
+)
 from core.generators.errors import GeneratorError
 from core.generators.estimate import utf8_bytes_estimate
 from core.generators.markers import neutralize_markers
@@ -70,6 +78,7 @@ class OpenAIGenerator:
         *,
         timeout: float = 120.0,
         transport: httpx.BaseTransport | None = None,
+        concurrency: int = 1,
     ) -> None:
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self._redact = Redactor([key] if key else [])
@@ -87,6 +96,11 @@ class OpenAIGenerator:
         self._count = cached_cl100k() or utf8_bytes_estimate
         self.exact_counts = self._count is not utf8_bytes_estimate
         self.last_finish_reason: str | None = None  # of the latest stream: "stop" | "length" | "cancelled"
+        self.concurrency = max(1, concurrency)  # requests in flight at once (the server batches them)
+
+    def open_batch(self, max_batch: int) -> BatchSession:
+        """Up to ``concurrency`` streams at once, each waiting on its socket in an I/O thread."""
+        return ThreadedSession(self, self.concurrency) if self.concurrency > 1 else StreamSession(self)
 
     def load(self) -> None:
         """Nothing to load locally; call :meth:`check` to probe the server at startup."""
@@ -184,26 +198,26 @@ class OpenAIGenerator:
 
     def stream(
         self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
-    ) -> Iterator[str]:
-        yield from self.stream_messages(_render(spec), params, should_stop)
+    ) -> TextStream:
+        return (yield from self.stream_messages(_render(spec), params, should_stop))
 
     def stream_messages(
         self, messages: list[dict[str, Any]], params: GenerationParams, should_stop: Callable[[], bool]
-    ) -> Iterator[str]:
+    ) -> TextStream:
         """SSE chat completion; leaving the ``with`` block (stop, error, consumer closed) drops the connection."""
         self.last_finish_reason = "cancelled"  # until the server says otherwise
         if should_stop():
-            return
+            return "cancelled"
         try:
             with self._client.stream(
                 "POST", "/chat/completions", json=self._payload(messages, params, True)
             ) as response:
                 if response.status_code >= 400:
                     raise self._status_error(response)
-                finish = "stop"  # a server that just ends the stream finished normally
+                finish: FinishReason = "stop"  # a server that just ends the stream finished normally
                 for line in response.iter_lines():
                     if should_stop():
-                        return
+                        return "cancelled"
                     event = self._parse_event(line)
                     if event is None:
                         break
@@ -213,6 +227,7 @@ class OpenAIGenerator:
                     if piece:
                         yield piece
                 self.last_finish_reason = finish
+                return finish
         except httpx.HTTPError as e:
             raise self._transport_error(e) from None
 

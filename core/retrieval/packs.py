@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from core.retrieval.loaders import Section
 from storage.knowledge import RelationData
 
+OPTIONAL_PACKS = ("ghostlm-rag",)  # built on request from a pulled model's files: core/retrieval/rag_pack.py
 # Bump when the text built from the data changes, so every entry is re-indexed once.
 PACK_FORMAT = "4"
 

@@ -171,17 +171,23 @@ class Retriever:
     async def _summaries(
         self, ranked: Sequence[ChunkMeta | ChunkRecord], viewer: str | None
     ) -> list[ChunkRecord]:
-        """Each ranked entry's summary chunk (a file's best chunk stays as it is), in rank order."""
+        """Each ranked entry's summary chunk, in rank order. A file's best chunk stays as it is, and so does
+        the hit of an entry without a summary section (an imported corpus such as ghostlm-rag)."""
         pack_refs = [m.ref for m in ranked if m.source not in _DOCUMENT_SOURCES]
         summaries = {
             r.entry_ref or r.ref: r
             for r in await self._repo.entry_chunks(pack_refs, ["summary"], limit_per_entry=1, viewer=viewer)
         }
-        files = [m.id for m in ranked if m.source in _DOCUMENT_SOURCES]
-        records = {r.id: r for r in await self._repo.get_chunks(files, viewer=viewer)}
+
+        def own(m: ChunkMeta | ChunkRecord) -> bool:  # the hit itself is the passage
+            return m.source in _DOCUMENT_SOURCES or m.ref not in summaries
+
+        records = {
+            r.id: r for r in await self._repo.get_chunks([m.id for m in ranked if own(m)], viewer=viewer)
+        }
         out: list[ChunkRecord] = []
         for m in ranked:
-            record = summaries.get(m.ref) if m.source not in _DOCUMENT_SOURCES else records.get(m.id)
+            record = records.get(m.id) if own(m) else summaries.get(m.ref)
             if record is not None:
                 out.append(record)
         return out

@@ -71,7 +71,7 @@ def test_usage_errors_are_polite(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_bench_generate_passes_its_flags_through(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["bench", "generate", "--preset", "ghost-tiny", "--new-tokens", "3", "--prompt-tokens", "4"]
-    assert main([*argv, "--repeats", "1", "--skip-hf"]) == 0
+    assert main([*argv, "--repeats", "1", "--skip-hf", "--dtypes", "float32", "--concurrency", "1,2"]) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["model"] == "ghost-tiny" and figures["new_tokens"] == 3
-    assert figures["tokens_match_full_recompute"] is True
+    assert figures["identical_to_alone"]["all_equal"] is True

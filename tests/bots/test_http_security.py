@@ -50,6 +50,12 @@ async def test_a_web_user_cannot_claim_a_telegram_identity(open_server: HttpAdap
             assert _texts(events) == REFUSAL  # neither admin nor allowed: the body's session is ignored
         cookie = next(c for c in web.cookie_jar if c.key == "ghostbot_session")
         assert cookie["httponly"] and cookie["samesite"] == "Strict"
+        assert not cookie["secure"]  # plain HTTP on loopback
+    async with aiohttp.ClientSession() as proxied:
+        response = await proxied.get(
+            f"http://127.0.0.1:{open_server.port}/", headers={"X-Forwarded-Proto": "https"}
+        )
+        assert "Secure" in response.headers["Set-Cookie"]
 
 
 async def test_the_session_cookie_is_signed(keyed_server: HttpAdapter) -> None:

@@ -62,11 +62,9 @@ class _LengthLimited(BPEGenerator):
     """Stops at max_new_tokens words and says so, as the model backends do."""
 
     def stream(self, spec, params, should_stop):  # type: ignore[no-untyped-def]
-        self.last_finish_reason = "stop"
         words = list(super().stream(spec, params, should_stop))
-        if len(words) > params.max_new_tokens:
-            self.last_finish_reason = "length"
         yield from words[: params.max_new_tokens]
+        return "length" if len(words) > params.max_new_tokens else "stop"  # the stream's finish reason
 
 
 async def test_one_shot_and_chat_agree_on_the_length_limit(bpe_tokenizer) -> None:

@@ -339,7 +339,7 @@ async def test_an_answer_cut_at_max_tokens_is_stored_and_the_user_is_told(
     class LengthLimited(BPEGenerator):
         def stream(self, spec, params, should_stop):  # type: ignore[no-untyped-def]
             yield from super().stream(spec, params, should_stop)
-            self.last_finish_reason = "length"
+            return "length"  # the finish reason is the stream's return value
 
     h = make_harness(LengthLimited(bpe_tokenizer, answer="a long answer that stops mid"))
     sink = await h.send("explain everything")

