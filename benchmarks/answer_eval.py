@@ -178,13 +178,18 @@ async def main() -> None:
     rows = load(args.questions)
     if args.half != "all":
         rows = [r for r in rows if r.get("half") == args.half]
-    settings = Settings(
-        generator="extractive",
-        http_host="127.0.0.1",
-        http_port=0,
-        rate_limit_per_minute=1_000_000.0,
-        rate_limit_burst=1_000_000,
-    )
+    overrides: dict[str, Any] = {
+        "generator": "extractive",
+        "http_host": "127.0.0.1",
+        "http_port": 0,
+        "rate_limit_per_minute": 1_000_000.0,
+        "rate_limit_burst": 1_000_000,
+        # The HTTP adapter's own per-IP limits (when the code has them): one client asks everything.
+        "http_rate_limit_per_minute": 1_000_000.0,
+        "http_rate_limit_burst": 1_000_000,
+        "http_global_rate_limit_per_minute": 1_000_000.0,
+    }
+    settings = Settings(**{k: v for k, v in overrides.items() if k in Settings.model_fields})
     async with open_app(settings, build_packs=False) as app:
         if args.verify:
             print(json.dumps({"nugget_problems": await verify(app, load(args.questions))}, indent=2))

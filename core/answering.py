@@ -78,8 +78,7 @@ def busy_notice(eta_seconds: float) -> str:
 
 class PassageSearch(Protocol):
     """What the pipeline needs from retrieval (`core.retrieval.Retriever` is one). A retriever that also
-    has `retrieve(understood, k, viewer=...) -> Retrieval` gets the intent-aware path. `viewer` (a user key,
-    only in that user's private contexts) adds their private documents to what is searched."""
+    has `retrieve(understood, k) -> Retrieval` gets the intent-aware path."""
 
     async def search(self, query: str, k: int = 4, *, viewer: str | None = None) -> list[Source]: ...
 
@@ -114,7 +113,7 @@ class Prepared:
     params: GenerationParams
     question_truncated: bool = False
     retrieved: Retrieved | None = None
-    prompt_tokens: int = 0  # the fitted prompt, in the generator's tokens
+    prompt_tokens: int = 0
 
     @property
     def direct(self) -> str | None:
@@ -163,8 +162,7 @@ class AnsweringPipeline:
     async def retrieve(self, question: str, *, k: int | None = None, viewer: str | None = None) -> Retrieved:
         """Understand `question`, then find what answers it. Small talk gets a built-in reply; a question the
         knowledge base does not come close to gets no passages (the extractive backend then says so, a model
-        answers without grounding). A failing retriever means an answer without passages, not none.
-        `viewer` (private contexts only) adds that user's own documents to the search."""
+        answers without grounding). A failing retriever means an answer without passages, not none."""
         understood = understand(question)
         if understood.intent == "smalltalk":
             return Retrieved(understood, direct=smalltalk_reply(question))
@@ -190,11 +188,8 @@ class AnsweringPipeline:
         history: Sequence[tuple[str, str]] = (),
         prefs: Mapping[str, str] | None = None,
         seed: int | None = None,
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
     ) -> Prepared:
-        """Prompt → budget → parameters. Raises `ContextTooSmall` when the configuration leaves no room.
-        `max_new_tokens` / `temperature` (an API request's own) override `prefs` and the settings."""
+        """Prompt → budget → parameters. Raises `ContextTooSmall` when the configuration leaves no room."""
         s = self.settings
         prefs = prefs or {}
         spec = self.prompts.build(
@@ -204,16 +199,14 @@ class AnsweringPipeline:
             prefs=prefs,
             intent=retrieved.understood.intent,
         )
-        requested = max_new_tokens or int(prefs.get("max_tokens", s.max_new_tokens))
+        requested = int(prefs.get("max_tokens", s.max_new_tokens))
         max_new = effective_max_new_tokens(self.generator.context_length, requested, s.context_reserve_tokens)
         fit: FitResult = self.context.fit(
             spec, budget=compute_budget(self.generator.context_length, max_new, s.context_reserve_tokens)
         )
         params = GenerationParams(
             max_new_tokens=max_new,
-            temperature=float(prefs.get("temperature", s.temperature))
-            if temperature is None
-            else temperature,
+            temperature=float(prefs.get("temperature", s.temperature)),
             top_k=s.top_k,
             top_p=s.top_p,
             repetition_penalty=s.repetition_penalty,

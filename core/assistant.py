@@ -26,7 +26,7 @@ from core.generators.base import Generator, finish_of
 from core.prompt import EMPTY_NOTICE, sanitize_text
 from core.settings import Settings
 from core.types import Answer
-from core.worker import AlreadyPending, GenerationHandle, GenerationWorker, Piece, QueueFull, WorkerClosed
+from core.worker import AlreadyPending, GenerationWorker, Piece, QueueFull, WorkerClosed
 
 logger = logging.getLogger(__name__)
 
@@ -78,19 +78,20 @@ class Assistant:
             eta = worker.estimate_wait(worker.queue_size + 1)
             return Answer(text=busy_notice(eta), finish_reason="error")
         retrieved = await self.pipeline.retrieve(text, k=k)
-        prepared = self.pipeline.prepare(
-            text, retrieved, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature
-        )
+        prefs: dict[str, str] = {}
+        if max_new_tokens is not None:
+            prefs["max_tokens"] = str(max_new_tokens)
+        if temperature is not None:
+            prefs["temperature"] = str(temperature)
+        prepared = self.pipeline.prepare(text, retrieved, prefs=prefs, seed=seed)
         if prepared.direct is not None:  # small talk: a built-in reply, no model
             if on_piece is not None:
                 await on_piece(prepared.direct)
-            return Answer(text=prepared.direct)
-        if self.worker is not None:
-            owner = owner or f"assistant:{uuid.uuid4().hex}"
-            submitted = self._submit(prepared, owner)
-            if isinstance(submitted, Answer):
-                return submitted
-            answer, reason = await self._collect(submitted, owner, on_piece)
+            return Answer(text=prepared.direct, prompt_tokens=prepared.prompt_tokens)
+        if worker is not None:
+            answer, reason = await self._via_worker(prepared, owner, on_piece)
+            if reason == "refused":
+                return Answer(text=answer, finish_reason="error")
         else:
             answer, reason = await self._in_thread(prepared)
             if on_piece is not None and answer:
@@ -104,25 +105,20 @@ class Assistant:
             prompt_tokens=prepared.prompt_tokens,
         )
 
-    def _submit(self, prepared: Prepared, owner: str) -> GenerationHandle | Answer:
-        """Queue on the worker; an Answer instead when the worker refuses (busy, pending, shutting down)."""
-        assert self.worker is not None
-        try:
-            return self.worker.submit(owner, prepared.spec, prepared.params)
-        except QueueFull as exc:
-            return Answer(text=busy_notice(exc.eta_seconds), finish_reason="error")
-        except AlreadyPending:
-            return Answer(text=PENDING_NOTICE, finish_reason="error")
-        except WorkerClosed:
-            return Answer(text=CLOSED_NOTICE, finish_reason="error")
-
-    async def _collect(
-        self,
-        handle: GenerationHandle,
-        owner: str,
-        on_piece: Callable[[str], Awaitable[None]] | None,
+    async def _via_worker(
+        self, prepared: Prepared, owner: str | None, on_piece: Callable[[str], Awaitable[None]] | None
     ) -> tuple[str, str | None]:
+        """(text, finish reason); (the notice, "refused") when the worker does not take the request."""
         assert self.worker is not None
+        owner = owner or f"assistant:{uuid.uuid4().hex}"
+        try:
+            handle = self.worker.submit(owner, prepared.spec, prepared.params)
+        except QueueFull as exc:
+            return busy_notice(exc.eta_seconds), "refused"
+        except AlreadyPending:
+            return PENDING_NOTICE, "refused"
+        except WorkerClosed:
+            return CLOSED_NOTICE, "refused"
         pieces: list[str] = []
         try:
             async for event in handle:

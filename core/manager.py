@@ -34,7 +34,7 @@ import logging
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -518,12 +518,12 @@ class ConversationManager:
             return False
         key = self.conversation_key(incoming)
         # Independent lookups, concurrently: retrieval is usually the slowest, the database hops overlap it.
-        # Private documents are searched only where only the user reads the answer.
-        viewer = owner if self.is_private(incoming) else None
         prefs, stored, retrieved = await asyncio.gather(
             self._user_prefs(incoming.platform, incoming.user_id),
             self.db.conversations.history(key, limit=self.history_limit),
-            self.answering.retrieve(question, viewer=viewer),
+            self.answering.retrieve(
+                question, viewer=self._owner(incoming) if self.is_private(incoming) else None
+            ),
         )
         history = [(m.role, m.text) for m in stored if m.id not in replaces]
         try:
@@ -532,59 +532,59 @@ class ConversationManager:
             logger.error("prompt does not fit: %s", exc)
             await self._reply(incoming, sink, CONFIG_NOTICE)
             return False
-        user = UserRef(incoming.platform, incoming.user_id, incoming.user_name)
-        if prepared.direct is not None:  # small talk: a built-in reply, no model
-            reply_id, delivery, repairable = await self._open_reply(
-                incoming, sink, key, user, question, user_message_id, replaces
-            )
-            return await self._deliver(
-                incoming,
-                sink,
-                key,
-                user,
-                question,
-                Answer(text=prepared.direct),
-                user_message_id,
-                reply_id=reply_id,
-                delivery=delivery,
-                repairable=repairable,
-            )
-        try:
-            handle = self.worker.submit(owner, prepared.spec, prepared.params)
-        except QueueFull as exc:
-            await sink.notice(
-                busy_notice(exc.eta_seconds), ephemeral=True
-            )  # not marked: a resend may succeed
-            return False
-        except AlreadyPending:
-            await sink.notice(PENDING_NOTICE, ephemeral=True)  # busy: not recorded
-            return False
-        except WorkerClosed:
-            await sink.notice(CLOSED_NOTICE, ephemeral=True)
-            return False
+        handle = None  # small talk (prepared.direct) is a built-in reply: no model, same delivery
+        if prepared.direct is None:
+            try:
+                handle = self.worker.submit(owner, prepared.spec, prepared.params)
+            except QueueFull as exc:
+                await sink.notice(
+                    busy_notice(exc.eta_seconds), ephemeral=True
+                )  # not marked: a resend may succeed
+                return False
+            except AlreadyPending:
+                await sink.notice(PENDING_NOTICE, ephemeral=True)  # busy: not recorded
+                return False
+            except WorkerClosed:
+                await sink.notice(CLOSED_NOTICE, ephemeral=True)
+                return False
 
         text, started = "", False
+        user = UserRef(incoming.platform, incoming.user_id, incoming.user_name)
         try:
             # The outbox row exists before the sink sends anything (queue status, stream, final).
-            reply_id, delivery, repairable = await self._open_reply(
-                incoming, sink, key, user, question, user_message_id, replaces
+            reply_id = await self.db.outbox.open(
+                event_id=incoming.event_id,
+                key=key,
+                user=user,
+                question=question,
+                question_tokens=self.context.count(question),
+                user_message_id=user_message_id or incoming.platform_message_id,
+                replaces=list(replaces),
             )
-            async for event in handle:
-                if isinstance(event, Piece):
-                    text += event.text
-                    await sink.partial(text)
-                elif isinstance(event, Queued):
-                    await sink.queued(event.position, event.eta_seconds)
-                elif isinstance(event, Started):
-                    started = True
-                    await sink.started()
+            delivery = _Delivery(self.db, reply_id, self._log_exception)
+            repairable = watch_messages(sink, delivery.report)
+            if handle is None:
+                text = prepared.direct or ""
+            else:
+                async for event in handle:
+                    if isinstance(event, Piece):
+                        text += event.text
+                        await sink.partial(text)
+                    elif isinstance(event, Queued):
+                        await sink.queued(event.position, event.eta_seconds)
+                    elif isinstance(event, Started):
+                        started = True
+                        await sink.started()
         finally:
-            if not handle.done:  # the sink failed or this task was cancelled: free the model
+            if handle is not None and not handle.done:  # the sink failed or this task was cancelled
                 self.worker.cancel(owner)
 
-        outcome = self.answering.finish(prepared, text, handle.finish_reason)
+        outcome = self.answering.finish(
+            prepared, text, handle.finish_reason if handle is not None else "stop"
+        )
+        answer_text = outcome.text
         if not outcome.ok:
-            if handle.finish_reason == "error" and handle.error is not None:
+            if handle is not None and handle.finish_reason == "error" and handle.error is not None:
                 self._log_exception("generation failed", handle.error)
             if started:  # close the streaming message the adapter has opened
                 await sink.final(
@@ -596,67 +596,13 @@ class ConversationManager:
             await self.db.outbox.finish(reply_id, incoming.platform, incoming.event_id)
             return False
 
+        sources = prepared.sources
         answer = Answer(
-            text=outcome.text,
-            sources=prepared.sources if prefs["sources"] == "on" else [],
+            text=answer_text,
+            sources=sources if prefs["sources"] == "on" else [],
             notices=outcome.notices,
             finish_reason=outcome.finish_reason,
         )
-        return await self._deliver(
-            incoming,
-            sink,
-            key,
-            user,
-            question,
-            answer,
-            user_message_id,
-            reply_id=reply_id,
-            delivery=delivery,
-            repairable=repairable,
-            sources=prepared.sources,
-        )
-
-    async def _open_reply(
-        self,
-        incoming: Incoming,
-        sink: ReplySink,
-        key: ConversationKey,
-        user: UserRef,
-        question: str,
-        user_message_id: str | None,
-        replaces: tuple[int, ...],
-    ) -> tuple[int, _Delivery, bool]:
-        """The reply's outbox row (before the sink sends anything), the recorder of the platform message ids
-        the sink reports, and whether the sink reports them (so a crash can be repaired)."""
-        reply_id = await self.db.outbox.open(
-            event_id=incoming.event_id,
-            key=key,
-            user=user,
-            question=question,
-            question_tokens=self.context.count(question),
-            user_message_id=user_message_id or incoming.platform_message_id,
-            replaces=list(replaces),
-        )
-        delivery = _Delivery(self.db, reply_id, self._log_exception)
-        return reply_id, delivery, watch_messages(sink, delivery.report)
-
-    async def _deliver(
-        self,
-        incoming: Incoming,
-        sink: ReplySink,
-        key: ConversationKey,
-        user: UserRef,
-        question: str,
-        answer: Answer,
-        user_message_id: str | None,
-        *,
-        reply_id: int,
-        delivery: _Delivery,
-        repairable: bool,
-        sources: Sequence[Source] = (),
-    ) -> bool:
-        """Send the finished answer and store the exchange with it (and the event id) at once."""
-        answer_text = answer.text
         answer_tokens = self.context.count(answer_text)
         if repairable:  # a crash during delivery then stores the answer instead of calling it interrupted
             await delivery.flush()  # the streamed message's id is in the row before the final state

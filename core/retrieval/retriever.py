@@ -15,7 +15,7 @@ import numpy as np
 from core.retrieval.dense import DenseIndex
 from core.retrieval.embedder import Embedder, EmbedderError
 from core.retrieval.ids import find_ids
-from core.retrieval.indexer import FILE_SOURCE, UPLOAD_SOURCE, upload_name
+from core.retrieval.indexer import UPLOAD_SOURCE, upload_name
 from core.retrieval.linking import EntityLinker, Link, primary_links, words_of
 from core.types import Source
 from storage.knowledge import ChunkMeta, ChunkRecord, KnowledgeRepository, RelatedEntry
@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # core.understanding imports core.retrieval.ids
 log = logging.getLogger(__name__)
 
 Mode = Literal["hybrid", "bm25", "dense"]
+_PACK_SOURCES = ("cwe", "attack")  # entries with typed sections; everything else is a user's document
 _URL_PATHS = {"G": "groups", "S": "software", "C": "campaigns", "M": "mitigations", "T": "techniques"}
 _GROUPISH = re.compile(r"\b(?:groups?|actors?|apts?|adversar\w*|threat)\b", re.I)
 _SOFTWARE = re.compile(r"\b(?:software|malware|tools?|ransomware|backdoors?|rats?|implants?)\b", re.I)
@@ -33,8 +34,6 @@ _CAMPAIGN = re.compile(r"\bcampaigns?\b", re.I)
 _PARENT = re.compile(r"\b(?:parent|sub-?technique of|child of|belongs? to|under which)\b", re.I)
 _CHILDREN = re.compile(r"\b(?:sub-?techniques|children|child techniques|variants)\b", re.I)
 _TACTIC = re.compile(r"\btactics?\b", re.I)
-# Documents of files (indexed folders, private uploads): no entry summary, their best chunk stands alone.
-_DOCUMENT_SOURCES = (FILE_SOURCE, UPLOAD_SOURCE)
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,7 @@ class Retrieval:
     lexical: float = 0.0  # share of the question's informative words found in the first passage
 
 
+MAX_QUERY_CHARS = 2000  # a question longer than this is a paste; its start says what it is about
 MAX_QUERY_CHARS = 2000  # a question longer than this is a paste; its start says what it is about
 
 
@@ -131,10 +131,7 @@ class Retriever:
         the sections answering the intent are taken from their entries (the detection chunks of
         T1558.003 for "how do I detect Kerberoasting?"); compare takes both entries, relationship the
         related entries, identify and list a ranked list of candidate entries. With nothing linked, the
-        hybrid search ranks the entries (with an extra BM25 list of the intent's sections).
-
-        `viewer` as for `search`: their private documents are searched too; entries (what names link
-        to) are shared knowledge only."""
+        hybrid search ranks the entries (with an extra BM25 list of the intent's sections)."""
         query = clean_query(question.text)
         if not query or k <= 0:
             return Retrieval([])
@@ -144,14 +141,14 @@ class Retriever:
             want = 2 if intent == "compare" else 1
             chosen = primary_links(links, want)
             refs = tuple(link.ref for link in chosen)
-            records, related = await self._sections_of(refs, question, query, chosen, k, viewer)
+            records, related = await self._sections_of(refs, question, query, chosen, k)
             if records or related:
                 passages = [self._to_source(0, r) for r in records] + [_related_source(r) for r in related]
                 room = max(k, 8) if related else max(k, 2 * len(refs))  # a list of related entries
                 return Retrieval(_numbered(passages[:room]), refs, 1.0, 1.0)
         # Nothing (useful) linked: rank entries by the hybrid search.
         sections = [s for s in question.sections if s != "summary"] or None
-        lists, meta, cosine = await self._candidates(query, "hybrid", sections, viewer)
+        lists, meta, cosine = await self._candidates(query, "hybrid", viewer=viewer, sections=sections)
         ranked = fuse(lists, meta, self.fusion)
         if not ranked:
             return Retrieval([], (), cosine)
@@ -161,7 +158,7 @@ class Retriever:
             records = await self._summaries(best, viewer)
         else:
             top = ranked[0]
-            wanted = await self._entry_sections(top.ref, question.sections, k, viewer)
+            wanted = await self._entry_sections(top.ref, question.sections, k)
             summary = await self._summaries([top], viewer)
             others = await self._summaries(ranked[1:k], viewer)
             records = (summary + wanted + others)[: max(k, len(wanted) + 1)]
@@ -171,51 +168,38 @@ class Retriever:
     async def _summaries(
         self, ranked: Sequence[ChunkMeta | ChunkRecord], viewer: str | None
     ) -> list[ChunkRecord]:
-        """Each ranked entry's summary chunk, in rank order. A file's best chunk stays as it is, and so does
-        the hit of an entry without a summary section (an imported corpus such as ghostlm-rag)."""
-        pack_refs = [m.ref for m in ranked if m.source not in _DOCUMENT_SOURCES]
+        """Each ranked entry's summary chunk (a file's best chunk stays as it is), in rank order."""
+        pack_refs = [m.ref for m in ranked if m.source in _PACK_SOURCES]
         summaries = {
             r.entry_ref or r.ref: r
-            for r in await self._repo.entry_chunks(pack_refs, ["summary"], limit_per_entry=1, viewer=viewer)
+            for r in await self._repo.entry_chunks(pack_refs, ["summary"], limit_per_entry=1)
         }
-
-        def own(m: ChunkMeta | ChunkRecord) -> bool:  # the hit itself is the passage
-            return m.source in _DOCUMENT_SOURCES or m.ref not in summaries
-
         records = {
-            r.id: r for r in await self._repo.get_chunks([m.id for m in ranked if own(m)], viewer=viewer)
+            r.id: r
+            for r in await self._repo.get_chunks(
+                [m.id for m in ranked if m.source not in _PACK_SOURCES], viewer=viewer
+            )
         }
         out: list[ChunkRecord] = []
         for m in ranked:
-            record = records.get(m.id) if own(m) else summaries.get(m.ref)
+            record = summaries.get(m.ref) if m.source in _PACK_SOURCES else records.get(m.id)
             if record is not None:
                 out.append(record)
         return out
 
-    async def _entry_sections(
-        self, ref: str, sections: Sequence[str], k: int, viewer: str | None
-    ) -> list[ChunkRecord]:
-        wanted = [s for s in sections if s != "summary"] or ["summary"]
-        chunks = await self._repo.entry_chunks([ref], wanted, viewer=viewer)
+    async def _entry_sections(self, ref: str, sections: Sequence[str], k: int) -> list[ChunkRecord]:
+        chunks = await self._repo.entry_chunks([ref], [s for s in sections if s != "summary"] or ["summary"])
         order = {name: i for i, name in enumerate(sections)}
         return sorted(chunks, key=lambda r: order.get(r.section, len(order)))[: max(k, 6)]
 
     async def _sections_of(
-        self,
-        refs: Sequence[str],
-        question: Understood,
-        query: str,
-        links: Sequence[Link],
-        k: int,
-        viewer: str | None,
+        self, refs: Sequence[str], question: Understood, query: str, links: Sequence[Link], k: int
     ) -> tuple[list[ChunkRecord], list[RelatedEntry]]:
         """The chunks (and related entries) of the linked entries that answer the intent."""
         intent = question.intent
-        summaries = await self._repo.entry_chunks(list(refs), ["summary"], limit_per_entry=1, viewer=viewer)
+        summaries = await self._repo.entry_chunks(list(refs), ["summary"], limit_per_entry=1)
         if intent == "compare":
-            described = await self._repo.entry_chunks(
-                list(refs), ["description"], limit_per_entry=1, viewer=viewer
-            )
+            described = await self._repo.entry_chunks(list(refs), ["description"], limit_per_entry=1)
             by_ref = {r.entry_ref: [r] for r in summaries}
             for r in described:
                 by_ref.setdefault(r.entry_ref, []).append(r)
@@ -226,11 +210,9 @@ class Retriever:
                 return summaries[:1], related
             return summaries, []
         if intent in ("define", "identify", "list"):
-            described = await self._repo.entry_chunks(
-                list(refs), ["description"], limit_per_entry=1, viewer=viewer
-            )
+            described = await self._repo.entry_chunks(list(refs), ["description"], limit_per_entry=1)
             return summaries + described, []
-        wanted = await self._entry_sections(refs[0], question.sections, k, viewer)
+        wanted = await self._entry_sections(refs[0], question.sections, k)
         if intent in ("prevent", "detect") and not wanted:
             # No section of its own (a group, a mitigation entry): what it is, then who/what relates.
             return summaries, await self._related(refs[0], query, k)
@@ -285,31 +267,31 @@ class Retriever:
     async def candidates(
         self, query: str, mode: Mode = "hybrid", *, viewer: str | None = None
     ) -> tuple[list[tuple[float, list[int]]], dict[int, ChunkMeta]]:
-        """The ranked chunk-id lists to fuse, each with its weight, and the chunks they name (only chunks
-        `viewer` may read: the metadata query filters the dense hits, whose matrix holds every chunk)."""
-        lists, meta, _ = await self._candidates(query, mode, None, viewer)
+        """The ranked chunk-id lists to fuse, each with its weight, and the chunks they name."""
+        lists, meta, _ = await self._candidates(query, mode, viewer=viewer)
         return lists, meta
 
     async def _candidates(
         self,
         query: str,
         mode: Mode = "hybrid",
-        sections: Sequence[str] | None = None,
+        *,
         viewer: str | None = None,
+        sections: Sequence[str] | None = None,
     ) -> tuple[list[tuple[float, list[int]]], dict[int, ChunkMeta], float]:
-        """`candidates`, plus the best dense cosine (of chunks `viewer` may read); with `sections`, one
-        more BM25 list of only those sections (what answers the intent: "detection" chunks for a
-        detection question)."""
+        """`candidates`, plus the best dense cosine; with `sections`, one more BM25 list of only those
+        sections (what answers the intent: "detection" chunks for a detection question). Only chunks
+        `viewer` may read: the metadata query filters the dense hits, whose matrix holds every chunk."""
         cfg = self.fusion
         # BM25, and the ranking metadata of its hits, run in the database driver's thread while the
         # encoder runs in its own: only the dense hits' metadata is fetched after encoding.
         bm25 = (
-            asyncio.ensure_future(self._bm25(query, cfg.candidates, None, viewer))
+            asyncio.ensure_future(self._bm25(query, cfg.candidates, viewer))
             if mode in ("hybrid", "bm25")
             else None
         )
         focused = (
-            asyncio.ensure_future(self._bm25(query, cfg.candidates, sections, viewer))
+            asyncio.ensure_future(self._bm25(query, cfg.candidates, viewer, sections))
             if sections and mode == "hybrid"
             else None
         )
@@ -344,6 +326,8 @@ class Retriever:
                 focused_hits = await focused
         lists: list[tuple[float, list[int]]] = []
         meta: dict[int, ChunkMeta] = {}
+        if bm25_hits and bm25_hits[0] and bm25_hits[1][bm25_hits[0][0]].source not in _PACK_SOURCES:
+            focused_hits = None  # the best match is a user's document: pack sections must not outvote it
         for hits in (bm25_hits, focused_hits):
             if hits is not None:
                 lists.append((cfg.bm25_weight, hits[0]))
@@ -361,9 +345,9 @@ class Retriever:
         return lists, meta, cosine
 
     async def _bm25(
-        self, query: str, limit: int, sections: Sequence[str] | None, viewer: str | None
+        self, query: str, limit: int, viewer: str | None, sections: Sequence[str] | None = None
     ) -> tuple[list[int], dict[int, ChunkMeta]]:
-        hits = await self._repo.fts_search_meta(query, limit, sections=sections, viewer=viewer)
+        hits = await self._repo.fts_search_meta(query, limit, viewer=viewer, sections=sections)
         return [m.id for m in hits], {m.id: m for m in hits}
 
     def _encode_query(self, query: str) -> np.ndarray | None:
@@ -382,9 +366,8 @@ class Retriever:
     def _dense_search(
         self, vector: np.ndarray, limit: int, with_names: bool, exclude: Sequence[int]
     ) -> tuple[list[int], list[int], float]:
-        """(chunk ids by cosine, summary chunk ids by cosine of their entry's name), best first, never one
-        of `exclude` (private chunks the viewer may not read), and the best chunk's cosine (how close the
-        knowledge base comes at all)."""
+        """(chunk ids by cosine, summary chunk ids by cosine of their entry's name, the best chunk's cosine),
+        best first, never one of `exclude` (private chunks the viewer may not read)."""
         dense = self._dense
         if dense is None:
             return [], [], 0.0
@@ -395,7 +378,7 @@ class Retriever:
 
     @staticmethod
     def _to_source(index: int, record: ChunkRecord) -> Source:
-        if record.source == FILE_SOURCE:
+        if record.source == "file":
             source = record.locator
         elif record.source == UPLOAD_SOURCE:
             source = upload_name(record.locator)  # the file name, never the owner part of the locator
@@ -477,7 +460,7 @@ def fuse(lists: Sequence[tuple[float, Sequence[int]]], records: dict[int, R], cf
 
 
 def _is_summary(record: _Rankable) -> bool:
-    return record.ord == 0 and record.source not in _DOCUMENT_SOURCES
+    return record.ord == 0 and record.source not in ("file", UPLOAD_SOURCE)
 
 
 def format_sources(sources: Sequence[Source]) -> str:

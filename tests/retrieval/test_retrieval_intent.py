@@ -17,7 +17,7 @@ from core.settings import Settings
 from core.types import Answer
 from core.understanding import understand
 from storage.database import Database
-from storage.knowledge import KnowledgeRepository
+from storage.knowledge import ChunkData, DocumentData, KnowledgeRepository
 
 CWE = ("CWE-79", "CWE-80", "CWE-89", "CWE-352", "CWE-22")
 ATTACK = ("T1558", "T1558.003", "T1558.004", "S0002", "G0016", "G0046", "G0102", "T1003", "T1003.001")
@@ -150,3 +150,24 @@ async def test_models_get_the_intent_sections_and_the_task(retriever: Retriever)
     assert [p.section for p in prepared.spec.passages][:2] == ["summary", "detection"]
     assert prepared.spec.intent == "detect"
     assert isinstance(prepared.params, GenerationParams)
+
+
+async def test_private_documents_reach_their_owner_only(retriever: Retriever) -> None:
+    locator = "telegram:1/h/quokka.md"
+    text = "Quokka floods overwhelm the gateway. Rotate the quokka keys every week to prevent quokka floods."
+    document = DocumentData(
+        locator=locator,
+        title="quokka.md",
+        content_hash="h",
+        chunks=[ChunkData(0, f"{locator}#1", "quokka.md", text)],
+    )
+    await retriever._repo.save_documents("upload", [document], owner="telegram:1")
+    for question in ("How do I prevent quokka floods?", "what is a quokka flood?", "list quokka flood types"):
+        understood = understand(question)
+        stranger = await retriever.retrieve(understood, 4, viewer="telegram:2")
+        assert all("quokka" not in p.text.lower() for p in stranger.passages), question
+        public = await retriever.retrieve(understood, 4)
+        assert all("quokka" not in p.text.lower() for p in public.passages), question
+    # Its owner gets it (entry priors may still rank prominent pack entries above it for other wordings).
+    owner = await retriever.retrieve(understand("quokka floods gateway keys"), 4, viewer="telegram:1")
+    assert any("Rotate the quokka keys" in p.text for p in owner.passages)
