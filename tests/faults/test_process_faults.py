@@ -43,6 +43,7 @@ class ModelBot(BotProcess):
             OPENAI_BASE_URL=self.llm.base_url,
             OPENAI_API_KEY="sk-fault-test",
             SHUTDOWN_GRACE_SECONDS="2",
+            TELEGRAM_STREAMING="edit",  # the faults target the streaming edits (drafts have no message to cut)
             LOG_LEVEL="INFO",
         )
         return env
@@ -59,7 +60,7 @@ class ModelBot(BotProcess):
 
 
 def slow_model(questions: list[str]) -> object:
-    script = answer_script(30)
+    script = answer_script(60)  # ~3.6 s of streaming: several edits before the final one
 
     def handler(request: RecordedRequest) -> Reply:
         content = str(request.messages[-1].get("content", "")) if request.messages else ""
@@ -72,6 +73,11 @@ def slow_model(questions: list[str]) -> object:
 
 def _final(params: dict[str, object]) -> bool:
     return bool(params.get("reply_markup"))
+
+
+def _streaming(params: dict[str, object]) -> bool:
+    """A streaming edit, never the final one (on a loaded machine the first edit can already be the final)."""
+    return not _final(params)
 
 
 async def test_sigkill_and_sigterm_lose_and_duplicate_nothing(
@@ -90,7 +96,7 @@ async def test_sigkill_and_sigterm_lose_and_duplicate_nothing(
             all_questions += [q_cut, q_late]
             asked[cut], asked[late] = [q_cut], [q_late]
 
-            fake.inject(Fault("editMessageText", "kill", chat_id=cut, action=bot.kill))
+            fake.inject(Fault("editMessageText", "kill", chat_id=cut, match=_streaming, action=bot.kill))
             fake.send_text(chat=fake.private_chat(cut), user=fake.user(cut), text=q_cut)
             await bot.killed()
             outcome.faults.append("SIGKILL mid-generation")

@@ -42,7 +42,14 @@ async def test_every_question_survives_telegram_and_database_faults(
     outcome = Outcome("telegram in-process: 429, 5xx, resets, long-poll errors, database locked")
     generator = ScriptedGenerator(script=answer_script(24), delay=0.02)  # type: ignore[arg-type]
     questions = {FIRST + i: f"q{i} what is xss" for i in range(USERS)}
-    async with running_bot(fake, tmp_path, generator=generator, queue_size=USERS * 2) as h:
+    async with running_bot(
+        # edit streaming in DMs: the faults target editMessageText (drafts are covered in tests/e2e)
+        fake,
+        tmp_path,
+        generator=generator,
+        queue_size=USERS * 2,
+        telegram_streaming="edit",
+    ) as h:
         for index, chat_id in enumerate(questions):
             _arm(fake, chat_id, index)
             fake.private_chat(chat_id)
