@@ -27,6 +27,7 @@ import os
 import resource
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
@@ -195,13 +196,37 @@ def pct(values: Sequence[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
+def in_thread(fn: Callable[[], Any]) -> Any:
+    """Run `fn` in a fresh thread, like the worker's model thread. Measured on this shared 2-core box under load:
+    the same decode loop took 15x longer on the main thread (torch's OpenMP team there stalls when its second
+    thread is descheduled) than on a secondary thread, so every timed section runs on one, for a fair compare."""
+    box: list[Any] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            box.append(fn())
+        except BaseException as e:  # re-raised on the caller's thread
+            errors.append(e)
+
+    t = threading.Thread(target=target, name="bench-model")
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+    return box[0]
+
+
 def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+    def timed() -> tuple[float, Any]:
+        best, out = float("inf"), None
+        for _ in range(repeats):
+            t = time.perf_counter()
+            out = fn()
+            best = min(best, time.perf_counter() - t)
+        return best, out
+
+    return in_thread(timed)  # type: ignore[no-any-return]
 
 
 def prefill_floor(engine: Engine, prompts: list[list[int]], device: str) -> float:
@@ -265,7 +290,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 torch.cuda.synchronize()
             return out
 
-        one()  # warm-up
+        in_thread(one)  # warm-up
         t, alone_tokens[dt] = best_of(one, args.repeats)
         single[dt] = round(args.new_tokens / t, 2)
         logger.info("single %s: %.2f tok/s", dt, single[dt])
@@ -293,7 +318,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                 return out[0, args.prompt_tokens :].tolist()
 
-            hf_gen()
+            in_thread(hf_gen)
             t, hf_tokens = best_of(hf_gen, args.repeats)
             result["hf_tokens_per_s"] = round(args.new_tokens / t, 2)
             result["transformers_version"] = transformers.__version__

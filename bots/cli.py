@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.models_hub import DEFAULT_MODEL
-from core.retrieval.packs import OPTIONAL_PACKS, PACK_NAMES
 from core.settings import Settings
 
 if TYPE_CHECKING:
@@ -46,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument(
         "--pack",
         action="append",
-        choices=[*PACK_NAMES, *OPTIONAL_PACKS],
+        choices=[
+            "cwe",
+            "attack",
+            "ghostlm-rag",
+        ],  # core.retrieval.packs PACK_NAMES + OPTIONAL_PACKS (light import)
         default=[],
         help="build a pack (ghostlm-rag: the corpus pulled with `ghostbot model pull`)",
     )
@@ -236,6 +239,8 @@ async def index(settings: Settings, paths: list[Path], packs: list[str]) -> int:
     if missing:
         print(f"Not found: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
+    from core.retrieval.packs import OPTIONAL_PACKS
+
     failed = False
     async with open_app(settings, build_packs=False) as app:
         for pack in packs:
@@ -334,6 +339,8 @@ def model_pull(hub: ModelHub, name: str) -> int:
         if total is not None and bar.total != total:
             bar.total = total
         bar.update(done - bar.n)
+        if total is not None and done >= total:
+            bar.close()  # finished: the next file's bar starts below it
 
     try:
         model = hub.pull(name, progress=progress)

@@ -1,10 +1,12 @@
 """Weight precision and device: ``float32``, ``bfloat16`` (where the CPU/GPU has native support) and ``int8``
 (weight-only dynamic quantization of every ``nn.Linear`` with torch's own ``torch.ao.quantization``).
 
-``auto`` picks, on CUDA, bfloat16 when the GPU supports it; on CPU, bfloat16 when the CPU has native bf16
-matrix instructions (AVX512-BF16 / AMX), else int8 when torch has a quantized engine, else float32. Measured on
-the fixtures and the 81M shape (see README): these keep greedy tokens in agreement with float32 while decoding
-faster. int8 is CPU-only (torch's dynamic quantized kernels run on CPU).
+``auto`` picks, on CUDA, bfloat16 when the GPU supports it; on CPU, int8 when torch has a quantized engine, else
+bfloat16 when the CPU has native bf16 matrix instructions (AVX512-BF16 / AMX), else float32. Measured with
+``ghostbot bench generate`` on the 81M shape (2-core AMX box): int8 decoded a single stream ~3x faster than
+float32 while bfloat16 was no faster (decode is bound by reading weights, and bf16 matmuls with one row do not
+use AMX well); on the fixtures int8 keeps 96-100% greedy agreement with float32 (max logit diff ~0.035).
+int8 is CPU-only (torch's dynamic quantized kernels run on CPU).
 """
 
 from __future__ import annotations
@@ -62,9 +64,9 @@ def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> str:
         return dtype
     if device == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    if cpu_has_native_bf16():
-        return "bfloat16"
-    return "int8" if int8_supported() else "float32"
+    if int8_supported():
+        return "int8"
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
 def prepare_model(model: M, dtype: str = "auto", device: str = "auto") -> tuple[M, str, str]:

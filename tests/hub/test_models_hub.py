@@ -93,7 +93,9 @@ def hub(v09_files: dict[str, bytes]) -> Iterator[FakeHub]:
 
 def cli_env(tmp_path: Path, endpoint: str, **extra: str) -> dict[str, str]:
     env = {
-        k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and not k.startswith("HF_")
+        k: v
+        for k, v in os.environ.items()
+        if not k.lower().endswith("_proxy") and not k.startswith("HF_") and k != "TRANSFORMERS_OFFLINE"
     }
     env.update(
         PYTHONPATH=str(ROOT),
@@ -379,3 +381,12 @@ def test_embedding_time_estimate() -> None:
     assert describe_duration(600) == "about 10 min"
     assert describe_duration(83_000 / 20) == "about 69 min"
     assert describe_duration(3 * 3600) == "about 3.0 h"
+
+
+def test_cli_pack_choices_are_the_registered_packs() -> None:
+    from bots.cli import build_parser
+    from core.retrieval.packs import OPTIONAL_PACKS, PACK_NAMES
+
+    index = build_parser()._subparsers._group_actions[0].choices["index"]  # type: ignore[union-attr,index]
+    pack = next(a for a in index._actions if a.dest == "pack")
+    assert list(pack.choices) == [*PACK_NAMES, *OPTIONAL_PACKS]

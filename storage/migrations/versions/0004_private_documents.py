@@ -3,8 +3,8 @@
 `owner` is the core's user key ("telegram:42"); NULL for shared knowledge (packs, indexed folders).
 Reads filter on it, so a private document is only ever seen by its owner.
 
-Revision ID: 0005
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

@@ -5,8 +5,8 @@ position and its "Heading: " text prefix); rebuilding a pack then replaces them 
 The full-text index is untouched: its triggers name their columns, and SQLite's ADD COLUMN keeps the
 table (and so the FTS rowids) as it is.
 
-Revision ID: 0003
-Revises: 0005 (written against 0002; chained after main's 0004 outbox and 0005 private documents)
+Revision ID: 0005
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0005"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
