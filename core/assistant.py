@@ -138,7 +138,7 @@ class Assistant:
         generator = self.generator
 
         def run() -> tuple[str, str]:
-            # A stream's return value says why it stopped ("length" at max_new_tokens), as the worker reads it.
+            # The stream's return value is why it stopped (the Generator protocol), as the worker reads it.
             pieces, reason = finish_of(generator.stream(prepared.spec, prepared.params, stop.is_set))
             return "".join(pieces), reason
 

@@ -64,7 +64,9 @@ class _LengthLimited(BPEGenerator):
     def stream(self, spec, params, should_stop):  # type: ignore[no-untyped-def]
         words = list(super().stream(spec, params, should_stop))
         yield from words[: params.max_new_tokens]
-        return "length" if len(words) > params.max_new_tokens else "stop"  # the stream's finish reason
+        return (
+            "length" if len(words) > params.max_new_tokens else None
+        )  # the finish reason is the return value
 
 
 async def test_one_shot_and_chat_agree_on_the_length_limit(bpe_tokenizer) -> None:
