@@ -31,7 +31,7 @@ async def open_pack_index(workdir: Path) -> tuple[Database, Retriever, dict[str,
     builds = json.loads(build_file.read_text()) if build_file.exists() else {}
     runs = {}
     for pack in ("cwe", "attack"):
-        report = (await indexer.index_pack(pack, progress=True)).as_dict()
+        report = (await indexer.index_pack(pack)).as_dict()
         runs[pack] = report
         if pack not in builds and report["added"]:
             builds[pack] = report  # a build from scratch

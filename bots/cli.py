@@ -13,13 +13,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bots.progress import ProgressBars
 from core.models_hub import DEFAULT_MODEL
 from core.settings import Settings
 
 if TYPE_CHECKING:
     from bots.compose import App
     from core.models_hub import ModelHub
-    from core.retrieval.indexer import IndexReport
+    from core.retrieval.indexer import IndexReport, Progress
 
 log = logging.getLogger("ghostbot")
 
@@ -244,20 +245,22 @@ async def index(settings: Settings, paths: list[Path], packs: list[str]) -> int:
     failed = False
     async with open_app(settings, build_packs=False) as app:
         for pack in packs:
-            if pack in OPTIONAL_PACKS:
-                report = await index_rag_pack(settings, app)
-            else:
-                report = await app.indexer.index_pack(pack)
+            with ProgressBars() as bars:
+                if pack in OPTIONAL_PACKS:
+                    report = await index_rag_pack(settings, app, bars)
+                else:
+                    report = await app.indexer.index_pack(pack, progress=bars)
             print(f"pack {pack}{' ' + report.version if report.version else ''}: {_describe(report)}")
             failed |= bool(report.failed)
         if paths:
-            report = await app.indexer.index_paths(paths)
+            with ProgressBars() as bars:
+                report = await app.indexer.index_paths(paths, progress=bars)
             print(f"files: {_describe(report)}")
             failed |= bool(report.failed)
     return 1 if failed else 0
 
 
-async def index_rag_pack(settings: Settings, app: App) -> IndexReport:
+async def index_rag_pack(settings: Settings, app: App, progress: Progress | None = None) -> IndexReport:
     """`--pack ghostlm-rag`: the pulled upstream corpus, re-embedded with our encoder; says how long first."""
     from core.models_hub import hub_from_settings
     from core.retrieval.indexer import embedding_text
@@ -292,7 +295,7 @@ async def index_rag_pack(settings: Settings, app: App) -> IndexReport:
         )
     elif not pending:
         print("nothing changed since the last import", file=sys.stderr)
-    return await app.indexer.index_entries(PACK_NAME, entries, version=pack.version)
+    return await app.indexer.index_entries(PACK_NAME, entries, version=pack.version, progress=progress)
 
 
 def model_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -328,25 +331,8 @@ def model_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def model_pull(hub: ModelHub, name: str) -> int:
-    from tqdm import tqdm
-
-    bars: dict[str, tqdm] = {}
-
-    def progress(file: str, done: int, total: int | None) -> None:
-        bar = bars.get(file)
-        if bar is None:
-            bar = bars[file] = tqdm(desc=file, total=total, unit="B", unit_scale=True, unit_divisor=1024)
-        if total is not None and bar.total != total:
-            bar.total = total
-        bar.update(done - bar.n)
-        if total is not None and done >= total:
-            bar.close()  # finished: the next file's bar starts below it
-
-    try:
-        model = hub.pull(name, progress=progress)
-    finally:
-        for bar in bars.values():
-            bar.close()
+    with ProgressBars(unit="B", unit_scale=True, unit_divisor=1024) as bars:
+        model = hub.pull(name, progress=bars)
     print(
         f"{model.name}: {model.architecture}, {model.parameters:,} parameters, context {model.context_length}"
     )

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from bots.progress import ProgressBars
 from core.assistant import Assistant
 from core.generators import build_generator
 from core.generators.base import Generator
@@ -47,7 +48,8 @@ def describe_index_report(report: IndexReport) -> str:
 async def ensure_packs(indexer: Indexer, packs: list[str]) -> None:
     """Build the configured knowledge packs; unchanged packs are skipped by content hash."""
     for pack in packs:
-        report = await indexer.index_pack(pack)
+        with ProgressBars() as bars:  # the first start builds the packs: show it on the terminal
+            report = await indexer.index_pack(pack, progress=bars)
         log.info("knowledge pack %s %s: %s", pack, report.version, describe_index_report(report))
 
 

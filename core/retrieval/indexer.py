@@ -6,12 +6,11 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from core.retrieval.chunking import chunk_sections
 from core.retrieval.dense import DenseIndex
@@ -21,6 +20,9 @@ from core.retrieval.packs import PackEntry, open_pack
 from storage.knowledge import ChunkData, DocumentData, KnowledgeRepository
 
 log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+"""A progress callback, (stage, done, total): called as work advances. The CLI draws bars with it; core has no UI."""
 
 FILE_SOURCE = "file"
 UPLOAD_SOURCE = "upload"  # documents sent in chat: private to their owner (see core/uploads.py)
@@ -77,7 +79,7 @@ class Indexer:
 
     # --- user files ------------------------------------------------------------------------
 
-    async def index_paths(self, paths: Sequence[Path | str], progress: bool = True) -> IndexReport:
+    async def index_paths(self, paths: Sequence[Path | str], progress: Progress | None = None) -> IndexReport:
         """Index files and folders (md, txt, html, pdf). Files under a given folder that are gone
         since the last run are removed from the index; unchanged files are not read again."""
         started = time.perf_counter()
@@ -105,7 +107,9 @@ class Indexer:
         known = await self._repo.content_hashes(FILE_SOURCE)
         seen: list[str] = []
         pending: list[DocumentData] = []
-        for path, display in tqdm(files, desc="indexing files", unit="file", disable=not progress):
+        for number, (path, display) in enumerate(files, start=1):
+            if progress is not None:
+                progress("indexing files", number, len(files))
             locator = path.as_posix()
             seen.append(locator)
             try:
@@ -163,26 +167,28 @@ class Indexer:
 
     # --- knowledge packs -------------------------------------------------------------------
 
-    async def index_pack(self, name: str, progress: bool = True) -> IndexReport:
+    async def index_pack(self, name: str, progress: Progress | None = None) -> IndexReport:
         """Index a built-in pack ("cwe" or "attack"); entries that left the data are removed."""
         pack = open_pack(name)
         entries = await asyncio.to_thread(lambda: list(pack.entries()))
         return await self.index_entries(name, entries, version=pack.version, progress=progress)
 
     async def index_entries(
-        self, source: str, entries: Sequence[PackEntry], *, version: str = "", progress: bool = True
+        self,
+        source: str,
+        entries: Sequence[PackEntry],
+        *,
+        version: str = "",
+        progress: Progress | None = None,
     ) -> IndexReport:
         """Make `source` hold exactly these entries (a pack, or a slice of one), incrementally."""
         started = time.perf_counter()
         report = IndexReport(version=version)
         documents = [self._pack_document(entry, version) for entry in entries]
-        for start in tqdm(
-            range(0, len(documents), SAVE_BATCH),
-            desc=f"indexing {source}",
-            unit="batch",
-            disable=not progress,
-        ):
+        for start in range(0, len(documents), SAVE_BATCH):
             await self._save(source, documents[start : start + SAVE_BATCH], report)
+            if progress is not None:
+                progress(f"indexing {source}", min(start + SAVE_BATCH, len(documents)), len(documents))
         report.removed = await self._repo.delete_missing(source, (d.locator for d in documents))
         report.embedded = await self._sync_dense(progress)
         report.names_embedded = await self._sync_names()
@@ -249,7 +255,7 @@ class Indexer:
     async def sync_embeddings(self) -> int:
         """Make the embedding matrix match the stored chunks now (after uploads and deletions);
         returns how many chunks were encoded. A no-op without dense retrieval."""
-        return await self._sync_dense(progress=False)
+        return await self._sync_dense(progress=None)
 
     async def _sync_names(self) -> int:
         """Make the name matrix hold exactly one vector per pack entry (keyed by its summary chunk id),
@@ -278,7 +284,7 @@ class Indexer:
         await asyncio.to_thread(names.write, np.concatenate(ids), np.concatenate(keys), matrix)
         return len(missing)
 
-    async def _sync_dense(self, progress: bool) -> int:
+    async def _sync_dense(self, progress: Progress | None) -> int:
         """Make the embedding matrix hold exactly the stored chunks, encoding only chunks whose
         content is new. Returns how many chunks were encoded."""
         if self._embedder is None or self._dense is None:
@@ -291,7 +297,6 @@ class Indexer:
             return 0
         kept_ids, kept_keys, kept_vectors = await asyncio.to_thread(self._dense.rows_for, keep)
         ids, keys, vectors = [kept_ids], [kept_keys], [kept_vectors] if kept_ids.size else []
-        bar = tqdm(total=len(missing), desc="embedding", unit="chunk", disable=not progress)
         for start in range(0, len(missing), EMBED_BATCH):
             records = await self._repo.get_chunks(missing[start : start + EMBED_BATCH], all_owners=True)
             texts = [embedding_text(r.title, r.text) for r in records]
@@ -299,8 +304,8 @@ class Indexer:
             ids.append(np.array([r.id for r in records], dtype=np.int64))
             keys.append(np.array([wanted[r.id] for r in records], dtype=np.int64))
             vectors.append(encoded.astype(np.float16))
-            bar.update(len(records))
-        bar.close()
+            if progress is not None:
+                progress("embedding", min(start + EMBED_BATCH, len(missing)), len(missing))
         matrix = np.concatenate(vectors) if vectors else np.zeros((0, 0), dtype=np.float16)
         await asyncio.to_thread(self._dense.write, np.concatenate(ids), np.concatenate(keys), matrix)
         return len(missing)

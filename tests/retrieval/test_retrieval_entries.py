@@ -43,7 +43,7 @@ async def sliced(repo: KnowledgeRepository, entry_slice: dict[str, list[PackEntr
     indexer = Indexer(repo)  # no encoder: the rows are what is tested here
     for name, entries in entry_slice.items():
         version = "v15" if name == "attack" else "4.14"
-        await indexer.index_entries(name, entries, version=version, progress=False)
+        await indexer.index_entries(name, entries, version=version)
     return repo
 
 

@@ -37,7 +37,7 @@ async def retriever(tmp_path: Path, entries: dict[str, list[PackEntry]]) -> Asyn
     repo = KnowledgeRepository(db.sessions)
     indexer = Indexer(repo)
     for name, slice_ in entries.items():
-        await indexer.index_entries(name, slice_, progress=False)
+        await indexer.index_entries(name, slice_)
     try:
         yield Retriever(repo)
     finally:

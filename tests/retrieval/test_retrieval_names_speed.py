@@ -26,7 +26,7 @@ async def test_names_are_indexed_once_per_entry_and_follow_changes(
 ) -> None:
     dense = DenseIndex(tmp_path / "emb")
     indexer = Indexer(repo, embedder, dense)
-    report = await indexer.index_entries("cwe", pack_slices["cwe"], progress=False)
+    report = await indexer.index_entries("cwe", pack_slices["cwe"])
     assert report.names_embedded == len(pack_slices["cwe"]) == len(dense.names)
     names = await repo.entry_names()
     assert {cid for cid, *_ in names} == set(dense.names.entries())
@@ -34,7 +34,7 @@ async def test_names_are_indexed_once_per_entry_and_follow_changes(
     assert all(r.ord == 0 for r in await repo.get_chunks(sorted(summaries)))
 
     before = embedder.requested
-    again = await indexer.index_entries("cwe", pack_slices["cwe"], progress=False)
+    again = await indexer.index_entries("cwe", pack_slices["cwe"])
     assert again.names_embedded == 0 and embedder.requested == before
 
     renamed = [
@@ -42,12 +42,12 @@ async def test_names_are_indexed_once_per_entry_and_follow_changes(
         for e in pack_slices["cwe"]
         if e.ref != "CWE-798"
     ]
-    changed = await indexer.index_entries("cwe", renamed, progress=False)
+    changed = await indexer.index_entries("cwe", renamed)
     assert changed.names_embedded == 1 and len(dense.names) == len(renamed)
 
     # User files have no entry names.
     (tmp_path / "notes.md").write_text("# Notes\nRotate keys.")
-    files = await indexer.index_paths([tmp_path / "notes.md"], progress=False)
+    files = await indexer.index_paths([tmp_path / "notes.md"])
     assert files.names_embedded == 0 and len(dense.names) == len(renamed)
 
 
@@ -68,7 +68,7 @@ async def test_hybrid_fuses_the_name_list_and_single_modes_do_not(
     dense = DenseIndex(tmp_path / "emb")
     indexer = Indexer(repo, embedder, dense)
     for name, entries in pack_slices.items():
-        await indexer.index_entries(name, entries, progress=False)
+        await indexer.index_entries(name, entries)
     retriever = Retriever(repo, embedder, dense, FusionConfig(prior_weight=0.0))
     question = "the client accepts any certificate without checking it"
     lists, meta = await retriever.candidates(question)
@@ -147,7 +147,7 @@ def test_vocabulary_stems_words_like_the_index() -> None:
 async def test_fts_search_meta_matches_fts_search(
     repo: KnowledgeRepository, pack_slices: dict[str, list[PackEntry]]
 ) -> None:
-    await Indexer(repo).index_entries("cwe", pack_slices["cwe"], progress=False)
+    await Indexer(repo).index_entries("cwe", pack_slices["cwe"])
     for query in ("sql injection in a login form", "path traversal ../", "", "<|ghost_end|>"):
         ids = [cid for cid, _ in await repo.fts_search(query, 20)]
         hits = await repo.fts_search_meta(query, 20)

@@ -22,7 +22,7 @@ async def packed(
     dense = DenseIndex(tmp_path / "emb")
     indexer = Indexer(repo, embedder, dense)
     for name, entries in pack_slices.items():
-        report = await indexer.index_entries(name, entries, progress=False)
+        report = await indexer.index_entries(name, entries)
         assert report.added == len(entries) and report.embedded == report.chunks
     # Entry priors settle near-ties among thousands of entries; in a 13-entry slice every entry is
     # "near" every other, so these tests check the signals and their fusion without priors
@@ -94,7 +94,7 @@ async def test_dense_finds_paraphrases_bm25_cannot(packed) -> None:  # type: ign
 
 async def test_bm25_and_exact_work_without_dense(repo: KnowledgeRepository, pack_slices) -> None:  # type: ignore[no-untyped-def]
     indexer = Indexer(repo)
-    await indexer.index_entries("cwe", pack_slices["cwe"], progress=False)
+    await indexer.index_entries("cwe", pack_slices["cwe"])
     retriever = Retriever(repo)
     assert not retriever.dense_enabled
     assert (await retriever.search("cwe-22", k=1))[0].ref == "CWE-22"
@@ -127,7 +127,7 @@ async def test_incremental_reindex_of_a_folder(
     indexer = Indexer(repo, embedder, dense)
     retriever = Retriever(repo, embedder, dense)
 
-    first = await indexer.index_paths([notes], progress=False)
+    first = await indexer.index_paths([notes])
     assert (first.added, first.updated, first.unchanged, first.removed) == (4, 0, 0, 0)
     assert first.embedded == first.chunks == (await repo.count())[1] == len(dense)
     hit = (await retriever.search("how often do we rotate ipsec keys", k=1))[0]
@@ -136,13 +136,13 @@ async def test_incremental_reindex_of_a_folder(
     assert (await retriever.search("badge readers", k=1))[0].ref == "notes/memo.pdf#1"
 
     encoded_before = embedder.requested
-    again = await indexer.index_paths([notes], progress=False)
+    again = await indexer.index_paths([notes])
     assert (again.added, again.updated, again.unchanged, again.removed, again.embedded) == (0, 0, 4, 0, 0)
     assert embedder.requested == encoded_before  # nothing re-embedded
 
     (notes / "vpn.txt").write_text("Rotate the WireGuard keys every month.")
     (notes / "ssh.html").unlink()
-    changed = await indexer.index_paths([notes], progress=False)
+    changed = await indexer.index_paths([notes])
     assert (changed.added, changed.updated, changed.unchanged, changed.removed) == (0, 1, 2, 1)
     assert changed.embedded == 1 and embedder.requested == encoded_before + 1
     assert len(dense) == (await repo.count())[1] == 3
@@ -157,7 +157,6 @@ async def test_bad_paths_are_reported_not_fatal(repo: KnowledgeRepository, tmp_p
     (tmp_path / "ok.txt").write_text("fine")
     report = await Indexer(repo).index_paths(
         [tmp_path / "missing", tmp_path / "tool.exe", tmp_path / "broken.pdf", tmp_path / "ok.txt"],
-        progress=False,
     )
     assert report.added == 1
     assert len(report.failed) == 3
@@ -167,7 +166,7 @@ async def test_bad_paths_are_reported_not_fatal(repo: KnowledgeRepository, tmp_p
 async def test_pack_reindex_is_incremental(packed, repo: KnowledgeRepository, pack_slices, embedder) -> None:  # type: ignore[no-untyped-def]
     _, indexer, dense = packed
     before = embedder.requested
-    report = await indexer.index_entries("cwe", pack_slices["cwe"], progress=False)
+    report = await indexer.index_entries("cwe", pack_slices["cwe"])
     assert (report.added, report.updated, report.unchanged, report.embedded) == (
         0,
         0,
@@ -176,6 +175,6 @@ async def test_pack_reindex_is_incremental(packed, repo: KnowledgeRepository, pa
     )
     assert embedder.requested == before
     fewer = [e for e in pack_slices["cwe"] if e.ref != "CWE-798"]
-    report = await indexer.index_entries("cwe", fewer, progress=False)
+    report = await indexer.index_entries("cwe", fewer)
     assert report.removed == 1 and await repo.find_by_ref("CWE-798") == []
     assert len(dense) == (await repo.count())[1]
