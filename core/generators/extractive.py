@@ -8,9 +8,9 @@ model, so the count only has to be consistent for the budget.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
-from core.generators.base import GenerationParams, PromptSpec
+from core.generators.base import GenerationParams, PromptSpec, TextStream
 from core.generators.estimate import word_piece_estimate
 from core.generators.render import render_turns
 from core.types import Source
@@ -210,26 +210,28 @@ class ExtractiveGenerator:
 
     def stream(
         self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
-    ) -> Iterator[str]:
+    ) -> TextStream:
+        """The composed answer in pieces; returns "stop", or "cancelled" when `should_stop` said so."""
         if spec.intent and spec.passages:
             self.last_finish_reason = "stop"
             for i, part in enumerate(compose(spec, params.max_new_tokens, self.count_tokens)):
                 if should_stop():
                     self.last_finish_reason = "cancelled"
-                    return
+                    return "cancelled"
                 yield part if i == 0 else "\n" + part
-            return
+            return "stop"
         blocks = self.answer_blocks(spec, params.max_new_tokens)
         self.last_finish_reason = "stop"
         if not blocks:
             yield NO_PASSAGES_REPLY
-            return
+            return "stop"
         yield INTRO
         for block in blocks:
             if should_stop():
                 self.last_finish_reason = "cancelled"
-                return
+                return "cancelled"
             yield "\n\n" + block
+        return "stop"
 
     def close(self) -> None:
         return None

@@ -1,6 +1,6 @@
 """The knowledge base in storage: `schema` (tables and full-text index DDL), `query` (query analysis
 and the one MATCH / tsquery builder), `records` (the values in and out) and `repository`
-(`KnowledgeRepository`: writing, BM25 search, entries, sections and relations)."""
+(`KnowledgeRepository`: writing, BM25 search, entries, sections and relations, private documents)."""
 
 from storage.knowledge.query import (
     Stemmer,

@@ -121,6 +121,10 @@ class KnowledgeRepository:
     `entry_chunks` (chunks of given entries, filtered by section, in document order),
     `related` (a technique's mitigations, the groups that use it, its parent / sub-techniques,
     its tactics, ...) and `entry_name_index` (every name → entry, to spot names in questions).
+
+    Private documents (uploads, `owner` set): every chunk read that can reach an answer takes `viewer` and
+    sees the shared knowledge plus the viewer's own documents only. Entries (names, relations) are shared
+    knowledge: their reads never return a private document's rows.
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -497,7 +501,7 @@ class KnowledgeRepository:
         stmt = (
             select(EntryName.document_id, EntryName.name, EntryName.role)
             .join(Document, Document.id == EntryName.document_id)
-            .where(EntryName.key == key[:512])
+            .where(EntryName.key == key[:512], Document.owner.is_(None))
             .order_by(role_rank, Document.prior.desc(), EntryName.entry_ref)
             .limit(limit * 2)
         )
@@ -574,8 +578,13 @@ class KnowledgeRepository:
                         EntryName,
                         (EntryName.entry_ref == Relation.target_ref) & (EntryName.role == "ref"),
                     )
-                    .outerjoin(target, target.c.id == EntryName.document_id)
-                    .where(Relation.entry_ref.in_(refs), Relation.relation.in_(outgoing))
+                    .outerjoin(target, (target.c.id == EntryName.document_id) & target.c.owner.is_(None))
+                    .join(Document, Document.id == Relation.document_id)
+                    .where(
+                        Relation.entry_ref.in_(refs),
+                        Relation.relation.in_(outgoing),
+                        Document.owner.is_(None),
+                    )
                 )
                 for row in (await session.execute(stmt)).all():
                     out.append(RelatedEntry(row[0], row[1], row[2], row[3], row[4], float(row[5])))
@@ -595,7 +604,11 @@ class KnowledgeRepository:
                         Document.prior,
                     )
                     .join(Document, Document.id == Relation.document_id)
-                    .where(Relation.target_ref.in_(refs), Relation.relation.in_(incoming))
+                    .where(
+                        Relation.target_ref.in_(refs),
+                        Relation.relation.in_(incoming),
+                        Document.owner.is_(None),
+                    )
                 )
                 for row in (await session.execute(stmt)).all():
                     out.append(
@@ -606,7 +619,10 @@ class KnowledgeRepository:
                 in_tactic = set(
                     (
                         await session.execute(
-                            select(Relation.entry_ref).where(
+                            select(Relation.entry_ref)
+                            .join(Document, Document.id == Relation.document_id)
+                            .where(
+                                Document.owner.is_(None),
                                 Relation.relation == "tactic",
                                 (func.lower(Relation.target_name) == key)
                                 | (Relation.target_ref == tactic.strip().upper()),
@@ -623,8 +639,11 @@ class KnowledgeRepository:
     async def entry_name_index(self, kinds: Sequence[str] | None = None) -> list[tuple[str, str, str, str]]:
         """(key, entry ref, entry kind, role) for every ref, name and alias of every entry: what a
         question's mentions are matched against (`key` is `name_key(name)`, lower case)."""
-        stmt = select(EntryName.key, EntryName.entry_ref, EntryName.entry_kind, EntryName.role).order_by(
-            EntryName.id
+        stmt = (
+            select(EntryName.key, EntryName.entry_ref, EntryName.entry_kind, EntryName.role)
+            .join(Document, Document.id == EntryName.document_id)
+            .where(Document.owner.is_(None))
+            .order_by(EntryName.id)
         )
         if kinds is not None:
             stmt = stmt.where(EntryName.entry_kind.in_(list(kinds)))
@@ -633,11 +652,11 @@ class KnowledgeRepository:
 
     @staticmethod
     async def _entries(session: AsyncSession, condition: Any) -> list[tuple[int, EntryRecord]]:
-        """(document id, entry) for the entries whose name rows meet `condition`, with their aliases."""
+        """(document id, entry) for the shared entries whose name rows meet `condition`, with their aliases."""
         ids_stmt = (
             select(EntryName.document_id)
             .join(Document, Document.id == EntryName.document_id)
-            .where(condition)
+            .where(condition, Document.owner.is_(None))
             .distinct()
         )
         stmt = (

@@ -229,7 +229,7 @@ class CountingRetriever:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def search(self, query: str, k: int = 4) -> list:
+    async def search(self, query: str, k: int = 4, *, viewer: str | None = None) -> list:
         self.calls += 1
         return []
 

@@ -19,6 +19,7 @@ from sqlalchemy import func, select, text
 from core.retrieval.dense import DenseIndex
 from core.retrieval.indexer import Indexer
 from core.retrieval.retriever import Retriever
+from core.understanding import understand
 from core.uploads import (
     BOMB,
     EMPTY,
@@ -30,7 +31,7 @@ from core.uploads import (
     UploadRefused,
 )
 from storage import Database
-from storage.knowledge import Chunk, ChunkData, Document, DocumentData, KnowledgeRepository
+from storage.knowledge import Chunk, ChunkData, Document, DocumentData, KnowledgeRepository, RelationData
 from tests.pdfs import flate_bomb_pdf, text_pdf
 
 ALICE, BOB = "telegram:1", "telegram:2"
@@ -122,6 +123,37 @@ async def test_a_pdf_is_indexed_privately_for_its_owner_only(parts: Parts) -> No
     assert parts.dense.search(vector, 5, exclude=private[:1])[0][0] == private[1]
     # the dense matrix holds the private chunks (it is filtered in the queries, not by omission)
     assert len(parts.dense.entries()) == 2
+
+
+async def test_intent_aware_retrieval_and_entry_reads_keep_uploads_private(parts: Parts) -> None:
+    """The answering path (`Retriever.retrieve`, entry chunks, names, relations) filters like `search`."""
+    pdf = text_pdf(["Intro page about nothing much.", SECRET], title="Runbook")
+    await parts.upload(ALICE, pdf, "runbook.pdf", "application/pdf")
+    question = understand("How do I detect the zanzibar incident with the quokka credentials?")
+    found = await parts.retriever.retrieve(question, 4, viewer=ALICE)
+    assert "runbook.pdf#2" in [p.ref for p in found.passages]
+    assert all(p.source == "runbook.pdf" for p in found.passages)  # never the owner's key
+    for viewer in (BOB, None):
+        assert (await parts.retriever.retrieve(question, 4, viewer=viewer)).passages == []
+    assert await parts.repo.entry_chunks(["runbook.pdf"]) == []
+    assert await parts.repo.entry_chunks(["runbook.pdf"], viewer=BOB) == []
+    assert len(await parts.repo.entry_chunks(["runbook.pdf"], viewer=ALICE)) == 2
+    # a private document's names and relations (none from uploads today) are never entries
+    doc = DocumentData(
+        locator=f"{ALICE}/y/g.md",
+        title="G9999",
+        content_hash="h",
+        entry_ref="G9999",
+        entry_kind="group",
+        names=("Quokka Gang",),
+        relations=(RelationData("uses", "T1003"),),
+        chunks=[ChunkData(0, "G9999", "Quokka Gang", "private group")],
+    )
+    await parts.repo.save_documents("upload", [doc], owner=ALICE)
+    assert await parts.repo.find_entries("quokka gang") == []
+    assert await parts.repo.get_entry("G9999") is None
+    assert await parts.repo.related("T1003", ["used_by"]) == []
+    assert all(ref != "G9999" for _, ref, _, _ in await parts.repo.entry_name_index())
 
 
 async def test_the_owner_filter_is_in_every_query(parts: Parts) -> None:
