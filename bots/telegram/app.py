@@ -15,7 +15,15 @@ import socket
 from typing import Any
 from urllib.parse import urlsplit
 
-from telegram import BotCommand, Message, MessageReactionUpdated, ReactionTypeEmoji, Update
+from telegram import (
+    BotCommand,
+    Message,
+    MessageEntity,
+    MessageReactionUpdated,
+    ReactionTypeEmoji,
+    Update,
+    User,
+)
 from telegram.constants import ChatType
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import (
@@ -66,6 +74,43 @@ def bot_commands(commands: dict[str, str]) -> list[BotCommand]:
     return out
 
 
+def _mentions(entities: dict[MessageEntity, str], username: str, bot_id: int) -> bool:
+    """Whether these (text or caption) entities @mention the bot, by username or as a text mention."""
+    return any(
+        (entity.type == entity.MENTION and value.lower() == f"@{username}")
+        or (entity.type == entity.TEXT_MENTION and entity.user is not None and entity.user.id == bot_id)
+        for entity, value in entities.items()
+    )
+
+
+def _replies_to(message: Message, bot_id: int) -> bool:
+    replied = message.reply_to_message
+    return (
+        replied is not None
+        and replied.from_user is not None
+        and replied.from_user.id == bot_id
+        and not replied.forum_topic_created  # a topic's first message is "replied to" by every post
+    )
+
+
+def _incoming(update: Update, message: Message, user: User, text: str, *, dm: bool) -> Incoming:
+    """The core's value for an addressed message (text, or a document's caption)."""
+    return Incoming(
+        platform=PLATFORM,
+        event_id=str(update.update_id),
+        chat_id=str(message.chat.id),
+        chat_kind=ChatKind.DM if dm else ChatKind.GROUP,
+        user_id=str(user.id),
+        user_name=user.full_name or user.username or str(user.id),
+        text=text,
+        addressed=True,
+        thread_id=str(message.message_thread_id)
+        if message.is_topic_message and message.message_thread_id
+        else None,
+        platform_message_id=str(message.message_id),
+    )
+
+
 class TelegramHandlers:
     """The handler callbacks, bound to the manager they forward to."""
 
@@ -97,18 +142,8 @@ class TelegramHandlers:
         dm = chat.type == chat.PRIVATE
         username = bot_username.lower()
         command = _command(message)
-        mentioned = any(
-            (entity.type == entity.MENTION and value.lower() == f"@{username}")
-            or (entity.type == entity.TEXT_MENTION and entity.user is not None and entity.user.id == bot_id)
-            for entity, value in message.parse_entities().items()
-        )
-        replied = message.reply_to_message
-        reply_to_bot = (
-            replied is not None
-            and replied.from_user is not None
-            and replied.from_user.id == bot_id
-            and not replied.forum_topic_created  # a topic's first message is "replied to" by every post
-        )
+        mentioned = _mentions(message.parse_entities(), username, bot_id)
+        reply_to_bot = _replies_to(message, bot_id)
         if command is not None:
             name, target = command
             if target and target.lower() != username:
@@ -123,20 +158,7 @@ class TelegramHandlers:
         if mentioned:
             text = re.sub(rf"(?<!\w)@{re.escape(bot_username)}\b", "", text, flags=re.I)
             text = re.sub(r"[ \t]{2,}", " ", text).strip()
-        return Incoming(
-            platform=PLATFORM,
-            event_id=str(update.update_id),
-            chat_id=str(chat.id),
-            chat_kind=ChatKind.DM if dm else ChatKind.GROUP,
-            user_id=str(user.id),
-            user_name=user.full_name or user.username or str(user.id),
-            text=text,
-            addressed=True,
-            thread_id=str(message.message_thread_id)
-            if message.is_topic_message and message.message_thread_id
-            else None,
-            platform_message_id=str(message.message_id),
-        )
+        return _incoming(update, message, user, text, dm=dm)
 
     def sink_for(self, message: Message, bot: Any) -> TelegramSink:
         dm = message.chat.type == message.chat.PRIVATE
@@ -190,11 +212,7 @@ class TelegramHandlers:
         dm = chat.type == chat.PRIVATE
         username = bot_username.lower()
         caption = message.caption or ""
-        mentioned = any(
-            (entity.type == entity.MENTION and value.lower() == f"@{username}")
-            or (entity.type == entity.TEXT_MENTION and entity.user is not None and entity.user.id == bot_id)
-            for entity, value in message.parse_caption_entities().items()
-        )
+        mentioned = _mentions(message.parse_caption_entities(), username, bot_id)
         entities = message.caption_entities or ()
         asked = False
         if entities and entities[0].type == entities[0].BOT_COMMAND and entities[0].offset == 0:
@@ -205,31 +223,12 @@ class TelegramHandlers:
             asked = name.lower() == "ask"
             if asked:
                 caption = caption[len(command) :]
-        replied = message.reply_to_message
-        reply_to_bot = (
-            replied is not None
-            and replied.from_user is not None
-            and replied.from_user.id == bot_id
-            and not replied.forum_topic_created
-        )
+        reply_to_bot = _replies_to(message, bot_id)
         if not (dm or mentioned or asked or reply_to_bot):
             return None
         if mentioned:
             caption = re.sub(rf"(?<!\w)@{re.escape(bot_username)}\b", "", caption, flags=re.I)
-        return Incoming(
-            platform=PLATFORM,
-            event_id=str(update.update_id),
-            chat_id=str(chat.id),
-            chat_kind=ChatKind.DM if dm else ChatKind.GROUP,
-            user_id=str(user.id),
-            user_name=user.full_name or user.username or str(user.id),
-            text=" ".join(caption.split()),  # a question about the file, if any
-            addressed=True,
-            thread_id=str(message.message_thread_id)
-            if message.is_topic_message and message.message_thread_id
-            else None,
-            platform_message_id=str(message.message_id),
-        )
+        return _incoming(update, message, user, " ".join(caption.split()), dm=dm)  # a question about the file
 
     async def on_document(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A file: indexed into the sender's private documents (DMs, or a group caption that addresses us)."""
