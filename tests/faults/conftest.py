@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fakes.telegram_api import FakeTelegramAPI
+# The end-to-end fixtures, re-exported: loopback only, and the Telegram fake.
+from tests.e2e.conftest import _loopback_only as _loopback_only
+from tests.e2e.conftest import tg_fake as tg_fake
 
 logger = logging.getLogger("faults")
 
@@ -100,21 +101,3 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             json.dumps(totals, indent=2, sort_keys=True), encoding="utf-8"
         )
         terminalreporter.write_line(f"fault-injection summary written to {base / 'faults-summary.json'}")
-
-
-@pytest.fixture(autouse=True)
-def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-async def tg_fake() -> AsyncIterator[FakeTelegramAPI]:
-    fake = FakeTelegramAPI()
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
