@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from core.generators.base import (
     BatchingGenerator,
+    BatchOutput,
     BatchSession,
     FinishReason,
     GenerationParams,
@@ -193,16 +194,18 @@ class _ModelThread:
                     active.clear()
                     continue
                 self.steps += 1
+                news: list[tuple[GenerationHandle, asyncio.Future[None], BatchOutput]] = []
                 for out in outputs:
                     job = active.get(out.key)  # type: ignore[call-overload]  # out.key is the key we submitted
                     if job is None:
                         continue
-                    handle, fut = job
-                    if out.text and not handle.stop_event.is_set():
-                        self._call(handle._push, Piece(out.text))
+                    news.append((*job, out))
                     if out.finish is not None:
                         del active[out.key]  # type: ignore[arg-type]  # out.key is the key we submitted
-                        self._call(self._complete, handle, fut, out.finish, out.error)
+                if news:
+                    # One wake-up of the loop per step, not one per row: with 16 rows the loop's thread
+                    # would otherwise compete with the model's threads for the same cores 16 times a step.
+                    self._call(self._deliver, news)
         finally:
             session.close()
 
@@ -233,6 +236,13 @@ class _ModelThread:
     def _call(self, fn: Callable[..., object], *args: object) -> None:
         with contextlib.suppress(RuntimeError):  # loop closed during interpreter shutdown
             self._loop.call_soon_threadsafe(fn, *args)
+
+    def _deliver(self, news: list[tuple[GenerationHandle, asyncio.Future[None], BatchOutput]]) -> None:
+        for handle, fut, out in news:
+            if out.text and not handle.stop_event.is_set():
+                handle._push(Piece(out.text))
+            if out.finish is not None:
+                self._complete(handle, fut, out.finish, out.error)
 
     def _complete(
         self,

@@ -222,8 +222,8 @@ class ContinuousBatch:
             raise ValueError("max_batch and prefill_chunk must be at least 1")
         self.engine = engine
         self.model = engine.model
-        p = self.model.token_embedding.weight
-        self._device, self._dtype = p.device, p.dtype
+        self._device = self.model.token_embedding.weight.device
+        self._dtype = self.model.cache_dtype
         ctx = engine.context_length
         per_slot = BatchKVCache.bytes_per_slot(self.model.config, ctx, self._dtype)
         self.capacity = max_batch

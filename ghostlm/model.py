@@ -215,6 +215,7 @@ class CausalSelfAttention(nn.Module):
 
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)
+            q = q.to(k.dtype)  # a reduced-precision cache: attend in its dtype (SDPA accumulates in fp32)
         elif layer_past is not None:
             k = torch.cat((layer_past[0], k), dim=2)
             v = torch.cat((layer_past[1], v), dim=2)
@@ -241,7 +242,7 @@ class CausalSelfAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=nkv != nh,
         )
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y = y.to(x.dtype).transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.proj(y)), present
 
     def _decode_rows(
@@ -260,15 +261,20 @@ class CausalSelfAttention(nn.Module):
             q, k = rope.at(q, positions), rope.at(k, positions)
         rows = torch.arange(n, device=q.device)
         kc, vc = batch.k[layer_idx], batch.v[layer_idx]
-        kc[rows, :, positions] = k[:, :, 0]
-        vc[rows, :, positions] = v[:, :, 0]
+        kc[rows, :, positions] = k[:, :, 0].to(kc.dtype)
+        vc[rows, :, positions] = v[:, :, 0].to(vc.dtype)
         S = int(positions.max()) + 1
         # Row b sees keys 0..positions[b]; the masked tail (other rows are longer) gets weight exactly 0.
         mask = (torch.arange(S, device=q.device)[None, :] <= positions[:, None])[:, None, None, :]
         y = F.scaled_dot_product_attention(
-            q, kc[:n, :, :S], vc[:n, :, :S], attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads
+            q.to(kc.dtype),
+            kc[:n, :, :S],
+            vc[:n, :, :S],
+            attn_mask=mask,
+            enable_gqa=self.n_kv_heads != self.n_heads,
         )
-        out: torch.Tensor = self.proj(y.transpose(1, 2).reshape(n, 1, self.n_heads * self.head_dim))
+        y = y.to(q.dtype).transpose(1, 2).reshape(n, 1, self.n_heads * self.head_dim)
+        out: torch.Tensor = self.proj(y)
         return out
 
 
@@ -366,6 +372,9 @@ class GhostLM(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
         # Tie AFTER init: one tensor, stored under both names in the state_dict (upstream layout).
         self.lm_head.weight = self.token_embedding.weight
+        # KV-cache precision; None = the activations' dtype. ghostlm.precision sets bfloat16 under int8 weights:
+        # with many rows decoding together the cache, not the weights, is most of what each step reads.
+        self.kv_dtype: torch.dtype | None = None
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -380,9 +389,13 @@ class GhostLM(nn.Module):
         """Unique parameters (the tied embedding counted once)."""
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        return self.kv_dtype or self.token_embedding.weight.dtype
+
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
-        p = self.token_embedding.weight
-        return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
+        device = self.token_embedding.weight.device
+        return KVCache(self.config, batch_size, max_len, device=device, dtype=self.cache_dtype)
 
     def decode_rows(self, tokens: torch.Tensor, positions: torch.Tensor, batch: BatchKVCache) -> torch.Tensor:
         """Continuous batching step: ``tokens[b]`` is row ``b``'s next token (slot ``b`` of ``batch``), at
