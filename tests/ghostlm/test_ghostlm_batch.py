@@ -43,15 +43,14 @@ def tiny(variant: str) -> GhostLM:
 
 @pytest.fixture(
     scope="module",
-    params=["legacy", "modern", "gqa", "legacy.pt", "modern.pt", "gqa+bf16-cache"],
+    params=["legacy", "modern", "gqa", "legacy.pt", "modern.pt", "gqa+bf16-cache", "legacy.pt+bf16-cache"],
 )
 def engine(request: pytest.FixtureRequest) -> Engine:
-    name = request.param
-    if name.endswith("+bf16-cache"):  # a reduced-precision KV cache under float32 activations (int8's setup)
-        model = tiny(name.removesuffix("+bf16-cache"))
+    name, _, cache = request.param.partition("+")
+    model = load_model(FIX / name) if name.endswith(".pt") else tiny(name)
+    if cache == "bf16-cache":  # a reduced-precision KV cache under float32 activations (int8's setup)
         model.kv_dtype = torch.bfloat16
-        return Engine(model)
-    return Engine(load_model(FIX / name) if name.endswith(".pt") else tiny(name))
+    return Engine(model)
 
 
 def prompts(engine: Engine, n: int, seed: int = 1) -> list[list[int]]:

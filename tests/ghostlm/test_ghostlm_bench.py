@@ -26,4 +26,5 @@ def test_generate_benchmark_prints_one_json_object(capsys: pytest.CaptureFixture
     assert set(res["aggregate_tokens_per_s"]) == {"1", "3"} and res["single_tokens_per_s"]["float32"] > 0
     assert {"lone_s", "p50_at_3_s", "p95_at_3_s"} <= set(res["ttft"])
     assert res["identical_to_alone"] == {"checked": 3, "of": 3, "all_equal": True, "per_request": [True] * 3}
+    assert res["aggregate_at_3_by_dtype"]["float32"]["vs_single"] > 0
     assert res["prefill_floor_s"]["3x8"] > 0 and res["peak_rss_mb"] > 0 and res["worker_capacity"] == 3
