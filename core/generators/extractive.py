@@ -137,7 +137,6 @@ class ExtractiveGenerator:
         self.max_passages = max_passages
         self.sentences_per_passage = sentences_per_passage
         self.max_sentence_words = max_sentence_words
-        self.last_finish_reason: str | None = None  # of the latest stream: "stop" | "cancelled"
 
     def load(self) -> None:
         """Nothing to load (same startup hook as the model backends)."""
@@ -213,22 +212,18 @@ class ExtractiveGenerator:
     ) -> TextStream:
         """The composed answer in pieces; returns "stop", or "cancelled" when `should_stop` said so."""
         if spec.intent and spec.passages:
-            self.last_finish_reason = "stop"
             for i, part in enumerate(compose(spec, params.max_new_tokens, self.count_tokens)):
                 if should_stop():
-                    self.last_finish_reason = "cancelled"
                     return "cancelled"
                 yield part if i == 0 else "\n" + part
             return "stop"
         blocks = self.answer_blocks(spec, params.max_new_tokens)
-        self.last_finish_reason = "stop"
         if not blocks:
             yield NO_PASSAGES_REPLY
             return "stop"
         yield INTRO
         for block in blocks:
             if should_stop():
-                self.last_finish_reason = "cancelled"
                 return "cancelled"
             yield "\n\n" + block
         return "stop"

@@ -64,7 +64,6 @@ class GhostLMGenerator:
         self._engine: Engine | None = None
         self._tokenizer: Tokenizer | None = None
         self._lock = threading.Lock()
-        self.last_finish_reason: str | None = None  # of the latest stream: "stop" | "length" | "cancelled"
 
     def load(self) -> None:
         """Load the checkpoint and tokenizer (idempotent, thread-safe)."""
@@ -170,7 +169,6 @@ class GhostLMGenerator:
                 yield tail
         finally:
             stream.close()
-            self.last_finish_reason = _FINISH.get(stream.stop_reason or "", "cancelled")
         logger.debug("GhostLM stream ended: %s after %d tokens", stream.stop_reason, len(stream.tokens))
         return _FINISH.get(stream.stop_reason or "", "cancelled")
 

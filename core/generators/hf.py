@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 PLAIN_STOP = "\nUser:"  # the plain layout's next-turn marker: the model must not write the user's turn
 _TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 _SENTINEL = "GHOSTSENTINEL{}X"
-_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "cancelled": "cancelled"}
 
 
 class _DecodeAdapter:
@@ -52,7 +51,6 @@ class HFGenerator:
         self._system_role = False
         self._stop_ids: frozenset[int] = frozenset()
         self._context_length = 0
-        self.last_finish_reason: str | None = None  # of the latest stream: "stop" | "length" | "cancelled"
 
     # --- loading -----------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -205,17 +203,14 @@ class HFGenerator:
                 )
                 ids = ids[-keep:]
             max_new = ctx - len(ids)
-        self.last_finish_reason = (
-            "cancelled"  # until the loop says otherwise (also covers a consumer's close())
-        )
         if max_new <= 0:
-            self.last_finish_reason = "length"
             return "length"
         if should_stop():
             return "cancelled"
         device = next(model.parameters()).device
         sampler = Sampler(sampling_params(params), model.config.vocab_size, ids, device)
         decoder = StreamDecoder(_DecodeAdapter(tok), skip_special=True)
+        reason: FinishReason = "cancelled"  # until the loop says otherwise
         held = ""  # plain layout: text held back while it could be the start of PLAIN_STOP
         with torch.inference_mode():
             out = model(input_ids=torch.tensor([ids], device=device), use_cache=True)
@@ -224,14 +219,13 @@ class HFGenerator:
             with torch.inference_mode():
                 token = sampler(logits)
             if token in self._stop_ids:
-                self.last_finish_reason = "stop"
+                reason = "stop"
                 break
             piece = decoder.push(token)
             if plain and piece:
                 held += piece
                 cut = held.find(PLAIN_STOP)
                 if cut >= 0:
-                    self.last_finish_reason = "stop"
                     if held[:cut]:
                         yield held[:cut]
                     return "stop"
@@ -240,7 +234,7 @@ class HFGenerator:
             if piece:
                 yield piece
             if step == max_new - 1:
-                self.last_finish_reason = "length"
+                reason = "length"
                 break
             if should_stop():
                 break
@@ -252,7 +246,7 @@ class HFGenerator:
         tail = held + decoder.flush()
         if tail:
             yield tail
-        return _REASONS.get(self.last_finish_reason or "", "cancelled")
+        return reason
 
     def close(self) -> None:
         with self._lock:

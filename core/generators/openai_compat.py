@@ -95,7 +95,6 @@ class OpenAIGenerator:
         )
         self._count = cached_cl100k() or utf8_bytes_estimate
         self.exact_counts = self._count is not utf8_bytes_estimate
-        self.last_finish_reason: str | None = None  # of the latest stream: "stop" | "length" | "cancelled"
         self.concurrency = max(1, concurrency)  # requests in flight at once (the server batches them)
 
     def open_batch(self, max_batch: int) -> BatchSession:
@@ -205,7 +204,6 @@ class OpenAIGenerator:
         self, messages: list[dict[str, Any]], params: GenerationParams, should_stop: Callable[[], bool]
     ) -> TextStream:
         """SSE chat completion; leaving the ``with`` block (stop, error, consumer closed) drops the connection."""
-        self.last_finish_reason = "cancelled"  # until the server says otherwise
         if should_stop():
             return "cancelled"
         try:
@@ -226,7 +224,6 @@ class OpenAIGenerator:
                         finish = "length" if reason == "length" else "stop"
                     if piece:
                         yield piece
-                self.last_finish_reason = finish
                 return finish
         except httpx.HTTPError as e:
             raise self._transport_error(e) from None

@@ -1,6 +1,6 @@
 import re
 
-from core.generators.base import GenerationParams, PromptSpec
+from core.generators.base import GenerationParams, PromptSpec, finish_of
 from core.generators.extractive import INTRO, NO_PASSAGES_REPLY, ExtractiveGenerator, query_terms
 from core.types import Source
 
@@ -65,8 +65,7 @@ def test_no_passages_reply():
 def test_should_stop_and_counts():
     gen = ExtractiveGenerator()
     spec = PromptSpec(system="", passages=(SQLI, PS), history=(), question="SQL PowerShell")
-    assert list(gen.stream(spec, GenerationParams(), lambda: True)) == [INTRO]
-    assert gen.last_finish_reason == "cancelled"
+    assert finish_of(gen.stream(spec, GenerationParams(), lambda: True)) == ([INTRO], "cancelled")
     assert gen.count_tokens("parameterized queries.") == 4 + 2 + 1  # ceil(13/4) + ceil(7/4) + "."
     assert gen.prompt_tokens(spec) > gen.count_tokens("SQL PowerShell")
     assert gen.context_length == 4096

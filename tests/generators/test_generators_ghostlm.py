@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from core.generators.base import ChatTurn, GenerationParams, PromptSpec
+from core.generators.base import ChatTurn, GenerationParams, PromptSpec, finish_of
 from core.generators.errors import GeneratorError
 from core.generators.ghostlm_backend import GhostLMGenerator
 from core.types import Source
@@ -59,11 +59,11 @@ def test_count_tokens_matches_tokenizer(gen: GhostLMGenerator):
 
 
 def test_streams_text_and_is_deterministic_when_seeded(gen: GhostLMGenerator):
-    a = list(gen.stream(spec(), SAMPLED, lambda: False))
-    b = list(gen.stream(spec(), SAMPLED, lambda: False))
+    a, a_reason = finish_of(gen.stream(spec(), SAMPLED, lambda: False))
+    b, b_reason = finish_of(gen.stream(spec(), SAMPLED, lambda: False))
     assert a and all(isinstance(p, str) for p in a)
     assert "".join(a) == "".join(b) and "".join(a).strip()
-    assert gen.last_finish_reason in ("stop", "length")
+    assert a_reason in ("stop", "length") and b_reason == a_reason
 
 
 def test_should_stop_is_honoured(gen: GhostLMGenerator):
@@ -75,9 +75,9 @@ def test_should_stop_is_honoured(gen: GhostLMGenerator):
 
     params = GenerationParams(max_new_tokens=60, temperature=1.0, top_k=0, top_p=1.0, seed=3)
     full = list(gen.stream(spec(), params, lambda: False))
-    pieces = list(gen.stream(spec(), params, stop))
+    pieces, reason = finish_of(gen.stream(spec(), params, stop))
     assert len(calls) == 3 and len(pieces) <= 2 < len(full)
-    assert gen.last_finish_reason == "cancelled"
+    assert reason == "cancelled"
 
 
 def test_typed_end_token_is_plain_text(gen: GhostLMGenerator):

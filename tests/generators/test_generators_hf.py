@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from core.generators.base import ChatTurn, GenerationParams, PromptSpec
+from core.generators.base import ChatTurn, GenerationParams, PromptSpec, finish_of
 from core.generators.errors import GeneratorError
 from core.generators.hf import PLAIN_STOP, HFGenerator, _partial_suffix
 from core.types import Source
@@ -73,9 +73,10 @@ def test_should_stop_is_polled_every_token(gen: HFGenerator):
     calls = []
     params = GenerationParams(max_new_tokens=40, temperature=1.0, top_k=0, top_p=1.0, seed=5)
     full = "".join(gen.stream(spec(), params, lambda: False))
-    part = "".join(gen.stream(spec(), params, lambda: calls.append(1) or len(calls) > 3))
+    pieces, reason = finish_of(gen.stream(spec(), params, lambda: calls.append(1) or len(calls) > 3))
+    part = "".join(pieces)
     assert len(calls) == 4 and len(part) < len(full) and full.startswith(part)
-    assert gen.last_finish_reason == "cancelled"
+    assert reason == "cancelled"
 
 
 def test_plain_layout_without_chat_template(hf_plain_dir: Path):
@@ -116,6 +117,7 @@ def test_plain_layout_stops_at_the_next_user_turn(hf_plain_dir: Path, monkeypatc
             return next(script)
 
     monkeypatch.setattr(ghostlm.sampling, "Sampler", Scripted)
-    assert "".join(g.stream(spec(), GenerationParams(max_new_tokens=30), lambda: False)) == "Use queries."
-    assert g.last_finish_reason == "stop"
+    pieces, reason = finish_of(g.stream(spec(), GenerationParams(max_new_tokens=30), lambda: False))
+    assert "".join(pieces) == "Use queries."
+    assert reason == "stop"
     g.close()

@@ -4,7 +4,7 @@ import threading
 import pytest
 from pydantic import SecretStr
 
-from core.generators.base import GenerationParams, PromptSpec
+from core.generators.base import GenerationParams, PromptSpec, finish_of
 from core.generators.errors import GeneratorError
 from core.generators.estimate import utf8_bytes_estimate
 from core.generators.openai_compat import OpenAIGenerator, redact_url
@@ -36,10 +36,10 @@ def gen(server: FakeOpenAIServer):
 
 def test_streaming_pieces_join_to_the_canned_reply(server, gen):
     server.set_reply(Reply("XSS lets attackers run script in a victim's browser [1]. Café ☕ too."))
-    pieces = list(gen.stream(SPEC, PARAMS, lambda: False))
+    pieces, reason = finish_of(gen.stream(SPEC, PARAMS, lambda: False))
     assert len(pieces) > 3
     assert "".join(pieces) == "XSS lets attackers run script in a victim's browser [1]. Café ☕ too."
-    assert gen.last_finish_reason == "stop"
+    assert reason == "stop"
     req = server.requests[-1]
     assert req.path == "/v1/chat/completions" and req.stream
     assert req.headers["Authorization"] == f"Bearer {KEY}"
@@ -83,10 +83,14 @@ def test_wrong_key_gets_401_message(server):
 def test_should_stop_closes_the_stream_early(server, gen):
     server.set_reply(Reply(chunks=[f"w{i} " for i in range(200)], chunk_delay=0.02))
     got: list[str] = []
-    pieces = gen.stream(SPEC, PARAMS, lambda: len(got) >= 3)
-    for p in pieces:
-        got.append(p)
-    assert got == ["w0 ", "w1 ", "w2 "] and gen.last_finish_reason == "cancelled"
+    stream = gen.stream(SPEC, PARAMS, lambda: len(got) >= 3)
+    while True:  # not finish_of: should_stop watches `got`, so pieces must land there as they arrive
+        try:
+            got.append(next(stream))
+        except StopIteration as end:
+            reason = end.value
+            break
+    assert got == ["w0 ", "w1 ", "w2 "] and reason == "cancelled"
     assert server.wait_for_disconnect()  # the connection was dropped, the server did not finish the reply
 
 
@@ -187,5 +191,6 @@ async def test_streams_from_a_worker_thread_inside_an_event_loop(server, gen):
 
 def test_length_finish_reason_is_reported(server, gen):
     server.set_reply(Reply("cut short", finish_reason="length"))
-    assert "".join(gen.stream(SPEC, PARAMS, lambda: False)) == "cut short"
-    assert gen.last_finish_reason == "length"
+    pieces, reason = finish_of(gen.stream(SPEC, PARAMS, lambda: False))
+    assert "".join(pieces) == "cut short"
+    assert reason == "length"
