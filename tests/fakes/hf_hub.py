@@ -18,12 +18,12 @@ ETag. Every request is recorded in ``requests``.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import threading
 from dataclasses import dataclass, field
 
 from aiohttp import web
+
+from tests.fakes.loopback import LoopbackServer
 
 LFS_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".npy", ".jsonl")
 
@@ -60,61 +60,26 @@ class Recorded:
 
 
 @dataclass
-class FakeHub:
+class FakeHub(LoopbackServer):
     repos: dict[str, FakeRepo] = field(default_factory=dict)
     valid_tokens: set[str] = field(default_factory=set)
     interrupt_once: dict[str, int] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)
     requests: list[Recorded] = field(default_factory=list)
-    port: int = 0
 
-    def __post_init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
+    thread_name = "fake-hf-hub"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    # --- lifecycle ---------------------------------------------------------------------------------------
-    def start(self) -> FakeHub:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-hf-hub", daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        assert self._thread is not None
-        self._thread.join(10)
-        self._loop.close()
-        self._loop = None
-
-    def __enter__(self) -> FakeHub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def _start(self) -> None:
+    def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/api/models/{owner}/{repo}/tree/{rev}", self._tree)
         app.router.add_route("*", "/api/models/{owner}/{repo}/revision/{rev}", self._info)
         app.router.add_route("*", "/api/models/{owner}/{repo}", self._info)
         app.router.add_route("*", "/{owner}/{repo}/resolve/{rev}/{path:.+}", self._resolve)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        addresses = self._runner.addresses
-        assert addresses
-        self.port = int(addresses[0][1])
+        return app
 
     # --- helpers -----------------------------------------------------------------------------------------
     def _record(self, request: web.Request) -> None:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.loopback import LoopbackServer
 
 DEFAULT_MODEL = "ghostlm"
 
@@ -83,8 +84,10 @@ def error_reply(status: int, message: str | None = None, **kw: Any) -> Reply:
     return Reply(status=status, error_message=message or defaults.get(status, f"HTTP {status}"), **kw)
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LoopbackServer):
     """Starts on 127.0.0.1 with a free port. ``api_key`` set → requests without that bearer key get 401."""
+
+    thread_name = "fake-openai"
 
     def __init__(
         self,
@@ -98,10 +101,6 @@ class FakeOpenAIServer:
         self.models = models
         self.requests: list[RecordedRequest] = []
         self.disconnects = 0  # streams the client closed before the end
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     @property
@@ -111,39 +110,11 @@ class FakeOpenAIServer:
     def set_reply(self, reply: Reply | Handler) -> None:
         self.handler = fixed(reply) if isinstance(reply, Reply) else reply
 
-    def start(self) -> FakeOpenAIServer:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-openai", daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        assert self._thread is not None
-        self._thread.join(10)
-        self._loop.close()
-        self._loop = None
-
-    def __enter__(self) -> FakeOpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def _start(self) -> None:
+    def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.2, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        return app
 
     def wait_for_disconnect(self, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
