@@ -3,87 +3,20 @@ python-telegram-bot, talking to the loopback Bot API fake. Only the model is scr
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from core.generators.base import GenerationParams, PromptSpec
 from core.settings import Settings
 from tests.e2e.discord_fixtures import discord_bot as discord_bot  # re-exported: a fixture
 from tests.e2e.discord_fixtures import world as world  # re-exported: a fixture
+from tests.e2e.scripted import ScriptedGenerator as ScriptedGenerator  # re-exported
 from tests.fakes.telegram_api import FakeTelegramAPI
 from tests.support import app_settings, indexed_app
-
-Script = Callable[[PromptSpec], str]
-
-
-def echo_script(spec: PromptSpec) -> str:
-    """Default answer: says what it was asked and how much history it saw (proves history flows)."""
-    return f"Answer to: {spec.question} (history turns: {len(spec.history)})"
-
-
-@dataclass
-class ScriptedGenerator:
-    """Stands in for the model only: implements the Generator protocol with scripted text.
-
-    Tokens are whitespace-separated words (counted exactly the same way everywhere); the
-    answer streams word by word with an optional delay, polling `should_stop` like a model.
-    """
-
-    script: Script = echo_script
-    delay: float = 0.0
-    name: str = "scripted"
-    context_length: int = 100_000
-    specs: list[PromptSpec] = field(default_factory=list)
-    gate: threading.Event | None = None  # when set, generation waits for it (to hold a request)
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def prompt_tokens(self, spec: PromptSpec) -> int:
-        parts = [
-            spec.system,
-            spec.question,
-            *(p.text for p in spec.passages),
-            *(t.content for t in spec.history),
-        ]
-        return sum(self.count_tokens(part) + 4 for part in parts)
-
-    def stream(
-        self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
-    ) -> Iterator[str]:
-        self.specs.append(spec)
-        if self.gate is not None:
-            while not self.gate.wait(0.05):
-                if should_stop():
-                    return
-        text = self.script(spec)
-        for piece in _pieces(text):
-            if should_stop():
-                return
-            if self.delay:
-                time.sleep(self.delay)
-            yield piece
-
-    def close(self) -> None:
-        pass
-
-
-def _pieces(text: str) -> Iterator[str]:
-    """Split into word-sized pieces that concatenate back to exactly `text`."""
-    start = 0
-    for index in range(1, len(text)):
-        if text[index] in " \n" and text[index - 1] not in " \n":
-            yield text[start:index]
-            start = index
-    if start < len(text):
-        yield text[start:]
 
 
 def make_settings(fake: FakeTelegramAPI, tmp_path: Path, **overrides: Any) -> Settings:

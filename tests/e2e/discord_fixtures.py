@@ -3,81 +3,20 @@ unmodified discord.py, talking to the loopback Discord fake. Only the model is s
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from core.generators.base import GenerationParams, PromptSpec
 from core.settings import Settings
+from tests.e2e.scripted import ScriptedGenerator
 from tests.fakes.discord_api import DiscordFake
 from tests.support import app_settings, indexed_app
 
-Script = Callable[[PromptSpec], str]
 TOKEN = "discord-test-token"
-
-
-def echo(spec: PromptSpec) -> str:
-    """Says what it was asked and how much history it saw (so tests can see conversations)."""
-    return f"Answer to: {spec.question} (history turns: {len(spec.history)})"
-
-
-@dataclass
-class SlowScript:
-    """A generator stand-in: scripted text streamed word by word, `delay` seconds per piece,
-    optionally held at `gate` (to keep a request running while the queue fills)."""
-
-    script: Script = echo
-    delay: float = 0.0
-    gate: threading.Event | None = None
-    name: str = "scripted"
-    context_length: int = 100_000
-    specs: list[PromptSpec] = field(default_factory=list)
-    started: list[float] = field(default_factory=list)  # time.monotonic() when each stream began
-    finished: list[float] = field(default_factory=list)
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def prompt_tokens(self, spec: PromptSpec) -> int:
-        parts = [
-            spec.system,
-            spec.question,
-            *(p.text for p in spec.passages),
-            *(t.content for t in spec.history),
-        ]
-        return sum(self.count_tokens(part) + 4 for part in parts)
-
-    def stream(
-        self, spec: PromptSpec, params: GenerationParams, should_stop: Callable[[], bool]
-    ) -> Iterator[str]:
-        self.specs.append(spec)
-        self.started.append(time.monotonic())
-        try:
-            if self.gate is not None:
-                while not self.gate.wait(0.02):
-                    if should_stop():
-                        return
-            text = self.script(spec)
-            start = 0
-            for index in range(1, len(text) + 1):
-                if index == len(text) or (text[index] in " \n" and text[index - 1] not in " \n"):
-                    if should_stop():
-                        return
-                    if self.delay:
-                        time.sleep(self.delay)  # blocking on purpose: a model holds its thread
-                    yield text[start:index]
-                    start = index
-        finally:
-            self.finished.append(time.monotonic())
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass
@@ -100,7 +39,7 @@ class DiscordHarness:
     settings: Settings
     app: Any  # bots.compose.App
     adapter: Any  # bots.discord.DiscordAdapter
-    generator: SlowScript
+    generator: ScriptedGenerator
 
     @property
     def fake(self) -> DiscordFake:
@@ -144,7 +83,7 @@ async def world() -> AsyncIterator[World]:
 async def running_discord(
     world: World,
     tmp_path: Path,
-    generator: SlowScript | None = None,
+    generator: ScriptedGenerator | None = None,
     index: dict[str, str] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[DiscordHarness]:
@@ -152,7 +91,7 @@ async def running_discord(
     from bots.discord import DiscordAdapter
 
     settings = discord_settings(world, tmp_path, **overrides)
-    generator = generator or SlowScript()
+    generator = generator or ScriptedGenerator()
     async with indexed_app(settings, tmp_path, index=index, generator=generator) as app:
         adapter = DiscordAdapter(settings, app.manager, guild_ready_timeout=0.1)
         await adapter.start()

@@ -6,7 +6,7 @@ import time
 
 from storage import ConversationKey
 from tests.e2e.discord_fixtures import (
-    SlowScript,
+    ScriptedGenerator,
     feedback_buttons,
     running_discord,
     settled,
@@ -145,7 +145,7 @@ async def test_slash_commands_work_in_direct_messages_when_synced_globally(disco
 
 async def test_long_channel_answer_is_split_at_2000(discord_bot, world) -> None:
     text = "\n\n".join(f"Paragraph {i}: " + "lorem ipsum " * 30 for i in range(12))
-    async with discord_bot(generator=SlowScript(script=lambda spec: text)) as h:
+    async with discord_bot(generator=ScriptedGenerator(script=lambda spec: text)) as h:
         await h.fake.push_message(
             world.channel, world.alice, "long please", mention_bot=True, roles=[world.member_role]
         )
@@ -158,7 +158,7 @@ async def test_long_channel_answer_is_split_at_2000(discord_bot, world) -> None:
 async def test_a_429_while_streaming_in_a_channel_delays_but_never_loses_the_reply(
     discord_bot, world
 ) -> None:
-    script = SlowScript(script=lambda spec: " ".join(f"w{i}" for i in range(40)), delay=0.05)
+    script = ScriptedGenerator(script=lambda spec: " ".join(f"w{i}" for i in range(40)), delay=0.05)
     async with discord_bot(generator=script) as h:
         h.fake.rate_limit("PATCH", rf"/channels/{world.channel['id']}/messages/\d+", retry_after=0.4, times=2)
         await h.fake.push_message(
@@ -210,7 +210,7 @@ async def test_heartbeats_are_acknowledged_during_a_slow_generation(discord_bot,
             time.sleep(0.01)  # blocking on purpose: a model holds its thread
         return "no heartbeats while the model ran"
 
-    async with discord_bot(generator=SlowScript(script=blocking_model)) as h:
+    async with discord_bot(generator=ScriptedGenerator(script=blocking_model)) as h:
         await h.fake.push_message(
             world.channel, world.alice, "take your time", mention_bot=True, roles=[world.member_role]
         )

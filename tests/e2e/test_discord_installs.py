@@ -5,7 +5,7 @@ install (bot's DM, a group DM, a server without the bot), Discord's 5-follow-up 
 from __future__ import annotations
 
 from tests.e2e.discord_fixtures import (
-    SlowScript,
+    ScriptedGenerator,
     contents,
     feedback_buttons,
     is_ephemeral,
@@ -64,7 +64,9 @@ async def test_user_install_where_the_bot_is_not_a_member(discord_bot, world) ->
 async def test_a_long_answer_respects_the_follow_up_cap_and_says_so(discord_bot, world) -> None:
     long_text = "\n\n".join(f"Paragraph {i}: " + "word " * 300 for i in range(12))  # ~9 messages
     dm = world.fake.add_dm(world.alice)
-    async with discord_bot(discord_guild_ids="", generator=SlowScript(script=lambda spec: long_text)) as h:
+    async with discord_bot(
+        discord_guild_ids="", generator=ScriptedGenerator(script=lambda spec: long_text)
+    ) as h:
         state = await h.fake.push_slash("ask", dm, world.alice, {"question": "tell me all"}, install="user")
         await h.fake.wait_for(lambda: state.callback_type is not None, 10)
         await settled(h)
@@ -77,7 +79,7 @@ async def test_a_long_answer_respects_the_follow_up_cap_and_says_so(discord_bot,
         assert feedback_buttons(state.visible()[-1]) == ["fb:+1", "fb:-1"]
 
     # a server that added the bot has no such cap: the whole answer arrives
-    async with discord_bot(generator=SlowScript(script=lambda spec: long_text)) as h:
+    async with discord_bot(generator=ScriptedGenerator(script=lambda spec: long_text)) as h:
         state = await h.fake.push_slash(
             "ask", world.channel, world.alice, {"question": "tell me all"}, roles=[world.member_role]
         )

@@ -11,7 +11,7 @@ import pytest
 
 from storage import ConversationKey
 from tests.e2e.discord_fixtures import (
-    SlowScript,
+    ScriptedGenerator,
     contents,
     feedback_buttons,
     is_ephemeral,
@@ -48,7 +48,7 @@ async def test_commands_are_synced_to_the_configured_guild(discord_bot) -> None:
 
 
 async def test_ask_defers_before_the_core_then_streams_into_the_original(discord_bot) -> None:
-    script = SlowScript(script=lambda spec: " ".join(["token"] * 60) + " done", delay=0.05)
+    script = ScriptedGenerator(script=lambda spec: " ".join(["token"] * 60) + " done", delay=0.05)
     async with discord_bot(generator=script) as h:
         state = await slash(h, "ask", {"question": "What is XSS?"})
 
@@ -71,7 +71,7 @@ async def test_ask_defers_before_the_core_then_streams_into_the_original(discord
 
 async def test_ask_defers_promptly_even_when_the_queue_is_full(discord_bot) -> None:
     gate = threading.Event()
-    script = SlowScript(gate=gate)
+    script = ScriptedGenerator(gate=gate)
     async with discord_bot(generator=script, queue_size=2) as h:
         users = [h.fake.user(f"user{i}") for i in range(4)]
         running = await slash(h, "ask", {"question": "first"}, user=users[0], wait=False)
@@ -106,7 +106,7 @@ async def test_ask_defers_promptly_even_when_the_queue_is_full(discord_bot) -> N
 async def test_long_answer_is_split_into_followups_with_the_code_block_intact(discord_bot) -> None:
     code = "\n".join(f"payload_{i} = '<script>alert({i})</script>'" for i in range(150))
     text = "Here are test payloads:\n\n```python\n" + code + "\n```\n\nEscape them all."
-    async with discord_bot(generator=SlowScript(script=lambda spec: text)) as h:
+    async with discord_bot(generator=ScriptedGenerator(script=lambda spec: text)) as h:
         state = await slash(h, "ask", {"question": "payloads please"})
 
         parts = contents(state)
@@ -160,7 +160,7 @@ async def test_every_other_command_answers_ephemerally(discord_bot) -> None:
 
 async def test_retry_regenerates_publicly_and_cancel_answers_privately(discord_bot) -> None:
     answers = iter(["first take", "second take"])
-    async with discord_bot(generator=SlowScript(script=lambda spec: next(answers))) as h:
+    async with discord_bot(generator=ScriptedGenerator(script=lambda spec: next(answers))) as h:
         await slash(h, "ask", {"question": "explain SSRF"})
         retry = await slash(h, "retry")
         assert retry.callback_type == 5 and not retry.defer_ephemeral
@@ -177,7 +177,7 @@ def crashing_model(spec) -> str:
 
 
 async def test_a_model_failure_is_reported_privately_and_leaves_nothing_public(discord_bot) -> None:
-    async with discord_bot(generator=SlowScript(script=crashing_model)) as h:
+    async with discord_bot(generator=ScriptedGenerator(script=crashing_model)) as h:
         state = await slash(h, "ask", {"question": "will this work?"})
         assert state.visible() and all(is_ephemeral(m) for m in state.visible())
         assert "model crashed" not in "\n".join(contents(state))  # no internals shown to users

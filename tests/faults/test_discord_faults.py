@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from storage import ConversationKey
-from tests.e2e.discord_fixtures import SlowScript, World, feedback_buttons, running_discord, settled
+from tests.e2e.discord_fixtures import ScriptedGenerator, World, feedback_buttons, running_discord, settled
 from tests.e2e.discord_fixtures import world as world
 from tests.faults.checks import answer_script, marker
 from tests.faults.conftest import Ledger, Outcome
@@ -23,7 +23,7 @@ USERS = 8
 async def test_gateway_drops_and_rest_429s_lose_nothing(world: World, tmp_path: Path, ledger: Ledger) -> None:
     fake = world.fake
     outcome = Outcome("discord in-process: gateway drop/reconnect + RESUME mid-stream, REST 429")
-    generator = SlowScript(script=answer_script(20), delay=0.06)  # type: ignore[arg-type]  # a plain function script
+    generator = ScriptedGenerator(script=answer_script(20), delay=0.06)  # type: ignore[arg-type]  # a plain function script
     users = [fake.user(f"user{i}") for i in range(USERS)]
     questions = {user["id"]: f"d{i} what is rce" for i, user in enumerate(users)}
     channel = world.channel["id"]
