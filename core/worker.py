@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import cast
 
 from core.generators.base import (
     BatchingGenerator,
@@ -39,6 +40,8 @@ from core.generators.base import (
 )
 
 logger = logging.getLogger(__name__)
+
+DELIVERY_INTERVAL_S = 0.05  # pieces reach the event loop at most this late (first pieces and ends: at once)
 
 
 class QueueFull(Exception):
@@ -174,15 +177,22 @@ class _ModelThread:
         session = self._open()
         self._call(_resolve, self.capacity, max(1, session.capacity))
         active: dict[int, tuple[GenerationHandle, asyncio.Future[None]]] = {}
+        waiting_first: set[int] = (
+            set()
+        )  # requests that have not had a piece yet (their first one goes at once)
+        held = _Held(self)
         try:
             while True:
-                if not self._admit(session, active):
+                added = self._admit(session, active, held)
+                if added is None:
                     return
+                waiting_first.update(added)
                 for key, (handle, fut) in list(active.items()):
                     if handle.stop_event.is_set():  # cancelled / timed out: leave now, the rest go on
                         session.remove(key)
                         del active[key]
-                        self._call(self._complete, handle, fut, "cancelled", None)
+                        waiting_first.discard(key)
+                        held.complete(handle, fut, "cancelled", None)
                 if not active:
                     continue
                 try:
@@ -190,48 +200,58 @@ class _ModelThread:
                 except Exception as exc:  # the model's failure is the requests' failure, never the worker's
                     for key, (handle, fut) in active.items():
                         session.remove(key)
-                        self._call(self._complete, handle, fut, "error", exc)
+                        held.complete(handle, fut, "error", exc)
                     active.clear()
+                    waiting_first.clear()
                     continue
                 self.steps += 1
-                news: list[tuple[GenerationHandle, asyncio.Future[None], BatchOutput]] = []
+                urgent = False
                 for out in outputs:
-                    job = active.get(out.key)  # type: ignore[call-overload]  # out.key is the key we submitted
+                    key = cast(int, out.key)  # the key we submitted
+                    job = active.get(key)
                     if job is None:
                         continue
-                    news.append((*job, out))
+                    held.add(job[0], job[1], out)
+                    if out.text and key in waiting_first:
+                        waiting_first.discard(key)
+                        urgent = True
                     if out.finish is not None:
-                        del active[out.key]  # type: ignore[arg-type]  # out.key is the key we submitted
-                if news:
-                    # One wake-up of the loop per step, not one per row: with 16 rows the loop's thread
-                    # would otherwise compete with the model's threads for the same cores 16 times a step.
-                    self._call(self._deliver, news)
+                        del active[key]
+                        waiting_first.discard(key)
+                        urgent = True
+                held.flush(force=urgent)
         finally:
+            held.flush(force=True)
             session.close()
 
     def _admit(
-        self, session: BatchSession, active: dict[int, tuple[GenerationHandle, asyncio.Future[None]]]
-    ) -> bool:
-        """Take new jobs (wait for one when idle). Returns False on the stop sentinel."""
+        self,
+        session: BatchSession,
+        active: dict[int, tuple[GenerationHandle, asyncio.Future[None]]],
+        held: _Held,
+    ) -> list[int] | None:
+        """Take new jobs (wait for one when idle). Returns the keys added, or None on the stop sentinel."""
+        added: list[int] = []
         while True:
             try:
                 job = self._jobs.get(block=not active)
             except queue.Empty:
-                return True
+                return added
             if job is None:
                 for key, (handle, fut) in active.items():
                     session.remove(key)
-                    self._call(self._complete, handle, fut, "cancelled", None)
+                    held.complete(handle, fut, "cancelled", None)
                 active.clear()
-                return False
+                return None
             handle, fut = job
             key = id(handle)
             try:
                 session.add(key, handle.spec, handle.params, handle.stop_event.is_set)
             except Exception as exc:
-                self._call(self._complete, handle, fut, "error", exc)
+                held.complete(handle, fut, "error", exc)
                 continue
             active[key] = (handle, fut)
+            added.append(key)
 
     def _call(self, fn: Callable[..., object], *args: object) -> None:
         with contextlib.suppress(RuntimeError):  # loop closed during interpreter shutdown
@@ -256,6 +276,38 @@ class _ModelThread:
         handle._finish(reason, error)
         if not fut.done():
             fut.set_result(None)
+
+
+class _Held:
+    """Pieces on their way from the model thread to the event loop, sent in one call every
+    ``DELIVERY_INTERVAL_S`` rather than one per step: each wake-up of the loop's thread takes a core from the
+    model's threads mid-step (with 2 cores, torch's parallel region then waits for it). A request's first
+    piece and every end go at once, so time to first token and completion are not delayed; an end is never
+    sent before pieces held for earlier steps (one ordered list)."""
+
+    def __init__(self, thread: _ModelThread) -> None:
+        self._thread = thread
+        self._news: list[tuple[GenerationHandle, asyncio.Future[None], BatchOutput]] = []
+        self._sent = time.monotonic()
+
+    def add(self, handle: GenerationHandle, fut: asyncio.Future[None], out: BatchOutput) -> None:
+        self._news.append((handle, fut, out))
+
+    def complete(
+        self,
+        handle: GenerationHandle,
+        fut: asyncio.Future[None],
+        reason: FinishReason,
+        error: BaseException | None,
+    ) -> None:
+        self.add(handle, fut, BatchOutput(id(handle), "", reason, error))
+        self.flush(force=True)
+
+    def flush(self, *, force: bool) -> None:
+        now = time.monotonic()
+        if self._news and (force or now - self._sent >= DELIVERY_INTERVAL_S):
+            self._thread._call(self._thread._deliver, self._news)
+            self._news, self._sent = [], now
 
 
 def _resolve(fut: asyncio.Future[int], value: int) -> None:

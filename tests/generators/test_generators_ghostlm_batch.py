@@ -229,6 +229,36 @@ async def test_max_batch_one_is_one_at_a_time() -> None:
     await worker.shutdown()
 
 
+async def test_pieces_are_held_between_steps_but_first_pieces_and_ends_go_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The model thread wakes the loop at most every DELIVERY_INTERVAL_S (here: never, by the clock), except
+    for a request's first piece and its end; held pieces arrive in order, before the end."""
+    monkeypatch.setattr("core.worker.DELIVERY_INTERVAL_S", 3600.0)
+    gen = ScriptedGenerator(capacity=4)
+    worker = GenerationWorker(gen, timeout_s=60, max_batch=4)
+    worker.start()
+    handle = worker.submit("u", spec("w"), GenerationParams(max_new_tokens=5))
+    seen: list[object] = []
+
+    async def grab() -> None:
+        async for event in handle:
+            seen.append(event)
+
+    task = asyncio.create_task(grab())
+    pieces = lambda: [e.text for e in seen if isinstance(e, Piece)]  # noqa: E731
+    gen.gate.allow(1)
+    await until(lambda: pieces() == ["w0 "])  # the first piece was not held back
+    gen.gate.allow(3)
+    await until(lambda: worker.steps == 4)
+    await asyncio.sleep(0.05)
+    assert pieces() == ["w0 "]  # steps 2-4 are held: no wake-up of the loop for them
+    gen.gate.allow(1)  # the last step ends the request: everything goes, in order
+    await task
+    assert pieces() == ["w0 ", "w1 ", "w2 ", "w3 ", "w4 "] and handle.finish_reason == "length"
+    await worker.shutdown()
+
+
 # --- OPENAI_CONCURRENCY: several streams in flight at once ---------------------------------------------------
 class MeetsOthers(ScriptedGenerator):
     """Each stream waits until `n` streams are in flight: only concurrent requests can all finish."""
