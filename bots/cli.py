@@ -150,6 +150,7 @@ async def run_bots(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, then drain the queue and stop every adapter cleanly."""
     from bots.compose import open_app
     from bots.http import ExposureError, HttpAdapter, check_exposure
+    from core.memory import IdleRelease
 
     try:
         check_exposure(settings)  # before loading anything: an open, keyless port is refused at start
@@ -182,8 +183,13 @@ async def run_bots(settings: Settings) -> int:
             logger.info("no platform token configured: web chat at %s", http.url)
         logger.info("ghostbot is running (%s)", ", ".join(type(a).__name__ for a in adapters))
         maintenance = asyncio.create_task(app.manager.maintain(), name="maintenance")
+        worker = app.worker
+        # Freed memory goes back to the OS once the answers are done (see core/memory.py).
+        idle_release = IdleRelease(lambda: not worker.busy and worker.queue_depth == 0)
+        releasing = asyncio.create_task(idle_release.run(), name="release-memory")
         await stop.wait()
         maintenance.cancel()
+        releasing.cancel()
         logger.info("shutting down: finishing queued answers")
         # Stop taking updates first (Telegram would otherwise confirm updates that then meet a closed
         # worker), then finish — or, past the grace period, cancel — queued answers while the adapters

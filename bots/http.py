@@ -8,7 +8,7 @@ Security, in order, for every request (see README "Operations"):
 - Host: loopback names, the configured host and `HTTP_ALLOWED_HOSTS` only (DNS rebinding).
 - `HTTP_API_KEY`, when set, guards everything but `/healthz`: a bearer key, or the web chat's signed cookie after
   the key was typed once. Serving on a non-loopback address without a key is refused at start.
-- POST bodies must be `application/json`, and a browser's Origin must be this server (CSRF).
+- POST bodies must be `application/json` of at most 256 KiB, and a browser's Origin must be this server (CSRF).
 - Per-IP and global rate limits on the routes that do work; a full queue is refused before any retrieval.
 - A client that goes away cancels its handler, which cancels its queued or running generation.
 """
@@ -56,6 +56,7 @@ SESSION_MAX_AGE = 365 * 24 * 3600
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 OPEN_PATHS = frozenset({"/healthz", "/api/login"})  # reachable without the key
 MAX_STOP_SEQUENCES = 4
+_TOO_LARGE = f"The request body is too large (the limit is {MAX_BODY_BYTES // 1024} KiB)."
 Session = tuple[str, bool]  # (session id, holds the API key)
 SESSION_KEY: web.RequestKey[Session] = web.RequestKey("ghostbot_session")
 
@@ -378,6 +379,10 @@ class HttpAdapter:
                 return _error(
                     415, "Send the body as JSON with Content-Type: application/json.", "invalid_request_error"
                 )
+            if (request.content_length or 0) > MAX_BODY_BYTES:
+                # Refused on its declared length, before any of it is read: aiohttp's own limit only trips after
+                # buffering MAX_BODY_BYTES of it, and its 413's traceback keeps that buffer until a GC cycle.
+                return _error(413, _TOO_LARGE, "invalid_request_error")
             wait = self._rate_wait(request)
             if wait > 0:
                 response = _error(

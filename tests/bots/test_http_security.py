@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bots.http import ExposureError, HttpAdapter, check_exposure
+from bots.http import MAX_BODY_BYTES, ExposureError, HttpAdapter, check_exposure
 from core.access import REFUSAL
 from tests.bots.http_support import GatedGenerator, client, serve, sse, until
 from tests.support import app_settings, indexed_app
@@ -309,6 +309,28 @@ async def test_hostile_json_is_a_400(open_server: HttpAdapter) -> None:
             response = await web.post("/api/chat", data=body, headers=headers)
             assert response.status == 400, body[:20]
             assert "error" in await response.json()
+
+
+async def test_an_oversized_body_is_refused_before_it_is_read(open_server: HttpAdapter) -> None:
+    """A declared length over the limit gets its 413 at once: the server does not wait for (or buffer) a body
+    the client has not even sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", open_server.port)
+    try:
+        writer.write(
+            b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 10)  # no body sent: only an early refusal answers
+        assert status.split()[1] == b"413"
+    finally:
+        writer.close()
+    async with client(open_server) as web:  # a body exactly at the limit is read, parsed and answered
+        body = b'{"text": "' + b"a" * (MAX_BODY_BYTES - 12) + b'"}'
+        assert len(body) == MAX_BODY_BYTES
+        response = await web.post("/api/chat", data=body, headers={"Content-Type": "application/json"})
+        assert response.status == 200
+        assert _texts(await sse(response)) == REFUSAL  # this server only admits Telegram users
 
 
 async def test_metrics_need_the_key_when_set(keyed_server: HttpAdapter) -> None:
