@@ -9,36 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ghostlm import GREEDY, Engine, GhostLM, GhostLMConfig, SamplingParams, load_model
+from ghostlm import GREEDY, Engine, SamplingParams, load_model
 from ghostlm.engine import ContinuousBatch
 from ghostlm.model import BatchKVCache
 from ghostlm.precision import int8_supported, prepare_model
+from tests.ghostlm.tiny import tiny
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "ghostlm"
 SAMPLED = SamplingParams(temperature=0.9, top_k=20, top_p=0.95, repetition_penalty=1.3, seed=11)
-
-
-def tiny(variant: str) -> GhostLM:
-    torch.manual_seed(0)
-    modern = variant != "legacy"
-    cfg = GhostLMConfig(
-        vocab_size=96,
-        context_length=48,
-        d_model=32,
-        n_heads=4,
-        n_layers=2,
-        d_ff=64,
-        dropout=0.0,
-        use_rope=modern,
-        use_swiglu=modern,
-        use_rmsnorm=modern,
-        n_kv_heads=2 if variant == "gqa" else None,
-        use_qk_norm=variant == "gqa",
-    )
-    m = GhostLM(cfg)
-    with torch.no_grad():  # sharper logits than the 0.02 init, so outputs depend visibly on the context
-        m.token_embedding.weight.mul_(20)
-    return m.eval()
 
 
 @pytest.fixture(

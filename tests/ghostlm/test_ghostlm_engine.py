@@ -8,32 +8,16 @@ import weakref
 import pytest
 import torch
 
-from ghostlm import GREEDY, Engine, GhostLM, GhostLMConfig, KVCache, SamplingParams, full_recompute_generate
+from ghostlm import GREEDY, Engine, GhostLM, KVCache, SamplingParams, full_recompute_generate
 from ghostlm.mcq import expected_score, option_logprob, option_logprobs, score_token_distribution
+from tests.ghostlm.tiny import tiny
 
 V = 96
 
 
 @pytest.fixture(scope="module", params=["legacy", "modern"])
 def model(request) -> GhostLM:
-    modern = request.param == "modern"
-    torch.manual_seed(0)
-    cfg = GhostLMConfig(
-        vocab_size=V,
-        context_length=32,
-        d_model=32,
-        n_heads=4,
-        n_layers=2,
-        d_ff=64,
-        dropout=0.0,
-        use_rope=modern,
-        use_swiglu=modern,
-        use_rmsnorm=modern,
-    )
-    m = GhostLM(cfg)
-    with torch.no_grad():  # sharper logits than the 0.02 init, so sampled runs differ visibly
-        m.token_embedding.weight.mul_(20)
-    return m.eval()
+    return tiny(request.param, vocab_size=V, context_length=32)
 
 
 PROMPT = [5, 17, 33, 2, 9, 41]
