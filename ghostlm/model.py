@@ -390,8 +390,14 @@ class GhostLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     @property
+    def activation_dtype(self) -> torch.dtype:
+        """The residual stream's dtype. Read from the final norm: norms are never quantized or narrowed, while
+        the embedding table may be stored narrower than the activations (bfloat16 under int8 weights)."""
+        return self.ln_f.weight.dtype
+
+    @property
     def cache_dtype(self) -> torch.dtype:
-        return self.kv_dtype or self.token_embedding.weight.dtype
+        return self.kv_dtype or self.activation_dtype
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         device = self.token_embedding.weight.device
@@ -408,7 +414,7 @@ class GhostLM(nn.Module):
             raise ValueError(f"{n} rows but the batch cache has {batch.slots} slots")
         if int(positions.max()) >= min(batch.max_len, self.config.context_length):
             raise ValueError("a row's position is beyond the cache / context length")
-        x = self.token_embedding(tokens.view(n, 1))
+        x = self.token_embedding(tokens.view(n, 1)).to(self.activation_dtype)
         if self.pos_embedding is not None:
             x = x + self.pos_embedding(positions).view(n, 1, -1)
         for i, block in enumerate(self.blocks):
@@ -453,7 +459,7 @@ class GhostLM(nn.Module):
                 f"sequence length {past_len + T} exceeds context_length {self.config.context_length}"
             )
 
-        x = self.token_embedding(idx)
+        x = self.token_embedding(idx).to(self.activation_dtype)
         if self.pos_embedding is not None:
             pos = torch.arange(past_len, past_len + T, device=idx.device)
             x = x + self.pos_embedding(pos)

@@ -150,10 +150,14 @@ def test_capacity_respects_the_cache_bound_and_refuses_beyond() -> None:
 
 @pytest.mark.skipif(not int8_supported(), reason="torch has no quantized engine here")
 @pytest.mark.parametrize("name", ["legacy.pt", "modern.pt"])
-def test_int8_batched_stays_close_to_alone(name: str) -> None:
-    """int8 is not batch-invariant: dynamic quantization picks ONE activation scale for the whole step, so a
-    row's neighbours nudge its logits (float32 and bfloat16 rows are exact; see the test above). Greedy rows
-    must still agree with running alone on nearly every token (measured 159/160 and 155/160)."""
+def test_int8_batched_differs_from_alone_only_at_near_ties(name: str) -> None:
+    """int8 is not batch-invariant: dynamic quantization picks ONE activation scale for the whole step (and per
+    prefill chunk), so a row's neighbours nudge its logits (float32 and bfloat16 rows are exact; see above).
+    A greedy row may therefore leave its alone path, but only where alone's two best logits are within int8's
+    error (max |logit diff| vs float32 is ~0.035 on these fixtures; twice that bounds two int8 runs apart).
+    Once a row has left, the rest of it differs, so a count of equal tokens would measure luck, not error.
+    Measured: divergences at margins 0.002-0.015, against a median margin of 0.19-0.26; 5/8 and 7/8 rows equal
+    throughout. A broken batch (wrong position, wrong slot) diverges at arbitrary margins and fails."""
     model = prepare_model(load_model(FIX / name), "int8", "cpu")[0]
     engine = Engine(model)
     requests = {i: (p, 20, GREEDY) for i, p in enumerate(prompts(engine, 8, seed=3))}
@@ -162,5 +166,16 @@ def test_int8_batched_stays_close_to_alone(name: str) -> None:
         for key, (ids, n, _) in requests.items()
     }
     out, _ = run_batched(ContinuousBatch(engine, 4, prefill_chunk=5), requests)
-    same = sum(a == b for key in requests for a, b in zip(out[key], alone[key], strict=True))
-    assert same >= 0.9 * sum(len(a) for a in alone.values())
+    equal_rows = 0
+    for key, (ids, _, _) in requests.items():
+        step = next((i for i, (a, b) in enumerate(zip(out[key], alone[key], strict=True)) if a != b), None)
+        if step is None:
+            equal_rows += 1
+            continue
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids + alone[key][:step]]), last_only=True)[0][0, -1]
+        best, second = logits.topk(2).values.tolist()
+        assert best - second <= 0.07, (
+            f"row {key} left its alone path at step {step} with margin {best - second}"
+        )
+    assert equal_rows >= len(requests) // 2

@@ -55,6 +55,9 @@ def test_reduced_precision_agrees_with_float32(
 def test_int8_generation_path_with_its_cache_agrees_with_float32(name: str) -> None:
     model = prepare_model(load_model(FIX / name), "int8", "cpu")[0]
     assert model.kv_dtype == (torch.bfloat16 if cpu_has_native_bf16() else None)
+    # the table is only looked up under int8 (the head has its own int8 copy): stored narrow, widened on lookup
+    assert model.token_embedding.weight.dtype == torch.bfloat16
+    assert model.activation_dtype == torch.float32
     agree, diff = compare(name, "int8", cached=True)
     print(
         f"\n{name} int8 cached (kv {model.cache_dtype}): agreement {agree:.3f}, max |logit diff| {diff:.4f}"
