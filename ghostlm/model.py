@@ -393,7 +393,9 @@ class GhostLM(nn.Module):
     def activation_dtype(self) -> torch.dtype:
         """The residual stream's dtype. Read from the final norm: norms are never quantized or narrowed, while
         the embedding table may be stored narrower than the activations (bfloat16 under int8 weights)."""
-        return self.ln_f.weight.dtype
+        weight = self.ln_f.weight
+        assert isinstance(weight, torch.Tensor)
+        return weight.dtype
 
     @property
     def cache_dtype(self) -> torch.dtype:
