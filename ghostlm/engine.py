@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .model import BatchKVCache, GhostLM, KVCache
+from .model import BatchKVCache, GhostLM
 from .sampling import Sampler, SamplingParams
 from .tokenizer import END_ID, Tokenizer
 
@@ -193,7 +193,7 @@ class _Row:
     sampler: Sampler
     stops: frozenset[int]
     trimmed: TrimInfo | None
-    prefill: KVCache | None = None  # the request's own cache while its prompt is being prefilled
+    slot: int | None = None  # the batch slot its prompt is being prefilled into
     prompt_done: int = 0
     logits: torch.Tensor | None = None  # for the next token
     length: int = 0  # positions cached (= the next token's position)
@@ -275,8 +275,7 @@ class ContinuousBatch:
         if row is None:
             return
         if row in self._prefilling:
-            self._prefilling.remove(row)
-            row.prefill = None
+            self._prefilling.remove(row)  # its slot lies past the decoding rows: nothing to compact
         else:
             with torch.inference_mode():  # the cache is an inference tensor: compaction must run in the mode
                 self._drop_slot(row)
@@ -315,44 +314,50 @@ class ContinuousBatch:
 
     # --- internals -------------------------------------------------------------------------------------
     def _prefill_chunk(self) -> None:
+        """Prefill the next chunk of the oldest waiting prompt straight into the slot it will decode in."""
         row = self._prefilling[0]
         if row.max_new_tokens == 0:  # nothing to generate: no forward at all (like Engine.generate)
             self._prefilling.popleft()
             row.prompt_done = len(row.ids)
-            self._decoding_join(row, None)
+            row.logits = None
+            self._decoding.append(row)
             return
-        if row.prefill is None:
-            row.prefill = self.model.new_cache(1, max_len=len(row.ids))
+        # Only the oldest prompt prefills, so nothing joins before it: its slot is always just past the decoding
+        # rows. If some of them left since its last chunk, the prefix shrank and it follows (rare, and cheap).
+        slot = len(self._decoding)
+        cache = self._slots_for(slot + 1)
+        if row.slot is not None and row.slot != slot:
+            cache.move(row.slot, slot, row.prompt_done)
+        row.slot = slot
         chunk = row.ids[row.prompt_done : row.prompt_done + self.prefill_chunk]
         logits = self.model(
-            torch.tensor([chunk], device=self._device), past_kv=row.prefill, use_cache=True, last_only=True
+            torch.tensor([chunk], device=self._device),
+            past_kv=cache.row(slot, row.prompt_done),
+            use_cache=True,
+            last_only=True,
         )[0][0, -1]
         row.prompt_done += len(chunk)
         if row.prompt_done >= len(row.ids):
             self._prefilling.popleft()
-            self._decoding_join(row, logits)
+            row.slot, row.length, row.logits = None, row.prompt_done, logits
+            self._decoding.append(row)
 
-    def _decoding_join(self, row: _Row, logits: torch.Tensor | None) -> None:
-        slot = len(self._decoding)
-        if row.prefill is not None:
-            if self._cache is None or self._cache.slots <= slot:
-                want = min(self.capacity, max(4, 2 * (slot + 1)))
-                self._cache = (
-                    self._cache.grown(want)
-                    if self._cache is not None
-                    else BatchKVCache(
-                        self.model.config,
-                        want,
-                        self.engine.context_length,
-                        device=self._device,
-                        dtype=self._dtype,
-                    )
+    def _slots_for(self, n: int) -> BatchKVCache:
+        """The batch cache with at least ``n`` slots: grown by doubling (rows kept), created on first use."""
+        if self._cache is None or self._cache.slots < n:
+            want = min(self.capacity, max(4, 2 * n))
+            self._cache = (
+                self._cache.grown(want)
+                if self._cache is not None
+                else BatchKVCache(
+                    self.model.config,
+                    want,
+                    self.engine.context_length,
+                    device=self._device,
+                    dtype=self._dtype,
                 )
-            self._cache.load(slot, row.prefill)
-            row.length = row.prefill.length
-            row.prefill = None
-        row.logits = logits
-        self._decoding.append(row)
+            )
+        return self._cache
 
     def _sample(self, row: _Row, events: list[BatchEvent]) -> str | None:
         """The alone-path order: sample, stop id?, emit, limit?, context full? Returns the stop reason."""

@@ -54,6 +54,13 @@ class KVCache:
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0
 
+    @classmethod
+    def over(cls, k: torch.Tensor, v: torch.Tensor, length: int) -> KVCache:
+        """A cache over existing storage of shape (n_layers, B, n_kv_heads, max_len, head_dim), ``length`` filled."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.max_len, cache.length = k, v, k.size(3), length
+        return cache
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> LayerKV:
         """Write this step's k/v at ``length`` and return views over everything cached so far."""
         start, end = self.length, self.length + k.size(2)
@@ -71,9 +78,9 @@ class BatchKVCache:
     """Slots for continuous batching: ``k[layer]`` is (slots, n_kv_heads, max_len, head_dim), one request a slot.
 
     Every row has its own length (= its next absolute position), so rows of different lengths decode together.
-    Rows decoded together are always the prefix ``0..n-1``: :meth:`move` compacts when a row leaves, and
-    :meth:`load` copies a request's prefilled single-row :class:`KVCache` into a slot. Zero-initialised, so the
-    masked tail of a short row never holds NaN (0 * NaN would poison the attention output).
+    Rows decoded together are always the prefix ``0..n-1``: :meth:`move` compacts when a row leaves, and a
+    joining request is prefilled straight into slot ``n`` through :meth:`row` (no per-request cache, no copy).
+    Zero-initialised, so the masked tail of a short row never holds NaN (0 * NaN would poison the attention).
     """
 
     def __init__(
@@ -96,10 +103,9 @@ class BatchKVCache:
         itemsize = torch.empty((), dtype=dtype).element_size()
         return 2 * config.n_layers * config.kv_heads * max_len * config.head_dim * itemsize
 
-    def load(self, slot: int, single: KVCache) -> None:
-        n = single.length
-        self.k[:, slot, :, :n] = single.k[:, 0, :, :n]
-        self.v[:, slot, :, :n] = single.v[:, 0, :, :n]
+    def row(self, slot: int, length: int) -> KVCache:
+        """Slot ``slot`` as a one-row :class:`KVCache` (a view: what the model writes there lands in the batch)."""
+        return KVCache.over(self.k[:, slot : slot + 1], self.v[:, slot : slot + 1], length)
 
     def move(self, src: int, dst: int, length: int) -> None:
         self.k[:, dst, :, :length] = self.k[:, src, :, :length]

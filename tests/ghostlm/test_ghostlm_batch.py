@@ -110,6 +110,32 @@ def test_a_removed_row_leaves_the_others_untouched(engine: Engine) -> None:
         assert out[key] == alone[key]
 
 
+def test_a_prompt_prefilled_in_chunks_follows_its_slot_when_rows_leave(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prompts are prefilled straight into the slot just past the decoding rows. When decoding rows finish
+    while a long prompt is between chunks, that slot moves down with them; the answer must not change."""
+    short, long_ = [5, 9], prompts(engine, 1, seed=6)[0]
+    long_ = (long_ * 8)[: engine.context_length // 2]
+    requests = {"a": (short, 2, GREEDY), "b": (short[::-1], 3, GREEDY), "long": (long_, 6, SAMPLED)}
+    alone = {
+        k: list(engine.generate(p, max_new_tokens=n, params=sp, stop_ids=()))
+        for k, (p, n, sp) in requests.items()
+    }
+    moves: list[tuple[int, int, int]] = []
+    real_move = BatchKVCache.move
+
+    def spy(cache: BatchKVCache, src: int, dst: int, length: int) -> None:
+        moves.append((src, dst, length))
+        real_move(cache, src, dst, length)
+
+    monkeypatch.setattr(BatchKVCache, "move", spy)
+    out, _ = run_batched(ContinuousBatch(engine, 3, prefill_chunk=4), requests, stagger=1)
+    assert out == alone
+    # a short row holds at most 2 + 3 positions; a longer move is the long prompt's, between two chunks
+    assert any(5 < length < len(long_) for _, _, length in moves)
+
+
 def test_stop_ids_and_limits_are_per_row() -> None:
     engine = Engine(tiny("modern"))
     p = prompts(engine, 3, seed=3)
