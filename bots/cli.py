@@ -150,7 +150,7 @@ async def run_bots(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, then drain the queue and stop every adapter cleanly."""
     from bots.compose import open_app
     from bots.http import ExposureError, HttpAdapter, check_exposure
-    from core.memory import IdleRelease
+    from core.memory import HeapRelease
 
     try:
         check_exposure(settings)  # before loading anything: an open, keyless port is refused at start
@@ -184,9 +184,9 @@ async def run_bots(settings: Settings) -> int:
         logger.info("ghostbot is running (%s)", ", ".join(type(a).__name__ for a in adapters))
         maintenance = asyncio.create_task(app.manager.maintain(), name="maintenance")
         worker = app.worker
-        # Freed memory goes back to the OS once the answers are done (see core/memory.py).
-        idle_release = IdleRelease(lambda: not worker.busy and worker.queue_depth == 0)
-        releasing = asyncio.create_task(idle_release.run(), name="release-memory")
+        # Freed memory goes back to the OS: soon after the answers are done, and now and then under load.
+        heap_release = HeapRelease(lambda: not worker.busy and worker.queue_depth == 0)
+        releasing = asyncio.create_task(heap_release.run(), name="release-memory")
         await stop.wait()
         maintenance.cancel()
         releasing.cancel()
