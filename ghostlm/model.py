@@ -21,7 +21,7 @@ The KV cache comes in two forms, both accepted by ``forward(past_kv=...)``:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -348,6 +348,12 @@ class Block(nn.Module):
 _UNSUPPORTED = ("attn_gate", "value_residual", "use_moe")
 
 
+def _rope_for(config: GhostLMConfig) -> RotaryEmbedding | None:
+    return (
+        RotaryEmbedding(config.head_dim, config.context_length, config.rope_base) if config.use_rope else None
+    )
+
+
 class GhostLM(nn.Module):
     def __init__(self, config: GhostLMConfig) -> None:
         super().__init__()
@@ -360,11 +366,7 @@ class GhostLM(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         # Learned positions only for legacy models; RoPE models have no pos_embedding key at all.
         self.pos_embedding = None if config.use_rope else nn.Embedding(config.context_length, config.d_model)
-        self.rope = (
-            RotaryEmbedding(config.head_dim, config.context_length, config.rope_base)
-            if config.use_rope
-            else None
-        )
+        self.rope = _rope_for(config)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = make_norm(config)
@@ -381,6 +383,22 @@ class GhostLM(nn.Module):
         # KV-cache precision; None = the activations' dtype. ghostlm.precision sets bfloat16 under int8 weights:
         # with many rows decoding together the cache, not the weights, is most of what each step reads.
         self.kv_dtype: torch.dtype | None = None
+
+    @classmethod
+    def from_state_dict(cls, config: GhostLMConfig, state: Mapping[str, torch.Tensor]) -> GhostLM:
+        """A model whose parameters ARE ``state``'s tensors (same storage, no copy), with no random init.
+
+        Built on the meta device, so loading an 81M checkpoint holds one copy of the weights, not two (a random
+        init plus the file's). ``state`` must match ``config`` exactly (``strict``); the caller hands it over.
+        """
+        with torch.device("meta"):
+            model = cls(config)
+        model.load_state_dict(state, strict=True, assign=True)
+        # Not in any state dict: the RoPE tables (derived from config, still on meta) and the tie, which
+        # ``assign`` broke by giving the head and the embedding a Parameter each.
+        model.rope = _rope_for(config)
+        model.lm_head.weight = model.token_embedding.weight
+        return model
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -83,6 +83,33 @@ def test_fp16_checkpoint_is_upcast(tmp_path):
     assert kept.token_embedding.weight.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("name", ["legacy.pt", "modern.pt", "modern.safetensors"])
+def test_loaded_weights_are_the_files_once_with_real_buffers_and_the_tie(name):
+    """Built on the meta device and given the file's tensors: nothing may stay on meta (the RoPE tables are
+    derived, not stored), the head and the embedding must be one Parameter again, and the logits upstream's."""
+    model = load_model(FIX / name)
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    assert all(t.device.type == "cpu" for t in tensors.values()), [k for k, t in tensors.items() if t.is_meta]
+    assert model.lm_head.weight is model.token_embedding.weight
+    assert model.num_params() == GhostLM(model.config).num_params()
+    stem = name.split(".")[0]
+    assert np.abs(_logits(model, stem) - np.load(FIX / f"{stem}.logits.npy")).max() <= 1e-4
+
+
+def test_a_safetensors_file_overwritten_in_place_leaves_a_loaded_model_alone(tmp_path):
+    """safetensors maps the file; a model still reading that mapping would change (or die of SIGBUS) when an
+    operator copies a new checkpoint over the old one while the bot runs."""
+    path = tmp_path / "model.safetensors"
+    shutil.copy(FIX / "modern.safetensors", path)
+    shutil.copy(FIX / "modern.config.json", tmp_path / "config.json")
+    model = load_model(path)
+    before = _logits(model)
+    with path.open("r+b") as f:  # in place, same inode: what `cp new old` does
+        f.seek(path.stat().st_size - 4096)
+        f.write(b"\x7f" * 4096)
+    assert np.array_equal(_logits(model), before)
+
+
 def test_bare_state_dict_with_sibling_config(tmp_path):
     ckpt = torch.load(FIX / "modern.pt", weights_only=True)
     torch.save(ckpt["model_state_dict"], tmp_path / "w.pt")
