@@ -21,27 +21,22 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import time
 from collections.abc import Callable
 
 IDLE_RELEASE_INTERVAL_S = 5.0  # how soon memory goes back after the last answer
 BUSY_RELEASE_INTERVAL_S = 10.0  # under continuous load: bounds the creep, ~6 ms of trimming per 10 s
 
-_libc_trim: Callable[[int], int] | None = None
-_resolved = False
 
-
+@functools.cache
 def _trim_function() -> Callable[[int], int] | None:
     """glibc's malloc_trim, resolved once; None where there is none (musl, macOS, Windows)."""
-    global _libc_trim, _resolved
-    if not _resolved:
-        try:
-            name = ctypes.util.find_library("c")
-            _libc_trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-        except OSError:
-            _libc_trim = None
-        _resolved = True
-    return _libc_trim
+    try:
+        name = ctypes.util.find_library("c")
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
 
 
 def release_heap() -> bool:

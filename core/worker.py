@@ -177,9 +177,8 @@ class _ModelThread:
         session = self._open()
         self._call(_resolve, self.capacity, max(1, session.capacity))
         active: dict[int, tuple[GenerationHandle, asyncio.Future[None]]] = {}
-        waiting_first: set[int] = (
-            set()
-        )  # requests that have not had a piece yet (their first one goes at once)
+        # Requests that have not had a piece yet: their first one goes at once.
+        waiting_first: set[int] = set()
         held = _Held(self)
         try:
             while True:

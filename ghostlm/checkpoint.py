@@ -153,10 +153,8 @@ def _clean_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _checked_model(cfg: GhostLMConfig, state: dict[str, torch.Tensor], path: Path) -> GhostLM:
-    """The model built from ``state`` once its keys and shapes match ``cfg`` (a clear error names the file)."""
-    with torch.device("meta"):  # only names and shapes: nothing is allocated
-        expected = GhostLM(cfg).state_dict()
+def _check_state(expected: Mapping[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path) -> None:
+    """``state``'s keys and shapes must match ``expected`` (the config's); a clear error names the file."""
     unexpected = [k for k in state if k not in expected]
     ignorable = [k for k in unexpected if k.endswith(_IGNORABLE_SUFFIXES)]
     if ignorable:
@@ -175,7 +173,6 @@ def _checked_model(cfg: GhostLMConfig, state: dict[str, torch.Tensor], path: Pat
                 f"{path}: shape mismatch for {k}: checkpoint has {tuple(state[k].shape)}, "
                 f"the config expects {tuple(ref.shape)}"
             )
-    return GhostLM.from_state_dict(cfg, {k: state[k] for k in expected})
 
 
 def load_model(
@@ -203,8 +200,10 @@ def load_model(
 
     try:
         cfg = GhostLMConfig.from_dict(config)
-        with torch.device("meta"):
-            GhostLM(cfg)  # options this implementation lacks are refused here, before any weight is touched
+        with torch.device(
+            "meta"
+        ):  # names and shapes only, nothing allocated; unsupported options refused here
+            expected = GhostLM(cfg).state_dict()
     except (TypeError, ValueError, NotImplementedError) as e:
         raise CheckpointError(f"{p}: unusable config: {e}") from e
 
@@ -213,7 +212,8 @@ def load_model(
     if src_dtypes - {torch.float32}:
         logger.info("%s: casting %s weights to %s", p, sorted(map(str, src_dtypes)), target)
     state = {k: (v.to(torch.float32) if v.is_floating_point() else v) for k, v in state.items()}
-    model = _checked_model(cfg, state, p)  # the model's parameters ARE these tensors
+    _check_state(expected, state, p)
+    model = GhostLM.from_state_dict(cfg, {k: state[k] for k in expected})  # its parameters ARE these tensors
     del state
     model.to(device=device, dtype=target)
     model.eval()

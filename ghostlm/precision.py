@@ -99,10 +99,10 @@ def prepare_model(model: M, dtype: str = "auto", device: str = "auto") -> tuple[
             # (one row per token). Stored in bfloat16 it costs half (77 MB less on the 81M model); each row is
             # widened back to float32 on lookup, a relative rounding of 2^-9, far below int8's own error.
             model.token_embedding.to(torch.bfloat16)
-        if isinstance(model, GhostLM) and cpu_has_native_bf16():
-            # int8 keeps float32 activations, but a float32 KV cache is what bounds batched decoding: at 16
-            # rows x 300 positions it is ~180 MB read per step against 81 MB of int8 weights. bfloat16 halves
-            # it; single and batched paths use the same cache dtype, so a row's output still equals alone.
-            model.kv_dtype = torch.bfloat16
+            if cpu_has_native_bf16():
+                # int8 keeps float32 activations, but a float32 KV cache is what bounds batched decoding: at 16
+                # rows x 300 positions it is ~180 MB read per step against 81 MB of int8 weights. bfloat16
+                # halves it; single and batched paths use the same cache dtype, so a row still equals alone.
+                model.kv_dtype = torch.bfloat16
     logger.info("model weights: %s on %s", dt, dev)
     return model, dt, dev
