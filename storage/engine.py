@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ from sqlalchemy.pool import StaticPool
 # taken up front (waiting on busy_timeout) instead of failing with SQLITE_BUSY when a read snapshot is upgraded.
 # With it, migrations also run as one transaction (the sqlite3 module would otherwise autocommit DDL).
 IMMEDIATE = "ghostbot_sqlite_immediate"
+
+_BUSY_TIMEOUT_S = 30
 
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -43,13 +47,13 @@ def create_engine(url: str | URL) -> AsyncEngine:
         return create_async_engine(parsed, pool_pre_ping=True)
     if is_memory(parsed):
         # One shared connection: every session sees the same in-memory database (tests, one task at a time).
-        engine = create_async_engine(parsed, poolclass=StaticPool, connect_args={"timeout": 30})
+        engine = create_async_engine(parsed, poolclass=StaticPool, connect_args={"timeout": _BUSY_TIMEOUT_S})
         _install_pragmas(engine.sync_engine)
         return engine
     database = parsed.database or ""
     if not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(parsed, connect_args={"timeout": 30})
+    engine = create_async_engine(parsed, connect_args={"timeout": _BUSY_TIMEOUT_S})
     _install_pragmas(engine.sync_engine)
     _install_immediate_begin(engine.sync_engine)
     return engine
@@ -64,7 +68,7 @@ def create_sync_sqlite_engine(url: str | URL) -> Engine:
     parsed = normalize_url(url)
     if parsed.get_backend_name() != "sqlite" or is_memory(parsed):
         raise ValueError("a synchronous engine is only used for file SQLite databases")
-    engine = create_sync_engine_(parsed.set(drivername="sqlite"), connect_args={"timeout": 30})
+    engine = create_sync_engine_(parsed.set(drivername="sqlite"), connect_args={"timeout": _BUSY_TIMEOUT_S})
     _install_pragmas(engine)
     _install_immediate_begin(engine)
     return engine
@@ -74,11 +78,29 @@ def _install_pragmas(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_S * 1000}")
+        _enable_wal(cursor)  # readers never block the writer
         cursor.execute("PRAGMA foreign_keys=ON")  # SQLite ignores FKs unless asked
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL, much faster commits
         cursor.close()
+
+
+def _enable_wal(cursor: sqlite3.Cursor) -> None:
+    """Switch the file to WAL, waiting out another connection's write lock.
+
+    While the file is still in rollback mode (a new database, when two processes start at once), the switch
+    needs the write lock. If another connection holds it, SQLite answers "database is locked" at once instead
+    of calling the busy handler (waiting while holding a read lock could deadlock), so we wait here instead.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.02)
 
 
 def _install_immediate_begin(engine: Engine) -> None:

@@ -159,3 +159,49 @@ async def test_two_processes_starting_at_once_migrate_once(db_url: str) -> None:
     finally:
         await first.close()
         await second.close()
+
+
+async def test_switch_to_wal_waits_out_another_writer(tmp_path: Path) -> None:
+    """A new file is still in rollback mode: another process's write lock must make us wait, not fail.
+
+    SQLite refuses the WAL switch at once ("database is locked") rather than calling the busy handler; this is
+    the race two bot processes starting on one new database run into.
+    """
+    import asyncio
+    import sqlite3
+    import threading
+
+    path = tmp_path / "ghostbot.db"
+    locked, release = threading.Event(), threading.Event()
+
+    def other_writer() -> None:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            # A rollback-journal file, as a new database is before anyone switched it to WAL.
+            other.execute("CREATE TABLE elsewhere (x INTEGER)")
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("INSERT INTO elsewhere VALUES (1)")
+            locked.set()
+            release.wait(10)
+            other.execute("COMMIT")
+        finally:
+            other.close()
+
+    writer = threading.Thread(target=other_writer)
+    writer.start()
+    try:
+        assert await asyncio.to_thread(locked.wait, 10)
+        opening = asyncio.create_task(Database.open(f"sqlite:///{path}"))
+        await asyncio.sleep(0.3)
+        assert not opening.done()  # waiting on the lock, not failed
+        release.set()
+        db = await asyncio.wait_for(opening, 20)
+    finally:
+        release.set()
+        await asyncio.to_thread(writer.join)
+    try:
+        assert await db.revision() == head_revision()
+        async with db.engine.connect() as connection:
+            assert (await connection.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+    finally:
+        await db.close()
