@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
@@ -149,8 +152,6 @@ async def test_url_for_logs_hides_password() -> None:
 
 
 async def test_two_processes_starting_at_once_migrate_once(db_url: str) -> None:
-    import asyncio
-
     first, second = await asyncio.gather(Database.open(db_url), Database.open(db_url))
     try:
         assert await first.revision() == await second.revision() == head_revision()
@@ -167,10 +168,6 @@ async def test_switch_to_wal_waits_out_another_writer(tmp_path: Path) -> None:
     SQLite refuses the WAL switch at once ("database is locked") rather than calling the busy handler; this is
     the race two bot processes starting on one new database run into.
     """
-    import asyncio
-    import sqlite3
-    import threading
-
     path = tmp_path / "ghostbot.db"
     locked, release = threading.Event(), threading.Event()
 
